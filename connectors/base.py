@@ -1,0 +1,167 @@
+"""What every connector declares and what a check can meet.
+
+A connector knows one kind of source: which fields a connection needs (its
+*connection requirements*), how to validate credentials against the source and
+how to fetch a dataset through it. Connectors only report outcomes; the core's
+state rules decide what an outcome does to a connection.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class AuthKind(StrEnum):
+    PASSWORD = "password"
+    OAUTH2 = "oauth2"
+    API_KEY = "api_key"
+
+
+class Outcome(StrEnum):
+    """What one check of a connection found."""
+
+    OK = "ok"
+    AUTH_FAILED = "auth_failed"  # credentials expired, revoked or changed
+    UNREACHABLE = "unreachable"  # the source could not be asked: never breaks a connection
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One connection requirement: a value the user supplies when connecting."""
+
+    name: str
+    label: str
+    secret: bool = False
+    required: bool = True
+    default: str | None = None
+    help: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "secret": self.secret,
+            "required": self.required,
+            "default": self.default,
+            "help": self.help,
+        }
+
+
+# --- what can go wrong during a check ------------------------------------------------
+
+
+class CheckError(Exception):
+    """Base of everything a validation can meet; carries the source's own code."""
+
+    outcome: Outcome
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AuthFailed(CheckError):
+    """The source refused the credentials (invalid_grant, 28P01, 1045, 401 ...)."""
+
+    outcome = Outcome.AUTH_FAILED
+
+
+class Unreachable(CheckError):
+    """The source could not be asked (refused, DNS, TLS, timeout, 5xx, 429)."""
+
+    outcome = Outcome.UNREACHABLE
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    outcome: Outcome
+    code: str | None = None
+    message: str = ""
+    # A rotated token set the connector obtained and that must be stored.
+    new_credentials: Mapping[str, str] | None = None
+
+    @classmethod
+    def ok(cls, message: str = "credentials valid", **kw: Any) -> CheckResult:
+        return cls(Outcome.OK, None, message, **kw)
+
+    @classmethod
+    def from_error(cls, error: CheckError) -> CheckResult:
+        return cls(error.outcome, error.code, error.message)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSpec:
+    """Plain data a connector works on: no ORM object crosses into connectors."""
+
+    id: int
+    type: str
+    settings: Mapping[str, Any]
+    credentials: Mapping[str, str]
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(slots=True)
+class CheckContext:
+    """What a validation may use besides the connection itself."""
+
+    now: datetime
+    timeout: float = 10.0
+    # installation-wide values a connector may need (OAuth app credentials per provider ...)
+    app_settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Connector(abc.ABC):
+    """One kind of data source."""
+
+    type: str
+    display_name: str
+    auth_kind: AuthKind
+    fields: tuple[Field, ...]
+    # connections are grouped by provider for per-provider concurrency and incident detection
+    provider: str
+    description: str = ""
+
+    @property
+    def secret_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.secret)
+
+    @property
+    def setting_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if not f.secret)
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "display_name": self.display_name,
+            "auth_kind": str(self.auth_kind),
+            "provider": self.provider,
+            "description": self.description,
+            "fields": [f.as_dict() for f in self.fields],
+        }
+
+    @abc.abstractmethod
+    async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
+        """Ask the source whether the credentials work. Never raises for a source problem."""
+
+    @abc.abstractmethod
+    async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
+        """Run a dataset's query through this source (raises CheckError on failure)."""

@@ -1,0 +1,44 @@
+"""Wiring: settings, the app database and the vault, built once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from relink import db
+from relink.settings import Settings
+from relink.vault import Vault
+
+
+@dataclass
+class Relink:
+    settings: Settings = field(default_factory=Settings)
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        return db.make_engine(self.settings.effective_database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.session_factory(self.engine)
+
+    @cached_property
+    def vault(self) -> Vault:
+        return Vault.from_settings(self.settings)
+
+    def ensure_schema(self) -> None:
+        db.ensure_current(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with db.transaction(self.sessions) as session:
+            yield session
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()

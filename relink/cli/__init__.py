@@ -1,0 +1,23 @@
+"""`relink`: the command line of Relink."""
+
+from __future__ import annotations
+
+import typer
+
+from relink.cli import admin, connections, demo
+
+app = typer.Typer(
+    name="relink",
+    help="Relink keeps data connections alive: checks credentials, records disconnections, "
+    "emails owners once, reconnects and refreshes datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+admin.register(app)
+connections.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,93 @@
+"""What every command shares: the app, one transaction, errors, output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from relink.app import Relink
+from relink.errors import RelinkError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+err_console = Console(stderr=True)
+
+_app: Relink | None = None
+
+
+def app() -> Relink:
+    """The process's Relink (settings read from the environment once)."""
+    global _app
+    if _app is None:
+        _app = Relink()
+    return _app
+
+
+def reset_app() -> None:
+    """Forget the cached app (tests change the environment between invocations)."""
+    global _app
+    if _app is not None:
+        _app.close()
+    _app = None
+
+
+@contextmanager
+def transaction(*, check_schema: bool = True) -> Iterator[Session]:
+    relink = app()
+    if check_schema:
+        relink.ensure_schema()
+    with relink.transaction() as session:
+        yield session
+
+
+def fail(message: str) -> typer.Exit:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Expected failures become one line on stderr and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RelinkError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """`key=value` options into a dict; a malformed one is a clear error."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"{option} {value!r}: expected key=value")
+        pairs[key.strip()] = rest
+    return pairs

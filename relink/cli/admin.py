@@ -1,0 +1,168 @@
+"""Commands that set Relink up: db, config, keys, accounts, users."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+
+from relink import audit, db
+from relink.cli._common import (
+    app,
+    console,
+    handle_errors,
+    print_json,
+    print_table,
+    transaction,
+)
+from relink.directory import add_account, add_user
+from relink.models import Account, Connection, Role, User
+from relink.timeutil import utcnow
+from relink.vault import Vault, generate_key, prepend_key_file
+
+db_app = typer.Typer(help="The app database: migrations.", no_args_is_help=True)
+config_app = typer.Typer(help="Effective settings.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys of the credential vault.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts (organisations).", no_args_is_help=True)
+users_app = typer.Typer(help="Users of an account.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(db_app, name="db")
+    root.add_typer(config_app, name="config")
+    root.add_typer(keys_app, name="keys")
+    root.add_typer(accounts_app, name="accounts")
+    root.add_typer(users_app, name="users")
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create or migrate the app database to the newest schema."""
+    relink = app()
+    db.upgrade(relink.engine, revision)
+    console.print(f"database at {db.current_revision(relink.engine)}", highlight=False)
+
+
+@db_app.command("downgrade")
+@handle_errors
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base.")]) -> None:
+    """Migrate the app database down to REVISION (`base` drops every table)."""
+    relink = app()
+    db.downgrade(relink.engine, revision)
+    console.print(f"database at {db.current_revision(relink.engine) or 'base'}", highlight=False)
+
+
+@config_app.command("show")
+def config_show(as_json: JsonOpt = False) -> None:
+    """Print the effective settings, secrets masked."""
+    values = app().settings.masked()
+    if as_json:
+        print_json(values)
+        return
+    rows = [(k, v) for k, v in values.items()]
+    print_table("Settings (RELINK_*)", ["setting", "value"], rows)
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new Fernet key (to put first in RELINK_SECRET_KEYS)."""
+    typer.echo(generate_key())
+
+
+@keys_app.command("rotate")
+@handle_errors
+def keys_rotate() -> None:
+    """Re-encrypt every connection's credentials under the newest key, in one transaction.
+
+    With RELINK_SECRET_KEYS, the newest key is the first one listed. With the key
+    file of the embedded default, a new key is generated and put first.
+    """
+    relink = app()
+    relink.ensure_schema()
+    settings = relink.settings
+    if not settings.secret_keys.get_secret_value().strip():
+        Vault.from_settings(settings)  # make sure the key file exists
+        prepend_key_file(settings.key_file, generate_key())
+        relink.__dict__.pop("vault", None)
+    vault = relink.vault
+    now = utcnow()
+    with relink.transaction() as session:
+        count = 0
+        for conn in session.scalars(sa.select(Connection).order_by(Connection.id)):
+            conn.credentials = vault.rotate(conn.credentials, connection=_label(conn))
+            count += 1
+        audit.record(session, "keys.rotated", at=now, connections=count)
+    console.print(f"re-encrypted the credentials of {count} connection(s) under the newest key")
+
+
+def _label(conn: Connection) -> str:
+    return f"{conn.id} ({conn.name!r})"
+
+
+@accounts_app.command("add")
+@handle_errors
+def accounts_add(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
+    """Create an account."""
+    with transaction() as session:
+        account = add_account(session, name, now=utcnow())
+    console.print(f"account {account.id} {account.name!r} created", highlight=False)
+
+
+@accounts_app.command("list")
+@handle_errors
+def accounts_list(as_json: JsonOpt = False) -> None:
+    """List accounts."""
+    with transaction() as session:
+        rows = [{"id": a.id, "name": a.name} for a in session.scalars(sa.select(Account))]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("Accounts", ["id", "name"], [(r["id"], r["name"]) for r in rows])
+
+
+@users_app.command("add")
+@handle_errors
+def users_add(
+    email: Annotated[str, typer.Argument(help="Email address (their sign-in).")],
+    name: Annotated[str, typer.Option("--name", help="Display name.")],
+    account: Annotated[str, typer.Option("--account", help="Account name.")],
+    role: Annotated[Role, typer.Option("--role", help="admin or member.")] = Role.MEMBER,
+) -> None:
+    """Add a user to an account."""
+    with transaction() as session:
+        user = add_user(session, email=email, name=name, role=role, account=account, now=utcnow())
+    console.print(f"user {user.id} {user.email} ({user.role}) added", highlight=False)
+
+
+@users_app.command("list")
+@handle_errors
+def users_list(
+    account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List users."""
+    with transaction() as session:
+        query = sa.select(User, Account.name).join(Account).order_by(User.id)
+        if account:
+            query = query.where(Account.name == account)
+        rows = [
+            {
+                "id": u.id,
+                "email": u.email,
+                "name": u.name,
+                "role": u.role,
+                "active": u.active,
+                "account": acc,
+            }
+            for u, acc in session.execute(query)
+        ]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("Users", list(rows[0]) if rows else ["id"], [list(r.values()) for r in rows])

@@ -1,0 +1,94 @@
+"""Engines, sessions and migrations of the app database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.orm import Session, sessionmaker
+
+from relink.errors import DatabaseNotMigrated
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str, **kw: Any) -> sa.Engine:
+    """An engine with the per-backend settings Relink relies on."""
+    url_obj = sa.make_url(url)
+    if url_obj.get_backend_name() == "sqlite":
+        database = url_obj.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url_obj, connect_args={"timeout": 30}, **kw)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url_obj, pool_pre_ping=True, **kw)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit at the end, roll everything back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    with engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def head_revision() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def ensure_current(engine: sa.Engine) -> None:
+    """Refuse to work on a database that is not at the newest schema."""
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseNotMigrated(
+            f"cannot open the app database ({reason}); check RELINK_DATABASE_URL"
+        ) from None
+    head = head_revision()
+    if current != head:
+        state = "is empty" if current is None else f"is at {current}, code expects {head}"
+        raise DatabaseNotMigrated(f"the app database {state}: run `relink db upgrade`")

@@ -1,0 +1,125 @@
+"""A small demo account: an admin, a member, connections of several kinds."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from relink.connections import NewConnection, add_connection, share
+from relink.datasets import add_dataset, add_metric
+from relink.directory import add_account, add_user
+from relink.models import Account, Connection
+from relink.vault import Vault
+
+ACCOUNT = "Demo Co"
+ADMIN = ("ada@demo.relink.test", "Ada Admin")
+MEMBER = ("max@demo.relink.test", "Max Member")
+OTHER = ("olga@demo.relink.test", "Olga Other")
+SANDBOX_URL = "http://127.0.0.1:8765"
+
+
+def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[str, str]]]]:
+    """The connections and, for each, its datasets (name, query)."""
+    oauth_endpoints = {
+        "authorize_url": f"{sandbox_url}/oauth/authorize",
+        "token_url": f"{sandbox_url}/oauth/token",
+        "introspection_url": f"{sandbox_url}/oauth/introspect",
+        "revocation_url": f"{sandbox_url}/oauth/revoke",
+        "probe_url": f"{sandbox_url}/api/me",
+        "client_id": "relink-demo",
+    }
+    sandbox_token = {
+        "access_token": secrets.token_urlsafe(24),
+        "refresh_token": secrets.token_urlsafe(24),
+    }
+    return [
+        (
+            NewConnection(
+                type="postgres",
+                name="Warehouse (PostgreSQL)",
+                owner=ADMIN[0],
+                mode="warehouse",
+                settings={
+                    "host": "127.0.0.1",
+                    "port": "5432",
+                    "database": "test",
+                    "username": "postgres",
+                },
+                secrets={"password": "demo-not-checked-under-trust"},
+            ),
+            [
+                (
+                    "Table sizes",
+                    "SELECT relname AS table_name, n_live_tup AS rows FROM pg_stat_user_tables",
+                )
+            ],
+        ),
+        (
+            NewConnection(
+                type="mysql",
+                name="Finance (MariaDB)",
+                owner=MEMBER[0],
+                mode="direct",
+                settings={
+                    "host": "127.0.0.1",
+                    "port": "3306",
+                    "database": "test",
+                    "username": "relink_demo_finance",
+                },
+                secrets={"password": "an-old-password"},
+            ),
+            [("Invoices", "SELECT 1 AS invoice_id, 120.5 AS amount")],
+        ),
+        (
+            NewConnection(
+                type="salesforce",
+                name="Sales (Salesforce sandbox)",
+                owner=MEMBER[0],
+                mode="warehouse",
+                settings=oauth_endpoints,
+                secrets={**sandbox_token, "client_secret": "relink-demo-secret"},
+            ),
+            [("Opportunities", "/api/records?path=opportunities")],
+        ),
+        (
+            NewConnection(
+                type="api_key",
+                name="Billing API",
+                owner=OTHER[0],
+                mode="direct",
+                settings={
+                    "base_url": sandbox_url,
+                    "probe_path": "/apikey/me",
+                    "header": "X-API-Key",
+                },
+                secrets={"api_key": "demo-api-key"},
+            ),
+            [("Payments", "/apikey/records?path=payments")],
+        ),
+    ]
+
+
+def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SANDBOX_URL) -> bool:
+    """Create the demo account; False when it is already there (nothing changes)."""
+    if session.scalar(sa.select(Account.id).where(Account.name == ACCOUNT)) is not None:
+        return False
+    add_account(session, ACCOUNT, now=now)
+    users = {}
+    for (email, name), role in ((ADMIN, "admin"), (MEMBER, "member"), (OTHER, "member")):
+        users[email] = add_user(
+            session, email=email, name=name, role=role, account=ACCOUNT, now=now
+        )
+    for new, datasets in demo_connections(sandbox_url):
+        conn = add_connection(session, vault, new, now=now)
+        ids = [
+            add_dataset(session, connection_id=conn.id, name=n, query=q, now=now).id
+            for n, q in datasets
+        ]
+        add_metric(session, name=f"{conn.name}: {datasets[0][0]}", dataset_ids=ids, now=now)
+    billing = session.scalar(sa.select(Connection).where(Connection.name == "Billing API"))
+    assert billing is not None
+    share(session, billing.id, with_email=MEMBER[0], actor=users[ADMIN[0]], now=now)
+    return True

@@ -1,0 +1,71 @@
+"""Accounts and users."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from relink.access import Viewer
+from relink.errors import Conflict, InvalidInput, NotFound
+from relink.models import Account, Role, User
+
+
+def add_account(session: Session, name: str, *, now: datetime) -> Account:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("an account needs a name")
+    if session.scalar(sa.select(Account.id).where(Account.name == name)) is not None:
+        raise Conflict(f"account {name!r} already exists")
+    account = Account(name=name, created_at=now)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def get_account(session: Session, name: str) -> Account:
+    account = session.scalar(sa.select(Account).where(Account.name == name))
+    if account is None:
+        raise NotFound(f"unknown account {name!r}; create it with `relink accounts add {name!r}`")
+    return account
+
+
+def add_user(
+    session: Session, *, email: str, name: str, role: str, account: str, now: datetime
+) -> User:
+    email = normalize_email(email)
+    if role not in set(Role):
+        raise InvalidInput(f"unknown role {role!r}; use admin or member")
+    owner_account = get_account(session, account)
+    if session.scalar(sa.select(User.id).where(User.email == email)) is not None:
+        raise Conflict(f"a user with email {email} already exists")
+    user = User(
+        account_id=owner_account.id,
+        email=email,
+        name=name.strip() or email,
+        role=role,
+        created_at=now,
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(session: Session, email: str) -> User:
+    user = session.scalar(sa.select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise NotFound(f"unknown user {email!r}; add them with `relink users add`")
+    return user
+
+
+def viewer_of(user: User) -> Viewer:
+    return Viewer(id=user.id, account_id=user.account_id, role=user.role, active=user.active)
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or "." not in domain or " " in email:
+        raise InvalidInput(f"{email!r} is not an email address")
+    return email

@@ -1,0 +1,41 @@
+"""Error state of datasets and metrics, derived from their connections (pure).
+
+The seed's "error message at the bottom left of your metrics": a metric shows an
+error while any dataset it uses is in error or sits on a connection that is not
+working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from relink.models import DatasetStatus, Status
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetHealth:
+    dataset_id: int
+    error: str | None
+
+
+def dataset_error(
+    *,
+    dataset_status: str,
+    dataset_error: str | None,
+    connection_name: str,
+    connection_status: str,
+    connection_error: str | None,
+) -> str | None:
+    """The message a dataset shows, or None when it is fine."""
+    if connection_status == Status.DISCONNECTED:
+        reason = connection_error or "credentials no longer valid"
+        return f"connection {connection_name!r} is disconnected: {reason}; reconnect it"
+    if dataset_status == DatasetStatus.ERROR:
+        return dataset_error or "the last refresh failed"
+    return None
+
+
+def metric_error(dataset_errors: Iterable[str | None]) -> str | None:
+    """The first error of the metric's datasets, or None when all are fine."""
+    return next((e for e in dataset_errors if e), None)

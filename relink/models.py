@@ -1,0 +1,282 @@
+"""The app database: SQLAlchemy 2 typed declarative models.
+
+Status columns hold plain strings checked by CHECK constraints, so the same
+schema runs on SQLite, PostgreSQL and MySQL. Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from relink.timeutil import as_utc
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class Mode(StrEnum):
+    """The seed's "data sources with warehouse available" vs "direct query"."""
+
+    WAREHOUSE = "warehouse"
+    DIRECT = "direct"
+
+
+class Status(StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    UNREACHABLE = "unreachable"
+    UNCHECKED = "unchecked"
+
+
+class DatasetStatus(StrEnum):
+    PENDING = "pending"  # never refreshed
+    OK = "ok"
+    ERROR = "error"
+
+
+class NotificationState(StrEnum):
+    CLAIMED = "claimed"  # committed before the request goes out
+    SENT = "sent"
+    FAILED = "failed"  # SendGrid refused it (4xx): not retried
+    UNKNOWN = "unknown"  # the request went out, the answer was lost: never resent automatically
+    RELEASED = "released"  # handed back to the next run (retryable error, or an admin's decision)
+    OUTBOX = "outbox"  # no API key: written to the outbox instead of sent
+    NO_RECIPIENT = "no_recipient"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+def _check_in(column: str, enum: type[StrEnum]) -> sa.CheckConstraint:
+    values = ", ".join(f"'{v.value}'" for v in enum)
+    return sa.CheckConstraint(f"{column} IN ({values})", name=f"{column}_valid")
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[datetime]
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (_check_in("role", Role),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(sa.String(320), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    role: Mapped[str] = mapped_column(sa.String(16), default=Role.MEMBER)
+    active: Mapped[bool] = mapped_column(default=True)
+    password_hash: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    created_at: Mapped[datetime]
+
+    account: Mapped[Account] = relationship()
+
+
+class Connection(Base):
+    __tablename__ = "connections"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "name"),
+        sa.Index("ix_connections_account_status", "account_id", "status"),
+        _check_in("mode", Mode),
+        _check_in("status", Status),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
+    type: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    mode: Mapped[str] = mapped_column(sa.String(16), default=Mode.DIRECT)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    credentials: Mapped[str] = mapped_column(sa.Text)  # MultiFernet ciphertext of a JSON object
+    owner_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default=Status.UNCHECKED)
+    invalid_since: Mapped[datetime | None] = mapped_column(default=None)
+    last_checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    last_error_message: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __mapper_args__ = {"version_id_col": version}
+
+    owner: Mapped[User] = relationship()
+    account: Mapped[Account] = relationship()
+    shares: Mapped[list[ConnectionShare]] = relationship(
+        back_populates="connection", cascade="all, delete-orphan"
+    )
+    datasets: Mapped[list[Dataset]] = relationship(
+        back_populates="connection", order_by="Dataset.id", cascade="all, delete-orphan"
+    )
+
+
+class ConnectionShare(Base):
+    __tablename__ = "connection_shares"
+
+    connection_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+    connection: Mapped[Connection] = relationship(back_populates="shares")
+    user: Mapped[User] = relationship()
+
+
+metric_datasets = sa.Table(
+    "metric_datasets",
+    Base.metadata,
+    sa.Column("metric_id", sa.ForeignKey("metrics.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "dataset_id", sa.ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (
+        sa.UniqueConstraint("connection_id", "name"),
+        _check_in("status", DatasetStatus),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(sa.ForeignKey("connections.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    query: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=DatasetStatus.PENDING)
+    last_refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
+    row_count: Mapped[int | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+
+    connection: Mapped[Connection] = relationship(back_populates="datasets")
+    metrics: Mapped[list[Metric]] = relationship(
+        secondary=metric_datasets, back_populates="datasets", order_by="Metric.id"
+    )
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+
+    datasets: Mapped[list[Dataset]] = relationship(
+        secondary=metric_datasets, back_populates="metrics", order_by="Dataset.id"
+    )
+
+
+class Disconnection(Base):
+    """One episode of broken credentials: opened by the first auth failure, closed by recovery."""
+
+    __tablename__ = "disconnections"
+    __table_args__ = (
+        # the email rule's query: open episodes by start time
+        sa.Index(
+            "ix_disconnections_open_started",
+            "started_at",
+            postgresql_where=sa.text("ended_at IS NULL"),
+            sqlite_where=sa.text("ended_at IS NULL"),
+        ),
+        # at most one open episode per connection
+        sa.Index(
+            "uq_disconnections_one_open",
+            "connection_id",
+            unique=True,
+            postgresql_where=sa.text("ended_at IS NULL"),
+            sqlite_where=sa.text("ended_at IS NULL"),
+        ),
+        sa.Index("ix_disconnections_connection", "connection_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(sa.ForeignKey("connections.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    reason_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+
+    connection: Mapped[Connection] = relationship()
+    notification: Mapped[Notification | None] = relationship(back_populates="disconnection")
+
+
+class Notification(Base):
+    """The one email of a disconnection: the unique constraint is the 'once, ever' rule."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (_check_in("state", NotificationState),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    disconnection_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("disconnections.id", ondelete="CASCADE"), unique=True
+    )
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    recipients: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    attempts: Mapped[int] = mapped_column(default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    last_error: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    subject: Mapped[str | None] = mapped_column(sa.String(500), default=None)
+    claimed_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime]
+
+    disconnection: Mapped[Disconnection] = relationship(back_populates="notification")
+
+
+class AuditEvent(Base):
+    """Who did what to which connection, and when. Details never hold secrets."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (sa.Index("ix_audit_events_connection_at", "connection_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime]
+    account_id: Mapped[int | None] = mapped_column(sa.ForeignKey("accounts.id"), default=None)
+    actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), default=None)
+    connection_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("connections.id", ondelete="CASCADE"), default=None
+    )
+    action: Mapped[str] = mapped_column(sa.String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    actor: Mapped[User | None] = relationship()

@@ -1,0 +1,86 @@
+"""Settings from the environment (prefix RELINK_) and an optional `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class OAuthApp(BaseModel):
+    """The installation's OAuth app for one provider (RELINK_OAUTH__<PROVIDER>__CLIENT_ID)."""
+
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELINK_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "data",
+        description="Where the embedded defaults keep their files (SQLite, key file, outbox).",
+    )
+    database_url: str = Field(
+        default="",
+        description="App database; empty means a SQLite file in the data folder.",
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where users reach the web pages (links in emails).",
+    )
+    secret_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated Fernet keys, newest first; empty means a key file.",
+    )
+    # email
+    email_from: str = "relink@example.com"
+    sendgrid_api_key: SecretStr = SecretStr("")
+    sendgrid_host: str = "https://api.sendgrid.com"
+    # checks
+    check_timeout: float = Field(default=10.0, description="Seconds per source request.")
+    oauth: dict[str, OAuthApp] = Field(default_factory=dict)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'relink.db'}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "secret.keys"
+
+    def masked(self) -> dict[str, Any]:
+        """Every effective setting, secrets replaced by '**********' (or '' when unset)."""
+        values = self.model_dump(mode="json")
+        values["database_url"] = _mask_url_password(self.effective_database_url)
+        for name in ("secret_keys", "sendgrid_api_key"):
+            values[name] = "**********" if getattr(self, name).get_secret_value() else ""
+        for app in values.get("oauth", {}).values():
+            app["client_secret"] = "**********" if app.get("client_secret") else ""
+        return values
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparsable URL>"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

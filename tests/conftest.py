@@ -1,0 +1,115 @@
+"""Shared fixtures: the real peers every test machine has.
+
+PostgreSQL and MariaDB run on loopback on every development and CI machine. A
+test that needs one and cannot reach it skips on a developer's machine but
+FAILS under CI=true: a green CI must mean those tests ran.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from relink import db
+from relink.app import Relink
+from relink.settings import Settings
+from relink.vault import generate_key
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reachable(url: str) -> str | None:
+    """None when a `SELECT 1` works, else the reason."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=_timeout_args(url))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+
+
+def _timeout_args(url: str) -> dict[str, int]:
+    if url.startswith("postgresql"):
+        return {"connect_timeout": 3}
+    if url.startswith("mysql"):
+        return {"connect_timeout": 3}
+    return {}
+
+
+def _require_peer(env: str, default: str) -> str:
+    url = os.environ.get(env) or default
+    reason = _reachable(url)
+    if reason is None:
+        return url
+    message = f"{env}={url} is not reachable ({reason})"
+    if IN_CI:
+        pytest.fail(f"CI=true and a required test peer is missing: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A superuser URL of the loopback PostgreSQL test server."""
+    return _require_peer("RELINK_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """A root URL of the loopback MariaDB test server."""
+    return _require_peer("RELINK_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
+
+
+# --- the app database: every test on SQLite, and again on PostgreSQL when configured ----
+
+APP_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("RELINK_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(params=APP_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty app database of its own: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relink.db'}"
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"relink_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        secret_keys=generate_key(),
+        base_url="http://relink.test",
+    )
+
+
+@pytest.fixture
+def relink_app(settings: Settings) -> Iterator[Relink]:
+    """A Relink on a migrated, empty database."""
+    app = Relink(settings)
+    db.upgrade(app.engine)
+    yield app
+    app.close()
