@@ -1,0 +1,192 @@
+"""MySQL / MariaDB through SQLAlchemy + PyMySQL.
+
+Classification (`classify_mysql_error`, pure, unit-tested without a server) works on
+PyMySQL's errno (`args[0]`):
+
+* 1045 access denied (wrong user or password) -> `AuthFailed("1045")`; so are the
+  other "this login is refused" errnos: 1698 (no password given), 1130 (host not
+  allowed, MySQL's pg_hba.conf), 1820/1862 (password expired) and 3118/4151 (account
+  locked).
+* 1049 unknown database and 1044 access denied to the database -> `AuthFailed` with
+  that errno, for the reasons given in `connectors.postgres` for 3D000/42501: the
+  server answered "no" to this connection's settings; only the owner can fix that,
+  and `auth_failed` is what tells them. (MariaDB even answers 1044, not 1049, for a
+  missing database the user has no rights on.) 1142/1143 (no SELECT on a table or
+  column, met during fetch) are the same kind of problem.
+* 2003 can't connect / 2005 unknown host / 2006 gone away / 2013 lost connection /
+  2026 TLS / 1040 too many connections / 1053 shutdown / timeouts -> `Unreachable`.
+  When PyMySQL kept the socket error (`original_exception` / `__context__`) the code
+  says what happened ("connection_refused", "dns", "timeout", "tls"), like PostgreSQL;
+  otherwise it is the errno.
+* anything else -> `Unreachable("error")` named by exception class (and errno).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pymysql
+
+from connectors.base import (
+    AuthFailed,
+    AuthKind,
+    CheckError,
+    Field,
+    Unreachable,
+)
+from connectors.registry import register
+from connectors.sql import (
+    SqlConnector,
+    SqlTarget,
+    classify_os_error,
+    one_line,
+    unexpected,
+    unwrap,
+)
+
+FIELDS = (
+    Field("host", "Host", help="Server name or address"),
+    Field("port", "Port", default="3306", help="TCP port"),
+    Field("database", "Database", help="Database (schema) name"),
+    Field("username", "Username", help="A user that may connect and read the tables"),
+    Field("password", "Password", secret=True, help="The user's password"),
+    Field(
+        "sslmode",
+        "SSL mode",
+        required=False,
+        default="preferred",
+        help="disabled, preferred or required",
+    ),
+)
+
+SSLMODES = frozenset({"disabled", "preferred", "required"})
+
+AUTH_ERRNOS = {
+    1045: "access denied (wrong user name or password)",
+    1698: "access denied (no password given)",
+    1130: "this host is not allowed to connect",
+    1820: "the password has expired and must be reset",
+    1862: "the password has expired",
+    3118: "the account is locked",
+    4151: "the account is locked",
+    # not outages either: the connection's settings or grants are wrong
+    1044: "access denied to the database",
+    1049: "the database does not exist",
+    1142: "access denied to a table",
+    1143: "access denied to a column",
+}
+UNREACHABLE_ERRNOS = {
+    1040: "too many connections, try again later",
+    1203: "the user has too many connections, try again later",
+    1226: "the user has exceeded a resource limit, try again later",
+    1053: "the server is shutting down",
+    1077: "the server is shutting down",
+    1129: "the host is blocked after too many connection errors",
+    1152: "the connection was aborted",
+    1159: "timeout reading from the network",
+    1161: "timeout writing to the network",
+    1969: "the query exceeded max_statement_time",  # MariaDB
+    3024: "the query exceeded max_execution_time",  # MySQL
+    2002: "could not connect",
+    2003: "could not connect",
+    2005: "the host name could not be resolved",
+    2006: "the server has gone away",
+    2013: "lost the connection to the server",
+    2026: "TLS/SSL negotiation failed",
+    2055: "lost the connection to the server",
+}
+_ERRNO_CODES = {
+    1159: "timeout",
+    1161: "timeout",
+    1969: "timeout",
+    3024: "timeout",
+    2005: "dns",
+    2026: "tls",
+}
+# Below 2000 (and from 3000) the text comes from the server, which never sees the
+# DSN; 2000-2999 are client errors whose text we do not quote.
+_CLIENT_ERRNOS = range(2000, 3000)
+
+
+def _errno(exc: pymysql.err.MySQLError) -> int | None:
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, int) else None
+
+
+def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError:
+    """Pure: a PyMySQL (or SQLAlchemy-wrapped) exception -> AuthFailed / Unreachable."""
+    if isinstance(exc, CheckError):
+        return exc
+    orig = unwrap(exc)
+    if not isinstance(orig, pymysql.err.MySQLError):
+        return classify_os_error(orig, where) or unexpected(orig, where)
+
+    errno = _errno(orig)
+    server_text = None
+    if errno is not None and errno not in _CLIENT_ERRNOS and len(orig.args) > 1:
+        server_text = one_line(str(orig.args[1]), 200) or None
+
+    if errno in AUTH_ERRNOS:
+        return AuthFailed(str(errno), f"{where}: {server_text or AUTH_ERRNOS[errno]} ({errno})")
+    if errno in UNREACHABLE_ERRNOS:
+        # The socket error PyMySQL kept says more than the errno (2003 covers refused,
+        # DNS and timeout alike; 2013 is how a read timeout shows).
+        socket_error = getattr(orig, "original_exception", None) or orig.__context__
+        if socket_error is not None:
+            found = classify_os_error(socket_error, where)
+            if found is not None:
+                return Unreachable(found.code, f"{found.message} ({errno})")
+        code = _ERRNO_CODES.get(errno, str(errno))
+        return Unreachable(code, f"{where}: {server_text or UNREACHABLE_ERRNOS[errno]} ({errno})")
+    if server_text:
+        # A server error we do not classify (e.g. 1146 in a dataset query): the
+        # server's own words are safe (it never sees the DSN) and say what to fix.
+        return Unreachable("error", f"{where}: {type(orig).__name__} {errno}: {server_text}")
+    return unexpected(orig, where, str(errno) if errno is not None else None)
+
+
+def ssl_args(sslmode: str) -> dict[str, Any]:
+    """PyMySQL's TLS arguments for the connection's sslmode.
+
+    * disabled: never TLS.
+    * required: TLS or fail (2026 when the server has none); like MySQL's REQUIRED
+      the certificate is not verified.
+    * preferred: PyMySQL's default. Note that PyMySQL does not try TLS unless asked,
+      so today this connects without TLS; verifying modes are not offered.
+    """
+    if sslmode == "disabled":
+        return {"ssl_disabled": True}
+    if sslmode == "required":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return {"ssl": context}
+    return {}
+
+
+class MySQLConnector(SqlConnector):
+    type = "mysql"
+    display_name = "MySQL / MariaDB"
+    auth_kind = AuthKind.PASSWORD
+    provider = "mysql"
+    fields = FIELDS
+
+    drivername = "mysql+pymysql"
+    default_port = 3306
+    sslmodes = SSLMODES
+    default_sslmode = "preferred"
+
+    def connect_args(self, target: SqlTarget, timeout: float) -> dict[str, Any]:
+        return {
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            "write_timeout": timeout,
+            **ssl_args(target.sslmode),
+        }
+
+    def classify_error(self, exc: BaseException, where: str = "MySQL") -> CheckError:
+        return classify_mysql_error(exc, where)
+
+
+register(MySQLConnector())

@@ -1,0 +1,239 @@
+"""PostgreSQL through SQLAlchemy + psycopg.
+
+Classification (`classify_postgres_error`, pure, unit-tested without a server):
+
+* 28P01 invalid_password, 28000 invalid_authorization_specification (role missing,
+  not allowed to log in, no pg_hba.conf entry) -> `AuthFailed` with that code.
+* 3D000 "database does not exist" and 42501 "permission denied for database" ->
+  `AuthFailed` with that code too. They are not outages: the server answered, and
+  answered "no" to *this connection's* settings; waiting will not fix them, the owner
+  (or the source's DBA) must. Reporting them as `unreachable` would leave a connection
+  that can never work looking healthy forever and nobody would be told, whereas
+  `auth_failed` opens a disconnection, emails the owner after 24 hours and is closed by
+  a reconnect, which is the path that fixes them. The code keeps them distinguishable
+  from a wrong password. 42501 met during fetch (no SELECT on a table) is the same
+  kind of problem: the role lacks a privilege the dataset needs.
+* connection refused, DNS failure, TLS failure, timeout (connect timeout, 57014 the
+  statement timeout of fetch), server shutting down or starting up (57P01, 57P02,
+  57P03), too many connections (53300), other class 08/53/57/58 errors ->
+  `Unreachable`.
+* anything else -> `Unreachable("error")` named by exception class (and SQLSTATE).
+
+psycopg puts no SQLSTATE on a failed *connection attempt* (libpq keeps only the text
+of the server's FATAL message), so for those the English text of the server's (or
+libpq's) message is matched and mapped to the SQLSTATE the server sent. A server that
+reports in another language falls through to `Unreachable("error")`: the safe side,
+it never breaks a connection by mistake.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import text
+
+from connectors.base import (
+    AuthFailed,
+    AuthKind,
+    CheckError,
+    Field,
+    Unreachable,
+)
+from connectors.registry import register
+from connectors.sql import (
+    SqlConnector,
+    SqlTarget,
+    classify_os_error,
+    network_error,
+    one_line,
+    unexpected,
+    unwrap,
+    whole_seconds,
+)
+
+DATABASE_FIELDS = (
+    Field("host", "Host", help="Server name or address"),
+    Field("port", "Port", default="5432", help="TCP port"),
+    Field("database", "Database", help="Database name"),
+    Field("username", "Username", help="A role that may connect and read the tables"),
+    Field("password", "Password", secret=True, help="The role's password"),
+    Field(
+        "sslmode",
+        "SSL mode",
+        required=False,
+        default="prefer",
+        help="disable, prefer, require, verify-ca or verify-full",
+    ),
+)
+
+SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+# SQLSTATE -> what it means, for the ones that say "this connection is wrong".
+AUTH_SQLSTATES = {
+    "28P01": "password authentication failed",
+    "28000": "the server does not accept this user from here",
+    "3D000": "the database does not exist",
+    "42501": "permission denied",
+}
+# SQLSTATE -> (code, meaning) for the ones that say "the server cannot answer now".
+UNREACHABLE_SQLSTATES = {
+    "53300": ("53300", "too many connections, try again later"),
+    "57P01": ("57P01", "the server is shutting down"),
+    "57P02": ("57P02", "the server is restarting after a crash"),
+    "57P03": ("57P03", "the server is not accepting connections now"),
+    "57014": ("timeout", "the query was cancelled (statement timeout)"),
+}
+UNREACHABLE_CLASSES = ("08", "53", "57", "58")
+
+# Connection-attempt messages (no SQLSTATE available), most specific first.
+# Auth-like patterns are tried before network ones: if one attempt of several (::1,
+# 127.0.0.1) reached the server and was refused a login, that is the answer.
+_AUTH_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p), code)
+    for p, code in (
+        (r"password authentication failed", "28P01"),
+        (r"no password supplied", "28P01"),
+        (r"no pg_hba\.conf entry", "28000"),
+        (r"pg_hba\.conf rejects connection", "28000"),
+        (r'role ".*" does not exist', "28000"),
+        (r"is not permitted to log in", "28000"),
+        (r"authentication failed for user", "28000"),  # ident, peer, ldap, cert ...
+        (r'database ".*" does not exist', "3D000"),
+        (r"permission denied for database", "42501"),
+    )
+)
+_OUTAGE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p), code)
+    for p, code in (
+        (r"too many clients|too many connections|connection slots are reserved", "53300"),
+        (r"terminating connection due to administrator command", "57P01"),
+        (r"the database system is (shutting down|starting up|in recovery mode|not .*accepting)"
+         r"|not yet accepting connections", "57P03"),
+        (r"timeout expired|timed out", "timeout"),
+        (r"failed to resolve host|could not translate host name|name or service not known"
+         r"|nodename nor servname|name resolution", "dns"),
+        (r"connection refused", "connection_refused"),
+        (r"\bssl\b|certificate|\btls\b", "tls"),
+        (r"server closed the connection|connection reset|broken pipe|eof detected"
+         r"|connection is (bad|lost)", "connection_lost"),
+        (r"no route to host|network is unreachable|host is unreachable", "network"),
+    )
+)  # fmt: skip
+
+_SERVER_MESSAGE = re.compile(r"\b(?:FATAL|ERROR|PANIC):\s+(.+)")
+_LIBPQ_REASON = re.compile(r".*failed:\s+(.+)")
+
+
+def _server_text(message: str) -> str | None:
+    """The server's own words from a libpq message ("FATAL:  password ...")."""
+    for line in message.splitlines():
+        found = _SERVER_MESSAGE.search(line)
+        if found:
+            return one_line(found.group(1), 200)
+    return None
+
+
+def _with_detail(where: str, meaning: str, code: str, detail: str | None) -> str:
+    return f"{where}: {detail or meaning} ({code})"
+
+
+def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> CheckError:
+    """Pure: a psycopg (or SQLAlchemy-wrapped) exception -> AuthFailed / Unreachable.
+
+    `where` names the server in the message ("PostgreSQL at db:5432/sales"); the
+    message never quotes the DSN, and quotes only the server's own error text.
+    """
+    if isinstance(exc, CheckError):
+        return exc
+    orig = unwrap(exc)
+    if not isinstance(orig, psycopg.Error):
+        return classify_os_error(orig, where) or unexpected(orig, where)
+
+    sqlstate = orig.sqlstate
+    if sqlstate:
+        detail = orig.diag.message_primary
+        detail = one_line(detail, 200) if detail else None
+        if sqlstate in AUTH_SQLSTATES or sqlstate.startswith("28"):
+            meaning = AUTH_SQLSTATES.get(sqlstate, "the server refused the login")
+            return AuthFailed(sqlstate, _with_detail(where, meaning, sqlstate, detail))
+        if sqlstate in UNREACHABLE_SQLSTATES:
+            code, meaning = UNREACHABLE_SQLSTATES[sqlstate]
+            return Unreachable(code, _with_detail(where, meaning, sqlstate, detail))
+        if sqlstate[:2] in UNREACHABLE_CLASSES:
+            meaning = "the server could not serve the request"
+            return Unreachable(sqlstate, _with_detail(where, meaning, sqlstate, detail))
+        # A server error we do not classify (e.g. 42P01 in a dataset query): the
+        # server's own words are safe (it never sees the DSN) and say what to fix.
+        return Unreachable(
+            "error",
+            f"{where}: {type(orig).__name__} {sqlstate}" + (f": {detail}" if detail else ""),
+        )
+
+    if isinstance(orig, psycopg.errors.ConnectionTimeout):
+        return network_error("timeout", where)
+    if not isinstance(orig, psycopg.OperationalError):
+        return unexpected(orig, where)
+
+    message = str(orig)
+    lowered = message.lower()
+    server_text = _server_text(message)
+    for pattern, code in _AUTH_PATTERNS:
+        if pattern.search(lowered):
+            return AuthFailed(code, _with_detail(where, AUTH_SQLSTATES[code], code, server_text))
+    for pattern, code in _OUTAGE_PATTERNS:
+        if not pattern.search(lowered):
+            continue
+        if code in UNREACHABLE_SQLSTATES:
+            meaning = UNREACHABLE_SQLSTATES[code][1]
+            return Unreachable(code, _with_detail(where, meaning, code, server_text))
+        detail = server_text
+        if code == "tls" and detail is None:
+            # libpq's reason says which setting to change ("server does not support
+            # SSL, but SSL was required"); it never contains a password.
+            reason = _LIBPQ_REASON.match(message.splitlines()[0])
+            detail = f"TLS/SSL failed: {one_line(reason.group(1), 200)}" if reason else None
+        return network_error(code, where, detail)
+    cause = orig.__cause__ or orig.__context__
+    if cause is not None:
+        found = classify_os_error(cause, where)
+        if found is not None:
+            return found
+    return unexpected(orig, where)
+
+
+class PostgresConnector(SqlConnector):
+    type = "postgres"
+    display_name = "PostgreSQL"
+    auth_kind = AuthKind.PASSWORD
+    provider = "postgres"
+    fields = DATABASE_FIELDS
+
+    drivername = "postgresql+psycopg"
+    default_port = 5432
+    sslmodes = SSLMODES
+    default_sslmode = "prefer"
+
+    def connect_args(self, target: SqlTarget, timeout: float) -> dict[str, Any]:
+        return {
+            # libpq counts whole seconds (and psycopg waits at least 2) per address tried.
+            "connect_timeout": whole_seconds(timeout),
+            "sslmode": target.sslmode,
+            "application_name": "relink",
+        }
+
+    def classify_error(self, exc: BaseException, where: str = "PostgreSQL") -> CheckError:
+        return classify_postgres_error(exc, where)
+
+    def prepare_fetch(self, conn: Connection, timeout: float) -> None:
+        # Transaction-local (is_local=true), so it also works through a pgbouncer in
+        # transaction mode, and unlike a startup `options` it is accepted everywhere.
+        conn.execute(
+            text("SELECT set_config('statement_timeout', :ms, true)"),
+            {"ms": str(max(1, int(timeout * 1000)))},
+        )
+
+
+register(PostgresConnector())

@@ -1,0 +1,313 @@
+"""The part PostgreSQL and MySQL/MariaDB share: SQLAlchemy engines, timeouts, secrets.
+
+A dialect module (`connectors.postgres`, `connectors.mysql`) subclasses `SqlConnector`
+and supplies the driver name, the driver's connect arguments and a pure
+`classify_error` that turns a driver exception into `AuthFailed` / `Unreachable`.
+This module does the rest, the same way for both:
+
+* settings are parsed into a `SqlTarget`; bad settings (no host, port "abc", unknown
+  sslmode) are `AuthFailed(code="invalid_settings")`: see `parse_target`;
+* the URL is built with `URL.create`, never by formatting a string, so a password
+  such as ``p@ss:w/rd%!`` works and is never rendered anywhere;
+* one engine per check with `NullPool` (no connection outlives the check), disposed
+  afterwards; the blocking driver work runs in a thread (`asyncio.to_thread`);
+* validate = connect + ``SELECT 1``; fetch = the dataset's query, returned as
+  `FetchResult(columns, rows)`;
+* every message that leaves this module is one line, names the server but never the
+  DSN, and has the password scrubbed out as a last line of defence.
+
+Timeouts: `ctx.timeout` is used for the driver's connect timeout and for its read
+timeout (MySQL `read_timeout`/`write_timeout`, PostgreSQL a transaction-local
+`statement_timeout` during fetch). A caller that refreshes a slow dataset passes a
+context with a larger timeout. Around the thread there is a backstop
+(`asyncio.wait_for`) for what the driver timeouts cannot see (a hung DNS lookup, a
+server that accepts the query and never answers); normally a driver timeout fires
+first.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import math
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.pool import NullPool
+
+from connectors.base import (
+    AuthFailed,
+    CheckContext,
+    CheckError,
+    CheckResult,
+    ConnectionSpec,
+    Connector,
+    FetchResult,
+    Unreachable,
+)
+
+T = TypeVar("T")
+
+INVALID_SETTINGS = "invalid_settings"
+# The backstop around the driver's own timeouts (see the module docstring).
+BACKSTOP_FACTOR = 3.0
+BACKSTOP_MIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SqlTarget:
+    """Validated connection settings plus the password (never shown in repr)."""
+
+    host: str
+    port: int
+    database: str
+    username: str
+    password: str = field(repr=False)
+    sslmode: str
+
+    @property
+    def where(self) -> str:
+        """How messages name the server: host, port and database, never the DSN."""
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+def parse_target(
+    conn: ConnectionSpec,
+    *,
+    default_port: int,
+    sslmodes: frozenset[str],
+    default_sslmode: str,
+) -> SqlTarget:
+    """Read host/port/database/username/sslmode from settings and the password.
+
+    Bad settings raise `AuthFailed(code="invalid_settings")`, not `ValueError` and not
+    `Unreachable`:
+    * `validate` must never raise for a problem of the connection itself, and an
+      exception would abort a whole check batch (or show a traceback on reconnect);
+    * it is not an outage: retrying will never make port "abc" work, only the owner
+      editing the connection will, which is exactly what `auth_failed` leads to (the
+      connection shows as broken, the owner is told, reconnecting fixes it);
+    * the distinct code and a message naming the field keep it apart from a refused
+      password.
+    """
+    settings: Mapping[str, Any] = conn.settings or {}
+
+    def text(name: str) -> str:
+        value = settings.get(name)
+        return "" if value is None else str(value).strip()
+
+    host, database, username = text("host"), text("database"), text("username")
+    for name, value in (("host", host), ("database", database), ("username", username)):
+        if not value:
+            raise AuthFailed(INVALID_SETTINGS, f"the connection has no {name}; edit it and set one")
+
+    raw_port = text("port")
+    if not raw_port:
+        port = default_port
+    else:
+        try:
+            port = int(raw_port)
+        except ValueError:
+            port = -1
+        if not 1 <= port <= 65535:
+            raise AuthFailed(
+                INVALID_SETTINGS,
+                f"port must be a number from 1 to 65535, got {raw_port[:20]!r}",
+            )
+
+    sslmode = text("sslmode").lower() or default_sslmode
+    if sslmode not in sslmodes:
+        raise AuthFailed(
+            INVALID_SETTINGS,
+            f"sslmode must be one of {', '.join(sorted(sslmodes))}, got {sslmode[:20]!r}",
+        )
+
+    password = (conn.credentials or {}).get("password") or ""
+    return SqlTarget(host, port, database, username, str(password), sslmode)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Collapse whitespace (driver messages span lines) and cap the length."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+# What the network-level codes mean, worded for the connection's owner.
+NETWORK_MEANINGS = {
+    "timeout": "no answer within the timeout",
+    "dns": "the host name could not be resolved",
+    "connection_refused": "connection refused; is the server running and is the port correct?",
+    "tls": "TLS/SSL negotiation failed",
+    "connection_lost": "the server closed the connection unexpectedly",
+    "network": "the network could not reach the server",
+}
+
+
+def network_error(code: str, where: str, detail: str | None = None) -> Unreachable:
+    return Unreachable(code, f"{where}: {detail or NETWORK_MEANINGS[code]}")
+
+
+def classify_os_error(exc: BaseException, where: str) -> CheckError | None:
+    """A network-level exception (possibly the driver's `__context__`), or None."""
+    if isinstance(exc, TimeoutError):
+        return network_error("timeout", where)
+    if isinstance(exc, socket.gaierror):
+        return network_error("dns", where)
+    if isinstance(exc, ConnectionRefusedError):
+        return network_error("connection_refused", where)
+    if isinstance(exc, ssl.SSLError):
+        return network_error("tls", where, f"TLS/SSL failed ({type(exc).__name__})")
+    if isinstance(exc, ConnectionError):
+        return network_error("connection_lost", where)
+    if isinstance(exc, OSError):
+        return network_error("network", where, f"network error ({type(exc).__name__})")
+    return None
+
+
+def unexpected(exc: BaseException, where: str, code: str | None = None) -> Unreachable:
+    """Anything we cannot classify: an outage, named by class (and code), never by text.
+
+    The raw message of an unknown exception could echo a DSN, so it is not used.
+    """
+    detail = type(exc).__name__ + (f" {code}" if code else "")
+    return Unreachable("error", f"{where}: unexpected error ({detail})")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """SQLAlchemy wraps the driver's exception in `DBAPIError.orig`."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return exc.orig
+    return exc
+
+
+class SqlConnector(Connector):
+    """validate/fetch for a SQLAlchemy dialect; subclasses supply the dialect parts."""
+
+    drivername: str  # e.g. "postgresql+psycopg"
+    default_port: int
+    sslmodes: frozenset[str]
+    default_sslmode: str
+
+    # --- what a dialect supplies ------------------------------------------------------
+
+    @abc.abstractmethod
+    def connect_args(self, target: SqlTarget, timeout: float) -> dict[str, Any]:
+        """The driver's keyword arguments: timeouts and TLS."""
+
+    @abc.abstractmethod
+    def classify_error(self, exc: BaseException, where: str = "the server") -> CheckError:
+        """Pure: a driver (or SQLAlchemy) exception -> AuthFailed / Unreachable."""
+
+    def prepare_fetch(self, conn: Connection, timeout: float) -> None:
+        """Runs in the fetch transaction before the query (e.g. a statement timeout)."""
+
+    # --- shared -----------------------------------------------------------------------
+
+    def target(self, conn: ConnectionSpec) -> SqlTarget:
+        return parse_target(
+            conn,
+            default_port=self.default_port,
+            sslmodes=self.sslmodes,
+            default_sslmode=self.default_sslmode,
+        )
+
+    def url(self, target: SqlTarget) -> URL:
+        return URL.create(
+            self.drivername,
+            username=target.username,
+            password=target.password or None,
+            host=target.host,
+            port=target.port,
+            database=target.database,
+        )
+
+    def where(self, target: SqlTarget) -> str:
+        return f"{self.display_name} at {target.where}"
+
+    async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
+        try:
+            await self._run(conn, ctx, _select_one)
+        except CheckError as err:
+            return CheckResult.from_error(err)
+        return CheckResult.ok()
+
+    async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
+        timeout = ctx.timeout
+
+        def work(connection: Connection) -> FetchResult:
+            self.prepare_fetch(connection, timeout)
+            # exec_driver_sql + no_parameters: the dataset's SQL goes to the driver as
+            # written (no ":name" bind parsing, no "%" formatting of LIKE patterns).
+            result = connection.execution_options(no_parameters=True).exec_driver_sql(query)
+            if not result.returns_rows:
+                return FetchResult([], [])
+            columns = list(result.keys())
+            return FetchResult(columns, [tuple(row) for row in result.fetchall()])
+
+        return await self._run(conn, ctx, work)
+
+    async def _run(
+        self, conn: ConnectionSpec, ctx: CheckContext, work: Callable[[Connection], T]
+    ) -> T:
+        """Run `work` on a fresh connection in a thread; failures become CheckError."""
+        target = self.target(conn)  # raises AuthFailed(invalid_settings)
+        where = self.where(target)
+        timeout = max(float(ctx.timeout), 0.5)
+        backstop = max(timeout * BACKSTOP_FACTOR, BACKSTOP_MIN_SECONDS)
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._blocking, target, where, timeout, work), backstop
+            )
+        except CheckError as err:
+            # `from None`: the driver's exception (host, user, SQL) stays out of tracebacks
+            # and logs; the code and message carry what the owner needs.
+            raise self._safe(err, target) from None
+        except TimeoutError:
+            # Only the backstop gets here: `_blocking` turns every driver error into a
+            # CheckError. The thread ends on its own when the driver's timeout fires.
+            raise network_error("timeout", where, f"no answer within {backstop:g}s") from None
+
+    def _blocking(
+        self, target: SqlTarget, where: str, timeout: float, work: Callable[[Connection], T]
+    ) -> T:
+        try:
+            engine = sa.create_engine(
+                self.url(target),
+                poolclass=NullPool,
+                connect_args=self.connect_args(target, timeout),
+            )
+            try:
+                with engine.connect() as connection:
+                    return work(connection)  # never committed: leaving the block rolls back
+            finally:
+                engine.dispose()
+        except CheckError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every driver error gets classified
+            raise self.classify_error(exc, where) from None
+
+    @staticmethod
+    def _safe(err: CheckError, target: SqlTarget) -> CheckError:
+        """One line, password scrubbed: the last word on every message we report."""
+        message = scrub(one_line(err.message), target.password)
+        if message == err.message:
+            return err
+        return type(err)(err.code, message)
+
+
+def _select_one(connection: Connection) -> None:
+    connection.execute(sa.text("SELECT 1")).scalar_one()
+
+
+def whole_seconds(timeout: float) -> int:
+    """Drivers that take whole seconds (libpq's connect_timeout)."""
+    return max(1, math.ceil(timeout))
