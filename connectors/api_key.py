@@ -1,15 +1,47 @@
-"""HTTP APIs authenticated with a static key (a header or a bearer token)."""
+"""HTTP APIs authenticated with a static key (a header or a bearer token).
+
+validate: ``GET base_url + probe_path`` (httpx, `ctx.timeout`, no redirects) with the key
+in `header` (``Authorization`` sends ``Bearer <key>``, any other header the key itself).
+2xx -> ok; 401 / 403 -> ``AuthFailed("401" / "403")``; network errors, 5xx, 429 and
+any other status -> `Unreachable` (classification in `connectors.http`). A missing base
+URL or key, or an unusable header name, is ``AuthFailed("invalid_settings")``.
+
+fetch: the dataset query format of `connectors.http`,
+``"<path-or-url> [| <dotted.json.path>]"``, relative to `base_url` (an absolute URL must
+be on the same origin: the key is never sent elsewhere).
+
+The key never appears in a message: every message is scrubbed before it leaves.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+
+import httpx
+
 from connectors.base import (
+    AuthFailed,
     AuthKind,
     CheckContext,
+    CheckError,
     CheckResult,
     ConnectionSpec,
     Connector,
     FetchResult,
     Field,
+)
+from connectors.http import (
+    INVALID_SETTINGS,
+    classify_exception,
+    classify_status,
+    json_body,
+    parse_query,
+    records_to_result,
+    resolve_url,
+    safe_error,
+    tls_context,
+    where,
 )
 from connectors.registry import register
 
@@ -41,10 +73,83 @@ class ApiKeyConnector(Connector):
     fields = FIELDS
 
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
-        raise NotImplementedError  # TODO(checks issue)
+        key = _key(conn)
+        try:
+            target = _target(conn)
+            probe = target.base_url.rstrip("/") + "/" + target.probe_path.lstrip("/")
+            await _get(target, probe, ctx)
+        except CheckError as err:
+            return CheckResult.from_error(safe_error(err, [key]))
+        return CheckResult.ok()
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
-        raise NotImplementedError  # TODO(checks issue)
+        key = _key(conn)
+        try:
+            target = _target(conn)
+            path, records_path = parse_query(query)
+            url = resolve_url(target.base_url, path)
+            body = json_body(await _get(target, url, ctx), where(url))
+            return records_to_result(body, records_path)
+        except CheckError as err:
+            raise safe_error(err, [key]) from None
+
+
+# RFC 9110 token characters: what a header name may be made of.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    base_url: str
+    probe_path: str
+    header: str
+    key: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        value = f"Bearer {self.key}" if self.header.lower() == "authorization" else self.key
+        return {self.header: value, "Accept": "application/json"}
+
+
+def _key(conn: ConnectionSpec) -> str:
+    return str((conn.credentials or {}).get("api_key") or "")
+
+
+def _target(conn: ConnectionSpec) -> _Target:
+    settings = conn.settings or {}
+
+    def text(name: str, default: str = "") -> str:
+        value = settings.get(name)
+        return (str(value).strip() if value is not None else "") or default
+
+    base_url = text("base_url")
+    if not base_url:
+        raise AuthFailed(INVALID_SETTINGS, "the connection has no base_url; edit it and set one")
+    header = text("header", "Authorization")
+    if not _HEADER_NAME.match(header):
+        raise AuthFailed(INVALID_SETTINGS, f"header {header[:40]!r} is not a valid header name")
+    key = _key(conn).strip()
+    if not key:
+        raise AuthFailed(INVALID_SETTINGS, "the connection has no API key; reconnect it")
+    if any(c in key for c in "\r\n\0"):
+        raise AuthFailed(INVALID_SETTINGS, "the API key holds a line break; reconnect it")
+    return _Target(base_url, text("probe_path", "/me"), header, key)
+
+
+async def _get(target: _Target, url: str, ctx: CheckContext) -> httpx.Response:
+    """GET with the key; any answer but 2xx, and any failure, raises a CheckError."""
+    at = where(url)
+    try:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(ctx.timeout), verify=tls_context()
+        ) as client:
+            response = await client.get(url, headers=target.headers)
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+        raise classify_exception(exc, at) from None
+    problem = classify_status(response.status_code, at)
+    if problem is not None:
+        raise problem
+    return response
 
 
 register(ApiKeyConnector())

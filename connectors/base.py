@@ -9,11 +9,11 @@ state rules decide what an outcome does to a connection.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class AuthKind(StrEnum):
@@ -83,8 +83,9 @@ class CheckResult:
     outcome: Outcome
     code: str | None = None
     message: str = ""
-    # A rotated token set the connector obtained and that must be stored.
-    new_credentials: Mapping[str, str] | None = None
+    # The connection's version after the connector itself stored rotated credentials
+    # (through the TokenStore); None when it stored nothing.
+    stored_version: int | None = None
 
     @classmethod
     def ok(cls, message: str = "credentials valid", **kw: Any) -> CheckResult:
@@ -116,6 +117,35 @@ class FetchResult:
         return len(self.rows)
 
 
+Credentials = Mapping[str, str]
+
+
+class TokenStore(Protocol):
+    """Where a connector persists rotated credentials, serialized per connection.
+
+    Implemented by the core over the app database (row lock on PostgreSQL, version
+    check everywhere), so two checks, or a check and a reconnect, never lose a
+    rotated refresh token.
+    """
+
+    async def refresh(
+        self,
+        conn: ConnectionSpec,
+        refresh: Callable[[Credentials], Awaitable[Credentials]],
+        *,
+        usable: Callable[[Credentials], bool],
+    ) -> tuple[Credentials, int]:
+        """Lock the connection and re-read its credentials. When the stored ones differ
+        from `conn.credentials` and are `usable`, return them (another run refreshed
+        already). Otherwise call `refresh(stored)` and store its result. Returns the
+        credentials to use and the connection's version after the call."""
+        ...
+
+    async def reload(self, connection_id: int) -> tuple[Credentials, int]:
+        """The credentials stored now, and the version."""
+        ...
+
+
 @dataclass(slots=True)
 class CheckContext:
     """What a validation may use besides the connection itself."""
@@ -124,6 +154,11 @@ class CheckContext:
     timeout: float = 10.0
     # installation-wide values a connector may need (OAuth app credentials per provider ...)
     app_settings: Mapping[str, Any] = field(default_factory=dict)
+    # where rotated OAuth tokens are stored; None means "do not persist" (a dry validation
+    # of new credentials before a reconnect)
+    token_store: TokenStore | None = None
+    # refresh an OAuth access token that expires within this many seconds
+    refresh_window: float = 300.0
 
 
 class Connector(abc.ABC):

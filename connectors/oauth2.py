@@ -1,24 +1,153 @@
-"""OAuth 2.0 sources through Authlib: one generic implementation, provider entries."""
+"""OAuth 2.0 sources through Authlib: one generic implementation, provider entries.
+
+Built on Authlib's `AsyncOAuth2Client` (httpx 0.28 underneath; see "Authlib and httpx2").
+
+Settings and where they come from
+---------------------------------
+* Endpoints (`authorize_url`, `token_url`, `introspection_url`, `revocation_url`,
+  `probe_url`): the connection's settings, else the provider's defaults
+  (`ProviderEndpoints`). `api_base_url` (the base of dataset paths): the setting, else
+  the `instance_url` of the token set (Salesforce sends one with every token), else the
+  provider's default, else the origin of the probe URL.
+* Client id / secret: the connection's `client_id` setting and `client_secret` secret,
+  else the installation's app, `ctx.app_settings["oauth"][<provider>]`
+  (``{"client_id": ..., "client_secret": ...}``, filled from `RELINK_OAUTH__...`).
+  Without a client id a refresh cannot be made: that is
+  `Unreachable("oauth_app_not_configured")`, an installation problem that reconnecting
+  cannot fix, so it must not break the owner's connection (the sweep's incident
+  detection shows every connection of the provider failing alike).
+* Client authentication at the token and introspection endpoints: a provider property
+  (Salesforce, Google, HubSpot, Microsoft: ``client_secret_post``; QuickBooks and the
+  generic provider: ``client_secret_basic``), overridable by the
+  `token_endpoint_auth_method` setting. Without a client secret: ``none`` (public
+  client).
+
+validate
+--------
+1. No access token, or one whose `expires_at` (epoch seconds, a string) is within
+   `ctx.refresh_window` of `ctx.now`: run the refresh-token grant through
+   `ctx.token_store.refresh` (serialized per connection, persisted before use). Without
+   a token store (a dry validation of new credentials) the refresh stays in memory.
+   No refresh token: `AuthFailed("no_refresh_token")`.
+2. Verify: RFC 7662 introspection when an introspection URL (and a client secret) is
+   known (``active: false`` -> `AuthFailed("inactive_token")`), else an authenticated GET
+   of the probe URL (401 -> `AuthFailed(<error of WWW-Authenticate or body>` default
+   ``invalid_token``), 403 -> `AuthFailed("insufficient_scope" or "403")`). With neither,
+   the refresh grant itself is the check.
+   A token rejected here although it looked valid (revoked, expired early, a provider
+   that sends no `expires_in`) gets one refresh and one more verification.
+3. `invalid_grant` / `invalid_client` / `unauthorized_client` from the token endpoint ->
+   `AuthFailed(<that code>)`, except after a rotation race: on `invalid_grant` the stored
+   credentials are reloaded, and when their refresh token is not the one we spent,
+   another run rotated first; its token set is used instead.
+4. Network errors, 5xx, 429 -> `Unreachable` (see `connectors.http`); other error codes
+   of the token endpoint (``invalid_request``, ``temporarily_unavailable``...) are
+   `Unreachable(<code>)` too: not proof that the grant is gone.
+5. `validate` returns a `CheckResult`, never raises for a source problem. Its
+   `stored_version` is the connection's version whose credentials the result is about
+   whenever that is not `conn.version` (we stored a rotated set, or used one another run
+   stored); None otherwise.
+
+Token sets are stored as strings: `access_token`, `refresh_token`, `expires_at` (computed
+as ``ctx.now + expires_in``: decisions use the caller's clock throughout), and
+`instance_url` when the provider sends one. No message carries a token or a secret.
+
+fetch
+-----
+Dataset query: ``"<path-or-url> [| <dotted.json.path>]"``, e.g.
+``"/api/records?path=opportunities | data.records"``: an authenticated GET relative to
+`api_base_url` (refreshed first when needed, as in validate), the records taken from the
+dotted path (default: the body). Details in `connectors.http`. Errors raise the
+classified `CheckError`.
+
+Reconnect helpers
+-----------------
+`OAuth2Connector.authorization_url(...)` builds the consent URL (PKCE S256, state, the
+provider's scope and extra parameters such as Google's ``access_type=offline``);
+`OAuth2Connector.exchange_code(...)` swaps the code for a token set (credentials dict).
+
+Authlib and httpx2
+------------------
+Authlib 1.9.10's httpx integration (`authlib/integrations/httpx_client/_compat.py`)
+imports `httpx2` when installed, else falls back to `httpx` and emits
+``AuthlibDeprecationWarning("The httpx module is deprecated; please use httpx2 instead.")``
+(a `DeprecationWarning` subclass, attributed to that package's modules). We stay on
+httpx 0.28 on purpose (Prefect's own HTTP client; one HTTP stack; pinned
+``httpx>=0.27,<0.29``, ``authlib>=1.9,<1.10``), so that one warning, and only it, is
+silenced around the import below. Transport errors are classified as httpx exceptions;
+`tests/unit/test_http_classification.py` checks that Authlib really uses the `httpx` we
+classify (should `httpx2` ever be installed, unclassified errors fall back to
+``Unreachable("error")``, which never breaks a connection).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import dataclasses
+import warnings
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from authlib.deprecate import AuthlibDeprecationWarning
+from authlib.oauth2.client import OAuth2Client as _ProtocolClient
 
 from connectors.base import (
+    AuthFailed,
     AuthKind,
     CheckContext,
+    CheckError,
     CheckResult,
     ConnectionSpec,
     Connector,
+    Credentials,
     FetchResult,
     Field,
+    Unreachable,
+)
+from connectors.http import (
+    BAD_RESPONSE,
+    INVALID_SETTINGS,
+    classify_exception,
+    classify_status,
+    json_body,
+    parse_query,
+    records_to_result,
+    resolve_url,
+    response_error,
+    safe_code,
+    safe_error,
+    tls_context,
+    where,
 )
 from connectors.registry import register
+
+with warnings.catch_warnings():
+    # Authlib 1.9.10 warns on import that its httpx integration is deprecated in favour
+    # of httpx2. Staying on httpx 0.28 is a decision (see the module docstring): ignore
+    # exactly that message of that category from that package, nothing else.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The httpx module is deprecated; please use httpx2 instead\.",
+        category=AuthlibDeprecationWarning,
+        module=r"authlib\.integrations\.httpx_client",
+    )
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
 TOKEN_FIELDS = (
     Field("access_token", "Access token", secret=True, required=False),
     Field("refresh_token", "Refresh token", secret=True, required=False),
     Field("expires_at", "Expires at (epoch seconds)", secret=True, required=False),
+    Field(
+        "instance_url",
+        "Instance URL",
+        secret=True,
+        required=False,
+        help="Sent by some providers (Salesforce) with the tokens: the API host",
+    ),
     Field(
         "client_id",
         "Client ID",
@@ -42,7 +171,35 @@ TOKEN_FIELDS = (
         required=False,
         help="A cheap authenticated GET (userinfo / who am I)",
     ),
+    Field(
+        "api_base_url",
+        "API base URL",
+        required=False,
+        help="Base of dataset paths; default: the provider's (Salesforce: the instance URL)",
+    ),
+    Field(
+        "scope",
+        "Scopes",
+        required=False,
+        help="Space-separated scopes to ask for when connecting; default: the provider's",
+    ),
+    Field(
+        "token_endpoint_auth_method",
+        "Client authentication",
+        required=False,
+        help="client_secret_post or client_secret_basic; default: the provider's",
+    ),
 )
+
+AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+# Token endpoint errors that prove the grant (or the client) is no longer accepted.
+GRANT_REFUSED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+# Verification answers after which one refresh is worth a try.
+TOKEN_REJECTED = frozenset({"invalid_token", "inactive_token"})
+NOT_CONFIGURED = "oauth_app_not_configured"
+NO_REFRESH_TOKEN = "no_refresh_token"
+INACTIVE_TOKEN = "inactive_token"
+_TOKEN_SET = ("access_token", "refresh_token", "expires_at")
 
 
 @dataclass(frozen=True)
@@ -53,6 +210,384 @@ class ProviderEndpoints:
     introspection_url: str | None = None
     revocation_url: str | None = None
     scope: str = ""
+    api_base_url: str | None = None
+    token_endpoint_auth_method: str = "client_secret_basic"
+    # extra authorization request parameters (Google sends no refresh token without these)
+    authorize_params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OAuthPlan:
+    """What one connection uses: endpoints and client, settings over provider defaults."""
+
+    provider: str
+    authorize_url: str | None
+    token_url: str | None
+    introspection_url: str | None
+    revocation_url: str | None
+    probe_url: str | None
+    api_base_url: str | None
+    scope: str | None
+    authorize_params: tuple[tuple[str, str], ...]
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+    auth_method: str
+
+    @property
+    def effective_auth_method(self) -> str:
+        return self.auth_method if self.client_secret else "none"
+
+
+# --- small pure helpers -----------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "get_secret_value"):  # pydantic SecretStr from Settings.oauth
+        value = value.get_secret_value()
+    text = str(value).strip()
+    return text or None
+
+
+def _entry(mapping: Any, name: str) -> Any:
+    if isinstance(mapping, Mapping):
+        return mapping.get(name)
+    return getattr(mapping, name, None)
+
+
+def expires_at(credentials: Credentials) -> float | None:
+    """The access token's expiry (epoch seconds); None when unknown, 0 when unreadable."""
+    raw = credentials.get("expires_at")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0  # unreadable: treat as expired, a refresh writes a proper one
+
+
+def needs_refresh(credentials: Credentials, now: datetime, window: float) -> bool:
+    """No access token, or one that expires within `window` seconds of `now`."""
+    if not credentials.get("access_token"):
+        return True
+    expiry = expires_at(credentials)
+    return expiry is not None and expiry <= now.timestamp() + window
+
+
+def token_credentials(
+    base: Mapping[str, str], token: Mapping[str, Any], now: datetime
+) -> dict[str, str]:
+    """A token endpoint's answer as credentials (strings), over `base`'s other keys."""
+    access = token.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise Unreachable(BAD_RESPONSE, "the token endpoint answered without an access_token")
+    creds = {k: v for k, v in base.items() if k not in _TOKEN_SET}
+    creds["access_token"] = access
+    refresh = token.get("refresh_token") or base.get("refresh_token")
+    if refresh:
+        creds["refresh_token"] = str(refresh)
+    try:
+        if token.get("expires_in") not in (None, ""):
+            creds["expires_at"] = str(int(now.timestamp() + float(token["expires_in"])))
+        elif token.get("expires_at") not in (None, ""):
+            creds["expires_at"] = str(int(float(token["expires_at"])))
+    except (TypeError, ValueError):
+        raise Unreachable(BAD_RESPONSE, "the token endpoint sent an unreadable expiry") from None
+    if token.get("instance_url"):
+        creds["instance_url"] = str(token["instance_url"])
+    return creds
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    if not parsed.scheme or not parsed.host:
+        return None
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def _oauth_error(exc: OAuthError, at: str, action: str) -> CheckError:
+    code = safe_code(exc.error) or "oauth_error"
+    detail = f" ({str(exc.description)[:200]})" if exc.description else ""
+    if code in GRANT_REFUSED:
+        return AuthFailed(code, f"{at} refused {action}: {code}{detail}; reconnect the connection")
+    return Unreachable(code, f"{at} could not answer {action}: {code}{detail}")
+
+
+async def _http(call: Awaitable[Any], at: str, timeout: float, action: str = "the request") -> Any:
+    """Await one HTTP exchange (Authlib or httpx); every failure becomes a CheckError."""
+    backstop = max(timeout * 3, timeout + 5)  # for what httpx's per-phase timeouts miss
+    try:
+        return await asyncio.wait_for(call, backstop)
+    except CheckError:
+        raise
+    except OAuthError as exc:
+        raise _oauth_error(exc, at, action) from None
+    except httpx.HTTPStatusError as exc:  # Authlib: a 5xx or a non-JSON error answer
+        status = exc.response.status_code
+        raise (classify_status(status, at) or Unreachable(f"http_{status}", at)) from None
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, TimeoutError, ValueError) as exc:
+        raise classify_exception(exc, at) from None
+
+
+def _token_response_hook(at: str) -> Any:
+    """Authlib parses a 429's JSON body as an OAuth error: classify by status first."""
+
+    def hook(response: httpx.Response) -> httpx.Response:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise classify_status(status, at) or Unreachable(f"http_{status}", at)
+        return response
+
+    return hook
+
+
+# --- one validation or fetch --------------------------------------------------------------
+
+
+class _Run:
+    """The state of one validate/fetch: current credentials, what was stored, secrets seen."""
+
+    def __init__(self, connector: OAuth2Connector, conn: ConnectionSpec, ctx: CheckContext):
+        self.connector = connector
+        self.conn = conn
+        self.ctx = ctx
+        self.creds: dict[str, str] = {str(k): str(v) for k, v in conn.credentials.items()}
+        self.secrets: set[str] = set()
+        self._remember(self.creds)
+        self.version: int | None = None  # the stored version our credentials came from
+        self.minted = False  # the current access token came from our own grant
+        self.retried = False  # one refresh after a rejected token, no more
+        self.rejected: set[str] = set()
+        self.spent_refresh: str | None = None
+        self.plan: OAuthPlan | None = None
+        self._client: AsyncOAuth2Client | None = None
+
+    # -- lifecycle --
+
+    async def __aenter__(self) -> Self:
+        self.plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
+        if self.plan.client_secret:
+            self.secrets.add(self.plan.client_secret)
+        self._client = self.connector.client(self.plan, self.ctx)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def client(self) -> AsyncOAuth2Client:
+        assert self._client is not None
+        return self._client
+
+    def _p(self) -> OAuthPlan:
+        assert self.plan is not None
+        return self.plan
+
+    def _remember(self, creds: Mapping[str, str]) -> None:
+        for name in ("access_token", "refresh_token", "client_secret"):
+            if creds.get(name):
+                self.secrets.add(str(creds[name]))
+
+    def safe(self, err: CheckError) -> CheckError:
+        return safe_error(err, self.secrets)
+
+    # -- refresh --
+
+    def usable(self, creds: Credentials) -> bool:
+        access = creds.get("access_token")
+        return (
+            bool(access)
+            and access not in self.rejected
+            and not needs_refresh(creds, self.ctx.now, self.ctx.refresh_window)
+        )
+
+    def can_refresh(self) -> bool:
+        p = self._p()
+        return bool(self.creds.get("refresh_token") and p.token_url and p.client_id)
+
+    async def grant(self, stored: Credentials) -> Credentials:
+        """The refresh-token grant on `stored` (called by the token store, under its lock)."""
+        p = self._p()
+        refresh_token = stored.get("refresh_token")
+        if not refresh_token:
+            raise AuthFailed(
+                NO_REFRESH_TOKEN,
+                "the access token is missing or expired and there is no refresh token; "
+                "reconnect the connection",
+            )
+        if not p.token_url:
+            raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
+        if not p.client_id:
+            raise Unreachable(
+                NOT_CONFIGURED,
+                f"no OAuth client id for {p.provider}: set RELINK_OAUTH__{p.provider.upper()}"
+                "__CLIENT_ID (and __CLIENT_SECRET) or the connection's client_id",
+            )
+        self._remember(stored)
+        self.spent_refresh = refresh_token
+        token = await _http(
+            self.client.refresh_token(p.token_url, refresh_token=refresh_token),
+            f"the token endpoint ({where(p.token_url)})",
+            self.ctx.timeout,
+            "the refresh token",
+        )
+        fresh = token_credentials(stored, token, self.ctx.now)
+        self._remember(fresh)
+        self.minted = True
+        return fresh
+
+    async def refresh(self, rejected: str | None = None) -> None:
+        if rejected:
+            self.rejected.add(rejected)
+        store = self.ctx.token_store
+        if store is None:
+            self._use(await self.grant(self.creds))
+            return
+        spec = dataclasses.replace(self.conn, credentials=dict(self.creds))
+        try:
+            creds, version = await store.refresh(spec, self.grant, usable=self.usable)
+        except AuthFailed as err:
+            if err.code != "invalid_grant":
+                raise
+            stored, version = await store.reload(self.conn.id)
+            newer = stored.get("refresh_token")
+            if not newer or newer == self.spent_refresh:
+                raise
+            # Another run rotated the refresh token before us: its set is the current one.
+            self._remember(stored)
+            if self.usable(stored):
+                creds = stored
+            else:
+                again = dataclasses.replace(self.conn, credentials=dict(stored))
+                creds, version = await store.refresh(again, self.grant, usable=self.usable)
+        self._use(creds, version)
+
+    def _use(self, creds: Credentials, version: int | None = None) -> None:
+        self.creds = {str(k): str(v) for k, v in creds.items()}
+        self._remember(self.creds)
+        if version is not None and version != self.conn.version:
+            self.version = version
+
+    async def ensure_fresh(self) -> None:
+        if needs_refresh(self.creds, self.ctx.now, self.ctx.refresh_window):
+            await self.refresh()
+
+    def _may_retry(self) -> bool:
+        return not self.retried and not self.minted and self.can_refresh()
+
+    # -- verification --
+
+    async def verify(self) -> None:
+        p = self._p()
+        if p.introspection_url and p.client_id and p.client_secret:
+            try:
+                await self.introspect()
+            except AuthFailed as err:
+                if err.code != INACTIVE_TOKEN or not self._may_retry():
+                    raise
+                self.retried = True
+                await self.refresh(rejected=self.creds.get("access_token"))
+                await self.introspect()
+        elif p.probe_url:
+            await self.get(p.probe_url)
+        elif self.minted:
+            return  # the refresh grant just answered: the grant is alive
+        elif self.can_refresh():
+            await self.refresh(rejected=self.creds.get("access_token"))
+        else:
+            raise AuthFailed(
+                INVALID_SETTINGS,
+                "nothing to check the token against: set probe_url or introspection_url",
+            )
+
+    async def introspect(self) -> None:
+        p = self._p()
+        assert p.introspection_url
+        at = f"the introspection endpoint ({where(p.introspection_url)})"
+        response: httpx.Response = await _http(
+            self.client.introspect_token(
+                p.introspection_url,
+                token=self.creds.get("access_token"),
+                token_type_hint="access_token",
+            ),
+            at,
+            self.ctx.timeout,
+        )
+        status = response.status_code
+        if status in (400, 401):
+            error = response_error(response)
+            if error in GRANT_REFUSED or status == 401:
+                code = error if error in GRANT_REFUSED else "invalid_client"
+                raise AuthFailed(code, f"{at} refused the client: {code}")
+        problem = classify_status(status, at)
+        if problem is not None:
+            raise problem
+        body = json_body(response, at)
+        active = body.get("active") if isinstance(body, Mapping) else None
+        if active is True or active == "true":
+            return
+        if active is False or active == "false":
+            raise AuthFailed(
+                INACTIVE_TOKEN,
+                f"{at}: the provider reports the access token as inactive (expired or revoked)",
+            )
+        raise Unreachable(BAD_RESPONSE, f"{at} answered without an 'active' member")
+
+    async def get(self, url: str) -> httpx.Response:
+        """An authenticated GET; a rejected token gets one refresh and one more try."""
+        at = where(url)
+        while True:
+            access = self.creds.get("access_token", "")
+            response: httpx.Response = await _http(
+                self.client.request(
+                    "GET",
+                    url,
+                    headers={"Authorization": f"Bearer {access}", "Accept": "application/json"},
+                    withhold_token=True,  # Authlib must not refresh on its own: the store does
+                ),
+                at,
+                self.ctx.timeout,
+            )
+            status = response.status_code
+            error: str | None = None
+            if status == 401:
+                error = response_error(response) or "invalid_token"
+                if error in TOKEN_REJECTED and self._may_retry():
+                    self.retried = True
+                    await self.refresh(rejected=access)
+                    continue
+            elif status == 403:
+                scope_error = response_error(response) == "insufficient_scope"
+                error = "insufficient_scope" if scope_error else None
+            problem = classify_status(status, at, error)
+            if problem is not None:
+                raise problem
+            return response
+
+    def api_base_url(self) -> str | None:
+        p = self._p()
+        return (
+            _text(self.conn.settings.get("api_base_url"))
+            or _text(self.creds.get("instance_url"))
+            or p.api_base_url
+            or _origin(p.probe_url)
+        )
+
+
+# --- the connector ---------------------------------------------------------------------
 
 
 class OAuth2Connector(Connector):
@@ -65,11 +600,153 @@ class OAuth2Connector(Connector):
         self.provider = type_
         self.endpoints = endpoints
 
+    # -- configuration --
+
+    def plan(
+        self, settings: Mapping[str, Any], credentials: Mapping[str, str], ctx: CheckContext
+    ) -> OAuthPlan:
+        """Endpoints and client of a connection: its settings over the provider's defaults."""
+        d = self.endpoints
+
+        def setting(name: str, default: str | None = None) -> str | None:
+            return _text(settings.get(name)) or default
+
+        method = setting(
+            "token_endpoint_auth_method",
+            d.token_endpoint_auth_method if d else "client_secret_basic",
+        )
+        if method not in AUTH_METHODS:
+            raise AuthFailed(
+                INVALID_SETTINGS,
+                f"token_endpoint_auth_method must be one of {', '.join(sorted(AUTH_METHODS))}, "
+                f"got {str(method)[:40]!r}",
+            )
+        app = _entry(ctx.app_settings.get("oauth") or {}, self.provider) or {}
+        return OAuthPlan(
+            provider=self.provider,
+            authorize_url=setting("authorize_url", d.authorize_url if d else None),
+            token_url=setting("token_url", d.token_url if d else None),
+            introspection_url=setting("introspection_url", d.introspection_url if d else None),
+            revocation_url=setting("revocation_url", d.revocation_url if d else None),
+            probe_url=setting("probe_url", d.probe_url if d else None),
+            api_base_url=setting("api_base_url", d.api_base_url if d else None),
+            scope=setting("scope", (d.scope or None) if d else None),
+            authorize_params=d.authorize_params if d else (),
+            client_id=setting("client_id") or _text(_entry(app, "client_id")),
+            client_secret=_text(credentials.get("client_secret"))
+            or _text(_entry(app, "client_secret")),
+            auth_method=method,
+        )
+
+    def client(self, plan: OAuthPlan, ctx: CheckContext) -> AsyncOAuth2Client:
+        client = AsyncOAuth2Client(
+            client_id=plan.client_id,
+            client_secret=plan.client_secret,
+            token_endpoint_auth_method=plan.effective_auth_method,
+            revocation_endpoint_auth_method=plan.effective_auth_method,
+            timeout=httpx.Timeout(ctx.timeout),
+            verify=tls_context(),
+            follow_redirects=False,
+        )
+        hook = _token_response_hook(f"the token endpoint ({where(plan.token_url or '')})")
+        client.register_compliance_hook("access_token_response", hook)
+        client.register_compliance_hook("refresh_token_response", hook)
+        return client
+
+    # -- Connector --
+
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
-        raise NotImplementedError  # TODO(checks issue)
+        run = _Run(self, conn, ctx)
+        try:
+            async with run:
+                await run.ensure_fresh()
+                await run.verify()
+        except CheckError as err:
+            safe = run.safe(err)
+            return CheckResult(safe.outcome, safe.code, safe.message, stored_version=run.version)
+        return CheckResult.ok(stored_version=run.version)
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
-        raise NotImplementedError  # TODO(checks issue)
+        run = _Run(self, conn, ctx)
+        try:
+            target, records_path = parse_query(query)
+            async with run:
+                await run.ensure_fresh()
+                url = resolve_url(run.api_base_url(), target)
+                response = await run.get(url)
+                body = json_body(response, where(url))
+            return records_to_result(body, records_path)
+        except CheckError as err:
+            raise run.safe(err) from None
+
+    # -- reconnect helpers --
+
+    def authorization_url(
+        self,
+        conn_settings: Mapping[str, Any],
+        ctx: CheckContext,
+        redirect_uri: str,
+        state: str,
+        code_verifier: str,
+    ) -> str:
+        """The provider's consent URL (authorization code + PKCE S256) for a reconnect."""
+        plan = self.plan(conn_settings, {}, ctx)
+        if not plan.authorize_url:
+            raise AuthFailed(INVALID_SETTINGS, "the connection has no authorize_url")
+        if not plan.client_id:
+            raise Unreachable(NOT_CONFIGURED, f"no OAuth client id for {self.provider}")
+        client = _ProtocolClient(
+            None,
+            client_id=plan.client_id,
+            scope=plan.scope,
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+        )
+        url, _ = client.create_authorization_url(
+            plan.authorize_url,
+            state=state,
+            code_verifier=code_verifier,
+            **dict(plan.authorize_params),
+        )
+        return str(url)
+
+    async def exchange_code(
+        self,
+        conn_settings: Mapping[str, Any],
+        ctx: CheckContext,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str,
+        *,
+        credentials: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """Swap an authorization code for a token set (credentials; `expires_at` a string).
+
+        `credentials` may carry the connection's own `client_secret`.
+        """
+        plan = self.plan(conn_settings, credentials or {}, ctx)
+        secrets = {code, code_verifier, plan.client_secret}
+        try:
+            if not plan.token_url:
+                raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
+            if not plan.client_id:
+                raise Unreachable(NOT_CONFIGURED, f"no OAuth client id for {self.provider}")
+            async with self.client(plan, ctx) as client:
+                token = await _http(
+                    client.fetch_token(
+                        plan.token_url,
+                        grant_type="authorization_code",
+                        code=code,
+                        redirect_uri=redirect_uri,
+                        code_verifier=code_verifier,
+                    ),
+                    f"the token endpoint ({where(plan.token_url)})",
+                    ctx.timeout,
+                    "the authorization code",
+                )
+            return token_credentials({}, token, ctx.now)
+        except CheckError as err:
+            raise safe_error(err, secrets) from None
 
 
 PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
@@ -83,6 +760,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             introspection_url="https://login.salesforce.com/services/oauth2/introspect",
             revocation_url="https://login.salesforce.com/services/oauth2/revoke",
             scope="api refresh_token",
+            api_base_url=None,  # the token response's instance_url
+            token_endpoint_auth_method="client_secret_post",
         ),
     ),
     "google_analytics": (
@@ -93,6 +772,9 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             probe_url="https://openidconnect.googleapis.com/v1/userinfo",
             revocation_url="https://oauth2.googleapis.com/revoke",
             scope="openid email https://www.googleapis.com/auth/analytics.readonly",
+            api_base_url="https://analyticsdata.googleapis.com",
+            token_endpoint_auth_method="client_secret_post",
+            authorize_params=(("access_type", "offline"), ("prompt", "consent")),
         ),
     ),
     "google_sheets": (
@@ -103,6 +785,9 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             probe_url="https://openidconnect.googleapis.com/v1/userinfo",
             revocation_url="https://oauth2.googleapis.com/revoke",
             scope="openid email https://www.googleapis.com/auth/spreadsheets.readonly",
+            api_base_url="https://sheets.googleapis.com",
+            token_endpoint_auth_method="client_secret_post",
+            authorize_params=(("access_type", "offline"), ("prompt", "consent")),
         ),
     ),
     "hubspot": (
@@ -112,6 +797,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             token_url="https://api.hubapi.com/oauth/v1/token",
             probe_url="https://api.hubapi.com/account-info/v3/details",
             scope="crm.objects.contacts.read",
+            api_base_url="https://api.hubapi.com",
+            token_endpoint_auth_method="client_secret_post",
         ),
     ),
     "quickbooks": (
@@ -122,6 +809,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             probe_url="https://accounts.platform.intuit.com/v1/openid_connect/userinfo",
             revocation_url="https://developer.api.intuit.com/v2/oauth2/tokens/revoke",
             scope="com.intuit.quickbooks.accounting openid email",
+            api_base_url="https://quickbooks.api.intuit.com",
+            token_endpoint_auth_method="client_secret_basic",
         ),
     ),
     "microsoft_graph": (
@@ -131,6 +820,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             token_url="https://login.microsoftonline.com/common/oauth2/v2.0/token",
             probe_url="https://graph.microsoft.com/v1.0/me",
             scope="offline_access User.Read",
+            api_base_url="https://graph.microsoft.com/v1.0",
+            token_endpoint_auth_method="client_secret_post",
         ),
     ),
 }

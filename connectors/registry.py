@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from connectors.base import Connector
@@ -40,12 +41,21 @@ def all_connectors() -> Iterator[Connector]:
 
 
 _loaded = False
+_loading = threading.Lock()
 
 
 def _load() -> None:
-    """Import the connector modules once; each registers its types."""
+    """Import the connector modules once; each registers its types.
+
+    Thread-safe: the flag is set only after every module has registered, so a
+    thread arriving meanwhile waits instead of seeing a half-filled registry.
+    """
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    from connectors import api_key, mysql, oauth2, postgres  # noqa: F401
+    with _loading:
+        if _loaded:
+            return
+        from connectors import api_key, mysql, oauth2, postgres  # noqa: F401
+
+        _loaded = True

@@ -42,3 +42,20 @@ class Relink:
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+
+_process_app: Relink | None = None
+
+
+def get_app() -> Relink:
+    """The Relink of this process, for entrypoints (flows, tasks) that are handed no app."""
+    global _process_app
+    if _process_app is None:
+        _process_app = Relink()
+    return _process_app
+
+
+def set_app(app: Relink | None) -> None:
+    """Use `app` for this process's entrypoints (tests, the embedded run)."""
+    global _process_app
+    _process_app = app

@@ -342,6 +342,7 @@ def _dataset_error(conn: Connection, ds: Dataset) -> str | None:
         connection_name=conn.name,
         connection_status=conn.status,
         connection_error=conn.last_error_message,
+        connection_invalid_since=conn.invalid_since,
     )
 
 

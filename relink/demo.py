@@ -82,7 +82,7 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
                 settings=oauth_endpoints,
                 secrets={**sandbox_token, "client_secret": "relink-demo-secret"},
             ),
-            [("Opportunities", "/api/records?path=opportunities")],
+            [("Opportunities", "/api/records?path=opportunities | data.records")],
         ),
         (
             NewConnection(
@@ -97,7 +97,7 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
                 },
                 secrets={"api_key": "demo-api-key"},
             ),
-            [("Payments", "/apikey/records?path=payments")],
+            [("Payments", "/apikey/records?path=payments | data.records")],
         ),
     ]
 

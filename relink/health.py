@@ -8,15 +8,9 @@ working.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from datetime import datetime
 
 from relink.models import DatasetStatus, Status
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetHealth:
-    dataset_id: int
-    error: str | None
 
 
 def dataset_error(
@@ -26,9 +20,14 @@ def dataset_error(
     connection_name: str,
     connection_status: str,
     connection_error: str | None,
+    connection_invalid_since: datetime | None = None,
 ) -> str | None:
-    """The message a dataset shows, or None when it is fine."""
-    if connection_status == Status.DISCONNECTED:
+    """The message a dataset shows, or None when it is fine.
+
+    A connection whose credentials failed stays broken through a later outage
+    (status unreachable, `invalid_since` still set).
+    """
+    if connection_status == Status.DISCONNECTED or connection_invalid_since is not None:
         reason = connection_error or "credentials no longer valid"
         return f"connection {connection_name!r} is disconnected: {reason}; reconnect it"
     if dataset_status == DatasetStatus.ERROR:

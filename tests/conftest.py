@@ -25,6 +25,10 @@ DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# Prefect in tests: no telemetry (no internet here), no INFO line per task run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
 
 def _reachable(url: str) -> str | None:
     """None when a `SELECT 1` works, else the reason."""
@@ -113,3 +117,12 @@ def relink_app(settings: Settings) -> Iterator[Relink]:
     db.upgrade(app.engine)
     yield app
     app.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A real, temporary Prefect server for the whole session (6-7 s to start, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

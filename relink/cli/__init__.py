@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relink.cli import admin, connections, demo
+from relink.cli import admin, checks, connections, demo
 
 app = typer.Typer(
     name="relink",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 admin.register(app)
 connections.register(app)
+checks.register(app)
 demo.register(app)
 
 

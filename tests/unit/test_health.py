@@ -1,13 +1,16 @@
+from datetime import UTC, datetime
+
 from relink.health import dataset_error, metric_error
 
 
-def error_of(dataset_status="ok", dataset_err=None, status="connected", conn_err=None):
+def error_of(dataset_status="ok", dataset_err=None, status="connected", conn_err=None, since=None):
     return dataset_error(
         dataset_status=dataset_status,
         dataset_error=dataset_err,
         connection_name="Sales",
         connection_status=status,
         connection_error=conn_err,
+        connection_invalid_since=since,
     )
 
 
@@ -19,6 +22,11 @@ def test_dataset_on_disconnected_connection_shows_the_connections_error():
 
 def test_dataset_on_unreachable_connection_keeps_its_last_good_state():
     assert error_of(status="unreachable") is None
+
+
+def test_broken_credentials_stay_an_error_through_a_later_outage():
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    assert "reconnect" in error_of(status="unreachable", conn_err="timeout", since=since)
 
 
 def test_failed_refresh_is_the_datasets_own_error():

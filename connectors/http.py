@@ -1,0 +1,353 @@
+"""What the HTTP connectors (`oauth2`, `api_key`) share: classification and dataset queries.
+
+Classification (pure, unit-tested without a server):
+
+* `classify_exception(exc, where)`: an httpx exception -> `CheckError`. httpx 0.28 is the
+  HTTP library in use, also under Authlib's client (see `connectors.oauth2`). The cause
+  chain is walked, because httpx wraps the socket error (`ConnectError` ->
+  httpcore -> `ConnectionRefusedError` / `socket.gaierror` / `ssl.SSLError`):
+
+  ==========================================  ===========================================
+  timeouts (connect, read, write, pool)       Unreachable("timeout")
+  connection refused                          Unreachable("connection_refused")
+  DNS failure                                 Unreachable("dns")
+  TLS failure                                 Unreachable("tls")
+  peer closed / reset (RemoteProtocolError)   Unreachable("connection_lost")
+  other network errors                        Unreachable("network")
+  a URL httpx cannot use (no scheme, ftp:)    AuthFailed("invalid_settings")
+  anything else                               Unreachable("error"), named by class only
+  ==========================================  ===========================================
+
+* `classify_status(status, where, error=None)`: a response status -> `CheckError` (None for
+  2xx). 401 and 403 are `AuthFailed` (code: `error` when given, else "401"/"403"); 429,
+  5xx and every other status are `Unreachable("http_<status>")`: a 404 or a redirect
+  says the settings point at the wrong place, which waiting will not fix either, but it
+  is not proof that the credentials are bad, and only proof may break a connection.
+
+Messages name the host (`where(url)`), never the URL (a query string may carry a key),
+and `scrub` removes every secret as a last line of defence.
+
+Dataset queries (`parse_query`, `resolve_url`, `records_to_result`), shared by both
+connectors::
+
+    <path-or-url> [| <dotted.json.path>]
+
+    /api/records?path=opportunities | data.records
+
+* the part before ``|`` is a path relative to the connection's API base URL (joined by
+  plain concatenation, so a base of ``https://graph.microsoft.com/v1.0`` and ``/me``
+  give ``.../v1.0/me``), or an absolute URL on the same origin as that base (the
+  credentials are never sent to another host); a ``|`` inside the URL must be written
+  ``%7C``;
+* the optional dotted path picks the records out of the JSON body (``data.records``;
+  a number indexes a list: ``items.0.rows``). Without it the body itself is used;
+* the records: a list of objects (one row each), a single object (one row), ``null``
+  (no rows); a list item or a value that is not an object becomes a row with one
+  column ``value``;
+* columns are the union of the objects' keys in first-seen order; rows are tuples in
+  that order (missing keys are ``None``; nested objects and lists are kept as they are).
+
+A query that cannot be answered as written (bad syntax, missing path, another host) is
+`Unreachable("invalid_query")`: it is the dataset's problem, never the credentials'.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable
+
+INVALID_SETTINGS = "invalid_settings"
+INVALID_QUERY = "invalid_query"
+BAD_RESPONSE = "bad_response"
+
+# What the network-level codes mean, worded for the connection's owner (the same words
+# as the SQL connectors use).
+NETWORK_MEANINGS = {
+    "timeout": "no answer within the timeout",
+    "dns": "the host name could not be resolved",
+    "connection_refused": "connection refused; is the server running and is the port correct?",
+    "tls": "TLS negotiation failed",
+    "connection_lost": "the server closed the connection without an answer",
+    "network": "the network could not reach the server",
+}
+
+STATUS_MEANINGS = {
+    401: "the credentials were refused",
+    403: "access is forbidden with these credentials",
+    404: "not found; check the URL settings",
+    408: "the server timed out waiting for the request",
+    429: "rate limited; the source asks to slow down",
+}
+
+_CODE_CHARS = re.compile(r"[^a-z0-9_.\-]")
+_HEADER_ERROR = re.compile(r"""\berror\s*=\s*(?:"([^"]*)"|([^\s,]+))""", re.IGNORECASE)
+
+
+# --- clients ------------------------------------------------------------------------------
+
+_tls_lock = threading.Lock()
+_tls_context: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """One verifying SSL context for every client of the process.
+
+    httpx builds (and loads the CA bundle into) a new context for every client that is
+    not given one: about 30 ms of CPU each, i.e. half a minute per 1,000 checks.
+    A context is safe to share between clients, threads and event loops.
+    """
+    global _tls_context
+    with _tls_lock:
+        if _tls_context is None:
+            _tls_context = httpx.create_ssl_context()
+        return _tls_context
+
+
+# --- classification -------------------------------------------------------------------
+
+
+def where(url: str | httpx.URL) -> str:
+    """How messages name an endpoint: its host (and port when not the default)."""
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "the server"
+    if not host:
+        return "the server"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{host}:{port}" if port and port != default else host
+
+
+def network_error(code: str, where: str, detail: str | None = None) -> Unreachable:
+    return Unreachable(code, f"{where}: {detail or NETWORK_MEANINGS[code]}")
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify_exception(exc: BaseException, where: str) -> CheckError:
+    """Pure: an httpx exception (or a builtin network error) -> AuthFailed / Unreachable."""
+    if isinstance(exc, CheckError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return network_error("timeout", where)
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return AuthFailed(INVALID_SETTINGS, f"{where}: the URL is not a usable http(s) URL")
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return network_error("dns", where)
+        if isinstance(cause, ConnectionRefusedError):
+            return network_error("connection_refused", where)
+        if isinstance(cause, ssl.SSLError):
+            return network_error("tls", where, f"TLS failed ({type(cause).__name__})")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return network_error("connection_lost", where)
+    if isinstance(exc, ConnectionError):
+        return network_error("connection_lost", where)
+    if isinstance(exc, httpx.TransportError | OSError):
+        return network_error("network", where, f"network error ({type(exc).__name__})")
+    if isinstance(exc, httpx.DecodingError | ValueError):
+        return Unreachable(BAD_RESPONSE, f"{where}: the answer could not be read")
+    # Never the exception's text: it may hold a URL with a key in its query string.
+    return Unreachable("error", f"{where}: unexpected error ({type(exc).__name__})")
+
+
+def classify_status(status: int, where: str, error: str | None = None) -> CheckError | None:
+    """Pure: a response status -> None for 2xx, else AuthFailed (401/403) or Unreachable."""
+    if 200 <= status < 300:
+        return None
+    meaning = STATUS_MEANINGS.get(status)
+    if meaning is None:
+        meaning = "server error" if status >= 500 else "unexpected answer"
+    message = f"{where} answered HTTP {status} ({meaning})"
+    if status in (401, 403):
+        code = safe_code(error) or str(status)
+        return AuthFailed(code, message if code == str(status) else f"{message}: {code}")
+    return Unreachable(f"http_{status}", message)
+
+
+def safe_code(text: object) -> str | None:
+    """A source's error code as we store it: short, lower case, [a-z0-9_.-] only."""
+    if not isinstance(text, str):
+        return None
+    code = _CODE_CHARS.sub("_", text.strip().lower())[:64].strip("_")
+    return code or None
+
+
+def response_error(response: httpx.Response) -> str | None:
+    """The `error` a response names: WWW-Authenticate (RFC 6750) first, then a JSON body."""
+    header = response.headers.get("www-authenticate", "")
+    match = _HEADER_ERROR.search(header)
+    if match:
+        return safe_code(match.group(1) or match.group(2))
+    body = json_or_none(response)
+    if isinstance(body, Mapping):
+        return safe_code(body.get("error"))
+    return None
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every (non-trivial) secret value by ***."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def safe_error(err: CheckError, secrets: Iterable[str | None]) -> CheckError:
+    """The same error with a one-line, scrubbed message (and code)."""
+    secrets = list(secrets)
+    message = scrub(one_line(err.message), secrets)
+    code = scrub(err.code, secrets)
+    if message == err.message and code == err.code:
+        return err
+    return type(err)(code, message)
+
+
+# --- dataset queries ------------------------------------------------------------------
+
+
+def parse_query(query: str) -> tuple[str, list[str]]:
+    """``"<path-or-url> [| <dotted.json.path>]"`` -> (path-or-url, path segments)."""
+    target, sep, dotted = query.partition("|")
+    target = target.strip()
+    if not target:
+        raise Unreachable(INVALID_QUERY, "the query names no path; write e.g. '/api/items | data'")
+    segments: list[str] = []
+    if sep:
+        dotted = dotted.strip()
+        segments = dotted.split(".") if dotted else []
+        if any(not s.strip() for s in segments) or "|" in dotted:
+            raise Unreachable(
+                INVALID_QUERY, f"the records path {dotted[:80]!r} is not a dotted path like a.b.c"
+            )
+        segments = [s.strip() for s in segments]
+    return target, segments
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def resolve_url(base_url: str | None, target: str) -> str:
+    """The URL a dataset path means, relative to `base_url`; other origins are refused."""
+    try:
+        absolute = bool(urlsplit(target).scheme)
+        if absolute:
+            if not base_url or _origin(target) != _origin(base_url):
+                raise Unreachable(
+                    INVALID_QUERY,
+                    f"the query's URL is not on the connection's API host "
+                    f"({where(base_url) if base_url else 'none configured'}); the "
+                    "credentials are only sent there",
+                )
+            return target
+    except ValueError:
+        raise Unreachable(INVALID_QUERY, "the query's URL cannot be parsed") from None
+    if not base_url:
+        raise Unreachable(
+            INVALID_QUERY, "the connection has no API base URL to resolve the query's path against"
+        )
+    return base_url.rstrip("/") + "/" + target.lstrip("/")
+
+
+def _walk(body: Any, segments: list[str]) -> Any:
+    value = body
+    for depth, segment in enumerate(segments):
+        here = ".".join(segments[:depth]) or "the body"
+        if isinstance(value, Mapping):
+            if segment not in value:
+                keys = ", ".join(sorted(str(k) for k in value)[:10])
+                raise Unreachable(
+                    INVALID_QUERY, f"no {segment!r} in {here} of the answer (keys: {keys})"
+                )
+            value = value[segment]
+        elif isinstance(value, list) and segment.isdigit():
+            index = int(segment)
+            if index >= len(value):
+                raise Unreachable(INVALID_QUERY, f"{here} has no item {index}")
+            value = value[index]
+        else:
+            raise Unreachable(
+                INVALID_QUERY, f"cannot take {segment!r} of {here}: it is a {type(value).__name__}"
+            )
+    return value
+
+
+def records_to_result(body: Any, segments: list[str]) -> FetchResult:
+    """Columns (union of keys, first-seen order) and rows from a JSON body."""
+    value = _walk(body, segments)
+    if value is None:
+        items: list[Any] = []
+    elif isinstance(value, list):
+        items = value
+    else:
+        items = [value]
+    records = [item if isinstance(item, Mapping) else {"value": item} for item in items]
+    columns: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            columns.setdefault(str(key), None)
+    names = list(columns)
+    rows = [tuple(record.get(name) for name in names) for record in records]
+    return FetchResult(names, rows)
+
+
+def json_body(response: httpx.Response, where: str) -> Any:
+    """The JSON of a successful answer, or Unreachable(bad_response)."""
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise Unreachable(BAD_RESPONSE, f"{where} did not answer with JSON") from None
+
+
+__all__ = [
+    "BAD_RESPONSE",
+    "INVALID_QUERY",
+    "INVALID_SETTINGS",
+    "classify_exception",
+    "classify_status",
+    "json_body",
+    "json_or_none",
+    "network_error",
+    "parse_query",
+    "records_to_result",
+    "resolve_url",
+    "response_error",
+    "safe_code",
+    "safe_error",
+    "scrub",
+    "tls_context",
+    "where",
+]

@@ -1,0 +1,457 @@
+"""The credential sweep: load connections in keyset batches, validate each batch
+concurrently (a global cap and a per-provider cap, retries with backoff for
+outages), and write the results back through the state rules, one transaction
+per batch. Prefect-free: the check-connections flow and `relink check` both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+import connectors
+from connectors.base import CheckContext, CheckResult, ConnectionSpec, Outcome, TokenStore
+from relink import audit
+from relink.app import Relink
+from relink.errors import VaultError
+from relink.models import Connection, Disconnection
+from relink.state import ConnState, Incident, decide, detect_incidents
+
+ERROR = "error"  # not an outcome of the source: the connection could not be checked at all
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    batch_size: int = 200
+    concurrency: int = 50  # checks in flight at once within a batch
+    per_provider: int = 20  # of which at most this many against one provider
+    attempts: int = 3  # an unreachable source is asked this many times
+    backoff: float = 0.5  # seconds before the first retry, doubled after each
+    timeout: float = 10.0  # seconds per request to a source
+    refresh_window: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    connection_id: int
+    provider: str
+    result: CheckResult
+    version: int  # the version the result was obtained against
+
+
+@dataclass
+class BatchSummary:
+    """Plain, JSON-able counts of one batch (a Prefect task result: no secrets)."""
+
+    checked: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    opened: int = 0
+    closed: int = 0
+    status_changes: int = 0
+    skipped: int = 0  # changed by someone else (a reconnect) during the check
+    # "provider|outcome|code" -> count, for incident detection across batches
+    by_provider: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "outcomes": self.outcomes,
+            "opened": self.opened,
+            "closed": self.closed,
+            "status_changes": self.status_changes,
+            "skipped": self.skipped,
+            "by_provider": self.by_provider,
+        }
+
+
+@dataclass
+class SweepSummary:
+    checked: int
+    outcomes: dict[str, int]
+    opened: int
+    closed: int
+    status_changes: int
+    skipped: int
+    batches: int
+    incidents: list[Incident]
+    duration_s: float
+
+    @classmethod
+    def combine(cls, batches: Sequence[dict[str, Any]], *, duration_s: float) -> SweepSummary:
+        outcomes: Counter[str] = Counter()
+        by_provider: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        for batch in batches:
+            outcomes.update(batch["outcomes"])
+            by_provider.update(batch["by_provider"])
+            for key in ("checked", "opened", "closed", "status_changes", "skipped"):
+                totals[key] += batch[key]
+        results = []
+        for key, count in by_provider.items():
+            provider, outcome, code = key.split("|", 2)
+            results.extend([(provider, outcome, code or None)] * count)
+        return cls(
+            checked=totals["checked"],
+            outcomes={k: outcomes.get(k, 0) for k in (*Outcome, ERROR)},
+            opened=totals["opened"],
+            closed=totals["closed"],
+            status_changes=totals["status_changes"],
+            skipped=totals["skipped"],
+            batches=len(batches),
+            incidents=detect_incidents(results),
+            duration_s=round(duration_s, 3),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "outcomes": self.outcomes,
+            "opened": self.opened,
+            "closed": self.closed,
+            "status_changes": self.status_changes,
+            "skipped": self.skipped,
+            "batches": self.batches,
+            "incidents": [i.describe() for i in self.incidents],
+            "duration_s": self.duration_s,
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Connection check: {self.checked} connections in {self.duration_s:.1f} s",
+            "",
+            "| outcome | connections |",
+            "| --- | --- |",
+            *(f"| {k} | {v} |" for k, v in self.outcomes.items()),
+            "",
+            f"Disconnections opened: {self.opened}; closed: {self.closed}; "
+            f"status changes: {self.status_changes}; skipped (changed meanwhile): {self.skipped}.",
+        ]
+        if self.incidents:
+            lines += ["", "## Provider incidents", ""]
+            lines += [f"- {i.describe()}" for i in self.incidents]
+        return "\n".join(lines) + "\n"
+
+
+# --- planning ------------------------------------------------------------------------
+
+
+def plan_ranges(
+    session: Session, batch_size: int, connection_ids: Sequence[int] | None = None
+) -> list[tuple[int, int | None]]:
+    """(after_id, upto_id] id ranges of at most `batch_size` connections each.
+
+    Only every batch_size-th id is read, so planning 100k connections stays small.
+    """
+    if connection_ids:
+        ids = sorted(set(connection_ids))
+        chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+        return [(chunk[0] - 1, chunk[-1]) for chunk in chunks]
+    numbered = sa.select(
+        Connection.id, sa.func.row_number().over(order_by=Connection.id).label("n")
+    ).subquery()
+    bounds = list(
+        session.scalars(
+            sa.select(numbered.c.id).where(numbered.c.n % batch_size == 0).order_by(numbered.c.id)
+        )
+    )
+    starts = [0, *bounds]
+    ranges: list[tuple[int, int | None]] = list(zip(starts, [*bounds, None], strict=True))
+    last_end = bounds[-1] if bounds else 0
+    tail = session.scalar(sa.select(Connection.id).where(Connection.id > last_end).limit(1))
+    return ranges if tail is not None else ranges[:-1]
+
+
+# --- one batch -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unloadable:
+    connection_id: int
+    provider: str
+    version: int
+    code: str
+    message: str
+
+
+def load_batch(
+    app: Relink, after_id: int, upto_id: int | None, only: Sequence[int] | None = None
+) -> list[ConnectionSpec | Unloadable]:
+    """The connections in (after_id, upto_id], decrypted; bad ones as Unloadable."""
+    query = (
+        sa.select(
+            Connection.id,
+            Connection.name,
+            Connection.type,
+            Connection.settings,
+            Connection.credentials,
+            Connection.version,
+        )
+        .where(Connection.id > after_id)
+        .order_by(Connection.id)
+    )
+    if upto_id is not None:
+        query = query.where(Connection.id <= upto_id)
+    if only:
+        query = query.where(Connection.id.in_(only))
+    with app.sessions() as session:
+        rows = session.execute(query).all()
+    loaded: list[ConnectionSpec | Unloadable] = []
+    for row in rows:
+        try:
+            connector = connectors.get(row.type)
+        except connectors.UnknownConnector:
+            loaded.append(
+                Unloadable(
+                    row.id,
+                    row.type,
+                    row.version,
+                    "unknown_type",
+                    f"unknown connector type {row.type!r}",
+                )
+            )
+            continue
+        try:
+            credentials = app.vault.decrypt(row.credentials, connection=f"{row.id} ({row.name!r})")
+        except VaultError as exc:
+            loaded.append(
+                Unloadable(row.id, connector.provider, row.version, "vault_error", str(exc))
+            )
+            continue
+        loaded.append(ConnectionSpec(row.id, row.type, row.settings, credentials, row.version))
+    return loaded
+
+
+async def validate_all(
+    specs: Sequence[ConnectionSpec],
+    make_ctx: Callable[[], CheckContext],
+    policy: CheckPolicy,
+) -> list[Checked]:
+    """Validate concurrently under the global and per-provider caps."""
+    everything = asyncio.Semaphore(policy.concurrency)
+    providers: dict[str, asyncio.Semaphore] = {}
+
+    async def one(spec: ConnectionSpec) -> Checked:
+        connector = connectors.get(spec.type)
+        provider_cap = providers.setdefault(
+            connector.provider, asyncio.Semaphore(policy.per_provider)
+        )
+        async with provider_cap, everything:
+            result = await _validate_with_retries(connector, spec, make_ctx, policy)
+        return Checked(spec.id, connector.provider, result, result.stored_version or spec.version)
+
+    return list(await asyncio.gather(*(one(s) for s in specs)))
+
+
+async def _validate_with_retries(
+    connector: connectors.Connector,
+    spec: ConnectionSpec,
+    make_ctx: Callable[[], CheckContext],
+    policy: CheckPolicy,
+) -> CheckResult:
+    delay = policy.backoff
+    result = CheckResult(Outcome.UNREACHABLE, "not_checked", "")
+    stored_version: int | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            await asyncio.sleep(delay)
+            delay *= 2
+        try:
+            result = await connector.validate(spec, make_ctx())
+        except Exception as exc:  # noqa: BLE001 - one broken connector never stops the sweep
+            return CheckResult(
+                Outcome.UNREACHABLE,
+                ERROR,
+                f"the {spec.type} connector failed: {type(exc).__name__}",
+            )
+        stored_version = result.stored_version or stored_version
+        if result.outcome is not Outcome.UNREACHABLE:
+            break
+    if stored_version and not result.stored_version:
+        result = CheckResult(result.outcome, result.code, result.message, stored_version)
+    return result
+
+
+def record_batch(
+    session: Session,
+    checked: Sequence[Checked],
+    unloadable: Sequence[Unloadable],
+    *,
+    now: datetime,
+) -> BatchSummary:
+    """Apply the state rules to every result of a batch, in the caller's transaction."""
+    summary = BatchSummary()
+    ids = [c.connection_id for c in checked] + [u.connection_id for u in unloadable]
+    if not ids:
+        return summary
+    conns = {
+        c.id: c
+        for c in session.scalars(
+            sa.select(Connection).where(Connection.id.in_(ids)).with_for_update()
+        )
+    }
+    open_eps = {
+        d.connection_id: d
+        for d in session.scalars(
+            sa.select(Disconnection).where(
+                Disconnection.connection_id.in_(ids), Disconnection.ended_at.is_(None)
+            )
+        )
+    }
+    outcomes: Counter[str] = Counter()
+    by_provider: Counter[str] = Counter()
+    for item in checked:
+        conn = conns.get(item.connection_id)
+        if conn is None or conn.version != item.version:
+            summary.skipped += 1
+            continue
+        error = item.result.code == ERROR
+        outcome = ERROR if error else str(item.result.outcome)
+        outcomes[outcome] += 1
+        by_provider[f"{item.provider}|{outcome}|{item.result.code or ''}"] += 1
+        if error:
+            _record_error(conn, item.result.code or ERROR, item.result.message, now)
+            continue
+        _apply(session, conn, open_eps.get(conn.id), item.result, now, summary)
+    for bad in unloadable:
+        conn = conns.get(bad.connection_id)
+        if conn is None or conn.version != bad.version:
+            summary.skipped += 1
+            continue
+        outcomes[ERROR] += 1
+        by_provider[f"{bad.provider}|{ERROR}|{bad.code}"] += 1
+        _record_error(conn, bad.code, bad.message, now)
+    summary.checked = sum(outcomes.values())
+    summary.outcomes = dict(outcomes)
+    summary.by_provider = dict(by_provider)
+    return summary
+
+
+def _record_error(conn: Connection, code: str, message: str, now: datetime) -> None:
+    conn.last_checked_at = now
+    conn.last_error_code = code
+    conn.last_error_message = message[:1000]
+
+
+def _apply(
+    session: Session,
+    conn: Connection,
+    open_ep: Disconnection | None,
+    result: CheckResult,
+    now: datetime,
+    summary: BatchSummary,
+) -> None:
+    before = ConnState(conn.status, conn.invalid_since, open_ep is not None)
+    decision = decide(before, result.outcome, result.code, result.message, now=now)
+    conn.last_checked_at = now
+    conn.last_error_code = decision.error_code
+    conn.last_error_message = (decision.error_message or None) and decision.error_message[:1000]
+    conn.invalid_since = decision.invalid_since
+    if decision.open_disconnection:
+        session.add(Disconnection(connection_id=conn.id, started_at=now, reason_code=result.code))
+        summary.opened += 1
+    if decision.close_disconnection and open_ep is not None:
+        open_ep.ended_at = now
+        summary.closed += 1
+    if decision.changes_status(before):
+        summary.status_changes += 1
+        conn.status = decision.status
+        conn.updated_at = now
+        audit.record(
+            session,
+            "connection.status_changed",
+            at=now,
+            connection=conn,
+            before=before.status,
+            after=decision.status,
+            code=result.code,
+            message=result.message,
+        )
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def make_context_factory(
+    app: Relink, policy: CheckPolicy, *, now: datetime, token_store: TokenStore | None
+) -> Callable[[], CheckContext]:
+    oauth = {
+        name: {
+            "client_id": entry.client_id,
+            "client_secret": entry.client_secret.get_secret_value(),
+        }
+        for name, entry in app.settings.oauth.items()
+    }
+
+    def make() -> CheckContext:
+        return CheckContext(
+            now=now,
+            timeout=policy.timeout,
+            app_settings={"oauth": oauth},
+            token_store=token_store,
+            refresh_window=policy.refresh_window,
+        )
+
+    return make
+
+
+async def check_range(
+    app: Relink,
+    after_id: int,
+    upto_id: int | None,
+    *,
+    now: datetime,
+    policy: CheckPolicy,
+    only: Sequence[int] | None = None,
+) -> BatchSummary:
+    """Load, validate and record one batch; returns its counts."""
+    from relink.tokens import DbTokenStore
+
+    loaded = await asyncio.to_thread(load_batch, app, after_id, upto_id, only)
+    specs = [s for s in loaded if isinstance(s, ConnectionSpec)]
+    unloadable = [s for s in loaded if isinstance(s, Unloadable)]
+    make_ctx = make_context_factory(app, policy, now=now, token_store=DbTokenStore(app))
+    checked = await validate_all(specs, make_ctx, policy)
+    return await asyncio.to_thread(_record_with_retry, app, checked, unloadable, now)
+
+
+def _record_with_retry(
+    app: Relink, checked: Sequence[Checked], unloadable: Sequence[Unloadable], now: datetime
+) -> BatchSummary:
+    try:
+        with app.transaction() as session:
+            return record_batch(session, checked, unloadable, now=now)
+    except StaleDataError:
+        # someone changed a connection between our read and write: the version
+        # check in record_batch skips it on the second pass
+        with app.transaction() as session:
+            return record_batch(session, checked, unloadable, now=now)
+
+
+async def sweep(
+    app: Relink,
+    *,
+    now: datetime,
+    policy: CheckPolicy | None = None,
+    connection_ids: Sequence[int] | None = None,
+) -> SweepSummary:
+    """Check every connection (or the given ones) batch by batch, in this process."""
+    policy = policy or CheckPolicy(timeout=app.settings.check_timeout)
+    started = time.perf_counter()
+    with app.sessions() as session:
+        ranges = plan_ranges(session, policy.batch_size, connection_ids)
+    batches = []
+    for after_id, upto_id in ranges:
+        summary = await check_range(
+            app, after_id, upto_id, now=now, policy=policy, only=connection_ids
+        )
+        batches.append(summary.as_dict())
+    return SweepSummary.combine(batches, duration_s=time.perf_counter() - started)

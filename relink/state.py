@@ -1,0 +1,118 @@
+"""The state rules: what one check outcome does to a connection (pure, `now` passed in).
+
+Only these rules change a connection's status. Connectors report outcomes; the
+rules decide:
+
+- the first `auth_failed` opens a Disconnection and sets `invalid_since` to the
+  time of that check; later failures keep it;
+- `ok` (or a reconnect) closes the open Disconnection; a failure after that is a
+  new Disconnection;
+- `unreachable` never opens a Disconnection and never moves `invalid_since`; one
+  already open stays open (an outage never starts the 24-hour clock).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from connectors.base import Outcome
+from relink.models import Status
+
+
+@dataclass(frozen=True, slots=True)
+class ConnState:
+    status: str
+    invalid_since: datetime | None
+    has_open_disconnection: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: str
+    invalid_since: datetime | None
+    open_disconnection: bool  # open a new episode that starts now
+    close_disconnection: bool  # end the open episode now
+    error_code: str | None
+    error_message: str | None
+
+    def changes_status(self, before: ConnState) -> bool:
+        return self.status != before.status
+
+
+def decide(
+    state: ConnState, outcome: Outcome, code: str | None, message: str, *, now: datetime
+) -> Decision:
+    if outcome is Outcome.OK:
+        return Decision(
+            status=Status.CONNECTED,
+            invalid_since=None,
+            open_disconnection=False,
+            close_disconnection=state.has_open_disconnection,
+            error_code=None,
+            error_message=None,
+        )
+    if outcome is Outcome.AUTH_FAILED:
+        opening = not state.has_open_disconnection
+        return Decision(
+            status=Status.DISCONNECTED,
+            invalid_since=now if opening else (state.invalid_since or now),
+            open_disconnection=opening,
+            close_disconnection=False,
+            error_code=code,
+            error_message=message,
+        )
+    return Decision(
+        status=Status.UNREACHABLE,
+        invalid_since=state.invalid_since,
+        open_disconnection=False,
+        close_disconnection=False,
+        error_code=code,
+        error_message=message,
+    )
+
+
+# --- provider incidents -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    provider: str
+    outcome: str
+    code: str | None
+    failed: int
+    checked: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.provider}: {self.failed} of {self.checked} connections failed with "
+            f"{self.outcome} {self.code or ''}".rstrip()
+        )
+
+
+def detect_incidents(
+    results: Iterable[tuple[str, str, str | None]],
+    *,
+    min_connections: int = 5,
+    share: float = 0.5,
+) -> list[Incident]:
+    """Providers where most connections failed at once with the same code.
+
+    `results` holds (provider, outcome, code) per checked connection. A provider
+    with at least `min_connections` checked, more than `share` of which failed with
+    one (outcome, code), is flagged; the state rules still apply per connection.
+    """
+    checked: Counter[str] = Counter()
+    failed: Counter[tuple[str, str, str | None]] = Counter()
+    for provider, outcome, code in results:
+        checked[provider] += 1
+        if outcome != Outcome.OK:
+            failed[(provider, outcome, code)] += 1
+    incidents = [
+        Incident(provider, outcome, code, count, checked[provider])
+        for (provider, outcome, code), count in failed.items()
+        if checked[provider] >= min_connections and count > share * checked[provider]
+    ]
+    return sorted(incidents, key=lambda i: (i.provider, -i.failed))

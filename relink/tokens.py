@@ -1,0 +1,273 @@
+"""Rotated OAuth credentials, persisted over the app database (`connectors.base.TokenStore`).
+
+A refresh-token grant with rotation invalidates the refresh token it used: the new token
+set must reach the database, and two runs must never both spend the same refresh token.
+`DbTokenStore.refresh` therefore, per connection:
+
+1. takes an in-process `asyncio.Lock` (per event loop, database and connection id), so
+   the checks of one process are serialized on every backend, SQLite included;
+2. on backends with row locks (PostgreSQL, MySQL) opens a transaction and reads the row
+   with ``SELECT ... FOR UPDATE``; the transaction stays open while the refresh HTTP
+   call runs, so another process waits and then sees the rotated tokens. SQLite has no
+   row locks (and a read snapshot cannot be upgraded to a write in WAL mode once
+   another writer committed), so there the row is read in a short transaction of its
+   own and step 4's version check is what protects the write;
+3. when the stored credentials differ from the caller's and are `usable`, returns them
+   without calling the provider (another run refreshed first);
+4. otherwise calls `refresh(stored)` and writes its result with
+   ``UPDATE connections SET credentials=?, version=version+1, updated_at=? WHERE id=? AND
+   version=?``. When the version moved (SQLite only: someone else wrote the row in
+   between) and the stored credentials are still the ones we refreshed from (a status
+   update, say), the write is retried on the new version; when the credentials changed
+   too (another run or a reconnect stored a set), the stored set wins and is returned.
+
+Blocking database work runs in worker threads (`asyncio.to_thread`); a `Connection` is
+used by one thread at a time, step after step. Every step is shielded from cancellation
+and the connection is closed (rolling back, which releases the row lock) only after the
+step running in its thread has finished. At most `max_locked` row locks are held by one
+event loop at a time: each one holds a pooled database connection during an HTTP call.
+
+Audit: a refresh writes NO audit event. Tokens of busy providers rotate every hour, so
+an event per refresh would drown the connection's history; the bumped `version` and
+`updated_at` record that the row changed, and a DEBUG log line names the connection id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from connectors.base import ConnectionSpec, Credentials
+from relink.app import Relink
+from relink.models import Connection
+from relink.timeutil import utcnow
+
+log = logging.getLogger("relink.tokens")
+
+T = TypeVar("T")
+
+DEFAULT_MAX_LOCKED = 4
+WRITE_ATTEMPTS = 3
+
+
+class ConnectionGone(LookupError):
+    """The connection row does not exist (deleted while a check ran)."""
+
+    def __init__(self, connection_id: int) -> None:
+        super().__init__(f"connection {connection_id} no longer exists")
+        self.connection_id = connection_id
+
+
+# --- in-process locks: asyncio primitives belong to one event loop -------------------
+
+
+@dataclass
+class _LoopLocks:
+    locks: dict[tuple[str, int], asyncio.Lock] = field(default_factory=dict)
+    users: Counter[tuple[str, int]] = field(default_factory=Counter)
+    row_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+
+_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLocks] = (
+    weakref.WeakKeyDictionary()
+)
+_per_loop_guard = threading.Lock()
+
+
+def _loop_locks() -> _LoopLocks:
+    loop = asyncio.get_running_loop()
+    with _per_loop_guard:
+        state = _per_loop.get(loop)
+        if state is None:
+            state = _per_loop[loop] = _LoopLocks()
+        return state
+
+
+@contextlib.asynccontextmanager
+async def _connection_lock(database: str, connection_id: int) -> AsyncIterator[None]:
+    state = _loop_locks()
+    key = (database, connection_id)
+    lock = state.locks.setdefault(key, asyncio.Lock())
+    state.users[key] += 1
+    try:
+        async with lock:
+            yield
+    finally:
+        state.users[key] -= 1
+        if state.users[key] <= 0:
+            del state.users[key]
+            state.locks.pop(key, None)
+
+
+# --- one database connection driven from worker threads --------------------------------
+
+
+class _ThreadedConnection:
+    """A SQLAlchemy Connection used from worker threads, one step at a time."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._conn: sa.Connection | None = None
+        self._last: asyncio.Future[Any] | None = None
+
+    async def run(self, step: Callable[[sa.Connection], T]) -> T:
+        def work() -> T:
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            return step(self._conn)
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        self._last = task
+        # Shielded: a cancelled caller must not leave a thread and this coroutine
+        # disagreeing about whether the transaction is still open.
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Roll back whatever is open and return the connection, after the last step."""
+        last = self._last
+
+        async def closer() -> None:
+            if last is not None:
+                await asyncio.wait([last])
+            if self._conn is not None:
+                await asyncio.to_thread(self._conn.close)
+                self._conn = None
+
+        await asyncio.shield(asyncio.ensure_future(closer()))
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+class DbTokenStore:
+    """`connectors.base.TokenStore` over Relink's app database (see the module docstring)."""
+
+    def __init__(self, app: Relink, *, max_locked: int = DEFAULT_MAX_LOCKED) -> None:
+        self.app = app
+        self.max_locked = max_locked
+
+    @property
+    def _database(self) -> str:
+        return self.app.engine.url.render_as_string(hide_password=True)
+
+    @property
+    def _row_locks(self) -> bool:
+        return self.app.engine.dialect.name != "sqlite"
+
+    async def reload(self, connection_id: int) -> tuple[Credentials, int]:
+        def read(conn: sa.Connection) -> tuple[Credentials, int]:
+            with conn.begin():
+                return self._read(conn, connection_id, lock=False)
+
+        db = _ThreadedConnection(self.app.engine)
+        try:
+            return await db.run(read)
+        finally:
+            await db.close()
+
+    async def refresh(
+        self,
+        conn: ConnectionSpec,
+        refresh: Callable[[Credentials], Awaitable[Credentials]],
+        *,
+        usable: Callable[[Credentials], bool],
+    ) -> tuple[Credentials, int]:
+        async with _connection_lock(self._database, conn.id):
+            if not self._row_locks:
+                return await self._refresh(conn, refresh, usable, hold=False)
+            state = _loop_locks()
+            slots = state.row_slots.setdefault(self._database, asyncio.Semaphore(self.max_locked))
+            async with slots:
+                return await self._refresh(conn, refresh, usable, hold=True)
+
+    async def _refresh(
+        self,
+        spec: ConnectionSpec,
+        refresh: Callable[[Credentials], Awaitable[Credentials]],
+        usable: Callable[[Credentials], bool],
+        *,
+        hold: bool,
+    ) -> tuple[Credentials, int]:
+        db = _ThreadedConnection(self.app.engine)
+        try:
+
+            def read(conn: sa.Connection) -> tuple[Credentials, int]:
+                if hold:
+                    conn.begin()  # stays open (row locked) until write() or close()
+                    return self._read(conn, spec.id, lock=True)
+                with conn.begin():
+                    return self._read(conn, spec.id, lock=False)
+
+            stored, version = await db.run(read)
+            if dict(stored) != dict(spec.credentials) and usable(stored):
+                return stored, version  # another run refreshed already
+
+            fresh = dict(await refresh(stored))
+
+            def write(conn: sa.Connection) -> tuple[Credentials, int]:
+                if not hold:
+                    conn.begin()
+                try:
+                    result = self._write(conn, spec.id, stored, fresh, version)
+                    conn.commit()
+                    return result
+                except BaseException:
+                    conn.rollback()
+                    raise
+
+            return await db.run(write)
+        finally:
+            await db.close()
+
+    # --- blocking steps (worker threads) ---------------------------------------------
+
+    def _read(self, conn: sa.Connection, connection_id: int, *, lock: bool) -> tuple[dict, int]:
+        query = sa.select(Connection.credentials, Connection.version).where(
+            Connection.id == connection_id
+        )
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            raise ConnectionGone(connection_id)
+        return self.app.vault.decrypt(row.credentials, connection=str(connection_id)), row.version
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        connection_id: int,
+        base: Mapping[str, str],
+        fresh: Mapping[str, str],
+        version: int,
+    ) -> tuple[Credentials, int]:
+        ciphertext = self.app.vault.encrypt(fresh)
+        for _ in range(WRITE_ATTEMPTS):
+            updated = conn.execute(
+                sa.update(Connection)
+                .where(Connection.id == connection_id, Connection.version == version)
+                .values(credentials=ciphertext, version=version + 1, updated_at=utcnow())
+            )
+            if updated.rowcount == 1:
+                log.debug("connection %s: rotated OAuth tokens stored", connection_id)
+                return dict(fresh), version + 1
+            # The version moved under us (no row lock: SQLite). Look at what changed.
+            current, version = self._read(conn, connection_id, lock=False)
+            if current != dict(base):
+                log.info(
+                    "connection %s: credentials changed while refreshing; keeping the stored ones",
+                    connection_id,
+                )
+                return current, version
+        raise RuntimeError(
+            f"connection {connection_id}: could not store refreshed credentials "
+            f"({WRITE_ATTEMPTS} concurrent changes)"
+        )

@@ -1,0 +1,108 @@
+# ruff: noqa: F811 - pytest fixtures imported from oauth_fixtures are parameters here
+"""The API-key connector against the sandbox's /apikey endpoints over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+
+import pytest
+
+import connectors
+from connectors.base import CheckResult, ConnectionSpec, Outcome, Unreachable
+from relink.sandbox import demo_records
+from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
+    assert_no_secret,
+    context,
+    provider,
+    sandbox,
+    sandbox_server,
+)
+
+API_KEY = connectors.get("api_key")
+
+
+@pytest.fixture
+def good_key(provider) -> str:
+    key = f"good-{secrets.token_urlsafe(12)}"
+    provider.add_api_key(key)
+    return key
+
+
+def spec(base_url: str, key: str, header: str = "Authorization", **settings: str):
+    return ConnectionSpec(
+        1,
+        "api_key",
+        {"base_url": base_url, "probe_path": "/apikey/me", "header": header, **settings},
+        {"api_key": key},
+    )
+
+
+def check(conn: ConnectionSpec, **ctx) -> CheckResult:
+    result = asyncio.run(API_KEY.validate(conn, context(**ctx)))
+    assert_no_secret(result, [conn.credentials["api_key"]])
+    return result
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
+def test_a_valid_key_is_ok_as_bearer_or_in_its_own_header(sandbox, good_key, header):
+    assert check(spec(sandbox.url, good_key, header)) == CheckResult.ok()
+
+
+def test_an_unknown_key_is_auth_failed_401(sandbox):
+    result = check(spec(sandbox.url, f"unknown-{secrets.token_urlsafe(12)}"))
+    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "401")
+
+
+def test_a_forbidden_key_is_auth_failed_403(sandbox, provider):
+    key = f"forbidden-{secrets.token_urlsafe(12)}"
+    provider.forbid_api_key(key)
+    result = check(spec(sandbox.url, key, "X-API-Key"))
+    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "403")
+
+
+def test_a_closed_port_is_unreachable_connection_refused(good_key):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = check(spec(f"http://127.0.0.1:{port}", good_key))
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "connection_refused")
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "code"),
+    [
+        ("error500", {}, "http_500"),
+        ("rate_limit", {}, "http_429"),
+        ("slow", {"delay": 1.5}, "timeout"),
+        ("drop", {}, "connection_lost"),
+    ],
+)
+def test_source_faults_are_unreachable(sandbox, provider, good_key, mode, options, code):
+    provider.set_fault(mode, path_prefix="/apikey/", **options)
+    result = check(spec(sandbox.url, good_key), timeout=0.5)
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, code)
+
+
+def test_a_bad_base_url_is_auth_failed_invalid_settings(good_key):
+    result = check(spec("127.0.0.1:9/no-scheme", good_key))
+    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "invalid_settings")
+
+
+def test_fetch_returns_columns_and_rows(sandbox, good_key):
+    conn = spec(sandbox.url, good_key, "X-API-Key")
+    result = asyncio.run(
+        API_KEY.fetch(conn, "/apikey/records?path=payments&limit=4 | data.records", context())
+    )
+    expected = demo_records("payments", 4)
+    assert sorted(result.columns) == sorted(expected[0])
+    assert result.rows == [tuple(r[c] for c in result.columns) for r in expected]
+
+
+def test_fetch_never_sends_the_key_to_another_host(sandbox, good_key):
+    conn = spec(sandbox.url, good_key)
+    with pytest.raises(Unreachable) as caught:
+        asyncio.run(API_KEY.fetch(conn, "http://other.example/apikey/records", context()))
+    assert caught.value.code == "invalid_query"
+    assert_no_secret(caught.value.message, [good_key])

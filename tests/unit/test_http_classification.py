@@ -1,0 +1,299 @@
+"""Classification of httpx errors and statuses, and the dataset query format, without a
+server; plus the facts about Authlib's httpx integration the OAuth connector relies on."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpcore
+import httpx
+import pytest
+
+from connectors.base import CheckError, Outcome, Unreachable
+from connectors.http import (
+    classify_exception,
+    classify_status,
+    parse_query,
+    records_to_result,
+    resolve_url,
+    response_error,
+    safe_code,
+    safe_error,
+    scrub,
+    where,
+)
+from connectors.oauth2 import needs_refresh, token_credentials
+
+AT = "api.example.com"
+
+
+def wrapped(outer: Exception, *causes: BaseException) -> Exception:
+    """An httpx exception with the cause chain httpx builds (httpcore -> socket error)."""
+    current: BaseException = outer
+    for cause in causes:
+        current.__cause__ = cause
+        current = cause
+    return outer
+
+
+def outcome(error: CheckError) -> tuple[Outcome, str]:
+    return error.outcome, error.code
+
+
+# --- exceptions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            wrapped(
+                httpx.ConnectError("All connection attempts failed"),
+                httpcore.ConnectError("All connection attempts failed"),
+                OSError("All connection attempts failed"),
+                ConnectionRefusedError(111, "Connect call failed"),
+            ),
+            (Outcome.UNREACHABLE, "connection_refused"),
+        ),
+        (
+            wrapped(
+                httpx.ConnectError("[Errno -2] Name or service not known"),
+                httpcore.ConnectError("x"),
+                socket.gaierror(-2, "Name or service not known"),
+            ),
+            (Outcome.UNREACHABLE, "dns"),
+        ),
+        (
+            wrapped(
+                httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]"),
+                httpcore.ConnectError("x"),
+                ssl.SSLCertVerificationError("certificate verify failed"),
+            ),
+            (Outcome.UNREACHABLE, "tls"),
+        ),
+        (httpx.ConnectTimeout("timed out"), (Outcome.UNREACHABLE, "timeout")),
+        (httpx.ReadTimeout(""), (Outcome.UNREACHABLE, "timeout")),
+        (httpx.PoolTimeout(""), (Outcome.UNREACHABLE, "timeout")),
+        (TimeoutError(), (Outcome.UNREACHABLE, "timeout")),
+        (
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            (Outcome.UNREACHABLE, "connection_lost"),
+        ),
+        (httpx.ReadError("reset"), (Outcome.UNREACHABLE, "connection_lost")),
+        (httpx.ConnectError("unknown reason"), (Outcome.UNREACHABLE, "network")),
+        (
+            httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://'"),
+            (Outcome.AUTH_FAILED, "invalid_settings"),
+        ),
+        (httpx.InvalidURL("Invalid port"), (Outcome.AUTH_FAILED, "invalid_settings")),
+        (
+            ValueError("Token endpoint response is not a JSON object"),
+            (Outcome.UNREACHABLE, "bad_response"),
+        ),
+        (RuntimeError("https://api.example.com/?key=SECRET"), (Outcome.UNREACHABLE, "error")),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)
+def test_exceptions_are_classified(exc, expected):
+    error = classify_exception(exc, AT)
+    assert outcome(error) == expected
+    assert error.message.startswith(AT)
+    assert "SECRET" not in error.message  # never the exception's own text
+
+
+# --- statuses ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (401, None, (Outcome.AUTH_FAILED, "401")),
+        (403, None, (Outcome.AUTH_FAILED, "403")),
+        (401, "invalid_token", (Outcome.AUTH_FAILED, "invalid_token")),
+        (403, "insufficient_scope", (Outcome.AUTH_FAILED, "insufficient_scope")),
+        (429, None, (Outcome.UNREACHABLE, "http_429")),
+        (500, None, (Outcome.UNREACHABLE, "http_500")),
+        (503, "whatever", (Outcome.UNREACHABLE, "http_503")),
+        (404, None, (Outcome.UNREACHABLE, "http_404")),
+        (302, None, (Outcome.UNREACHABLE, "http_302")),
+    ],
+)
+def test_statuses_are_classified(status, error, expected):
+    result = classify_status(status, AT, error)
+    assert result is not None
+    assert outcome(result) == expected
+    assert f"HTTP {status}" in result.message
+
+
+@pytest.mark.parametrize("status", [200, 201, 204])
+def test_success_is_no_error(status):
+    assert classify_status(status, AT) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"WWW-Authenticate": 'Bearer realm="x", error="invalid_token"'}, b"", "invalid_token"),
+        ({"WWW-Authenticate": "Bearer error=insufficient_scope"}, b"", "insufficient_scope"),
+        ({"Content-Type": "application/json"}, b'{"error": "Invalid_Grant"}', "invalid_grant"),
+        ({}, b"<html>nope</html>", None),
+        ({"WWW-Authenticate": 'Bearer realm="x"'}, b"[]", None),
+    ],
+)
+def test_the_error_a_response_names(headers, body, expected):
+    assert response_error(httpx.Response(401, headers=headers, content=body)) == expected
+
+
+def test_codes_are_short_and_plain():
+    assert safe_code("Invalid Grant!") == "invalid_grant"
+    assert safe_code("x" * 100) == "x" * 64
+    assert safe_code(42) is None
+    assert safe_code("   ") is None
+
+
+def test_messages_are_scrubbed_and_one_line():
+    error = safe_error(Unreachable("x", "token abcdef-123\nleaked abcdef-123"), ["abcdef-123"])
+    assert error.message == "token *** leaked ***"
+    assert scrub("short ab", ["ab"]) == "short ab"  # too short to be a secret worth scrubbing
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://api.example.com/v1?key=SECRET", "api.example.com"),
+        ("http://127.0.0.1:8765/api", "127.0.0.1:8765"),
+        ("https://h:443/", "h"),
+        ("not a url", "the server"),
+    ],
+)
+def test_endpoints_are_named_by_host_only(url, expected):
+    assert where(url) == expected
+
+
+# --- dataset queries -----------------------------------------------------------------------
+
+
+def test_a_query_is_a_path_and_an_optional_dotted_records_path():
+    assert parse_query("/api/records?path=x | data.records") == (
+        "/api/records?path=x",
+        ["data", "records"],
+    )
+    assert parse_query("  /me  ") == ("/me", [])
+    assert parse_query("/items |") == ("/items", [])
+
+
+@pytest.mark.parametrize("query", ["", " | data", "/x | a..b", "/x | a | b"])
+def test_malformed_queries_are_invalid_query(query):
+    with pytest.raises(Unreachable) as caught:
+        parse_query(query)
+    assert caught.value.code == "invalid_query"
+
+
+def test_paths_resolve_under_the_base_and_never_leave_its_origin():
+    base = "https://graph.microsoft.com/v1.0/"
+    assert resolve_url(base, "/me") == "https://graph.microsoft.com/v1.0/me"
+    assert resolve_url(base, "me?x=1") == "https://graph.microsoft.com/v1.0/me?x=1"
+    assert resolve_url(base, "https://graph.microsoft.com:443/beta/me").endswith("/beta/me")
+    for other in ("https://evil.example/me", "http://graph.microsoft.com/me"):
+        with pytest.raises(Unreachable, match="not on the connection's API host"):
+            resolve_url(base, other)
+    with pytest.raises(Unreachable, match="no API base URL"):
+        resolve_url(None, "/me")
+
+
+def test_records_become_columns_in_first_seen_order_and_tuples():
+    body = {"data": {"records": [{"id": 1, "name": "a"}, {"id": 2, "extra": True}, 7]}}
+    result = records_to_result(body, ["data", "records"])
+    assert result.columns == ["id", "name", "extra", "value"]
+    assert result.rows == [(1, "a", None, None), (2, None, True, None), (None, None, None, 7)]
+
+
+def test_a_list_body_an_object_and_null():
+    assert records_to_result([{"a": 1}], []).rows == [(1,)]
+    assert records_to_result({"sub": "x", "name": "y"}, []).columns == ["sub", "name"]
+    assert records_to_result({"items": None}, ["items"]).rows == []
+    assert records_to_result({"items": [[1, 2], [3]]}, ["items", "1"]).rows == [(3,)]
+
+
+def test_a_missing_records_path_names_what_is_there():
+    with pytest.raises(Unreachable, match=r"no 'recs' in data of the answer \(keys: records\)"):
+        records_to_result({"data": {"records": []}}, ["data", "recs"])
+
+
+# --- token sets ------------------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def test_a_token_answer_becomes_string_credentials_over_the_other_secrets():
+    base = {"access_token": "old", "refresh_token": "r1", "expires_at": "1", "client_secret": "s"}
+    answer = {"access_token": "new", "expires_in": 3600, "instance_url": "https://eu1.sf.com"}
+    assert token_credentials(base, answer, NOW) == {
+        "access_token": "new",
+        "refresh_token": "r1",  # not rotated: the old one stays
+        "expires_at": str(int(NOW.timestamp()) + 3600),
+        "instance_url": "https://eu1.sf.com",
+        "client_secret": "s",
+    }
+    assert "expires_at" not in token_credentials(base, {"access_token": "n"}, NOW)
+    with pytest.raises(Unreachable, match="without an access_token"):
+        token_credentials(base, {"token_type": "Bearer"}, NOW)
+
+
+@pytest.mark.parametrize(
+    ("creds", "expected"),
+    [
+        ({}, True),
+        ({"access_token": "a"}, False),  # no expiry known: verified, refreshed when rejected
+        ({"access_token": "a", "expires_at": str(NOW.timestamp() + 3600)}, False),
+        ({"access_token": "a", "expires_at": str(NOW.timestamp() + 100)}, True),
+        ({"access_token": "a", "expires_at": "garbage"}, True),
+    ],
+)
+def test_when_a_token_needs_a_refresh(creds, expected):
+    assert needs_refresh(creds, NOW, 300) is expected
+
+
+# --- Authlib and httpx -------------------------------------------------------------------------
+
+
+def test_authlib_runs_on_the_httpx_we_classify():
+    from authlib.integrations.httpx_client import _compat
+
+    assert _compat.httpx2 is httpx, "Authlib switched to httpx2: classify its exceptions"
+
+
+RECORD_IMPORT_WARNINGS = """
+import json, sys, warnings
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    __import__(sys.argv[1])
+print(json.dumps([[w.category.__name__, str(w.message), w.filename] for w in seen]))
+"""
+
+
+def deprecations_on_import(module: str) -> list[list[str]]:
+    """The DeprecationWarnings a fresh interpreter sees while importing `module`."""
+    done = subprocess.run(
+        [sys.executable, "-c", RECORD_IMPORT_WARNINGS, module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return [w for w in json.loads(done.stdout) if "Deprecation" in w[0]]
+
+
+def test_authlib_httpx_integration_warns_and_the_connector_silences_only_that():
+    bare = deprecations_on_import("authlib.integrations.httpx_client")
+    assert [w[:2] for w in bare] == [
+        ["AuthlibDeprecationWarning", "The httpx module is deprecated; please use httpx2 instead."]
+    ], "Authlib's warning changed: revisit the filter in connectors.oauth2"
+    assert deprecations_on_import("connectors.oauth2") == []

@@ -1,0 +1,80 @@
+from datetime import UTC, datetime, timedelta
+
+from connectors.base import Outcome
+from relink.state import ConnState, decide, detect_incidents
+
+T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+healthy = ConnState(status="connected", invalid_since=None, has_open_disconnection=False)
+
+
+def test_first_auth_failure_opens_a_disconnection_at_the_checks_time():
+    d = decide(healthy, Outcome.AUTH_FAILED, "invalid_grant", "token revoked", now=T0)
+    assert d.status == "disconnected"
+    assert d.invalid_since == T0
+    assert d.open_disconnection and not d.close_disconnection
+    assert (d.error_code, d.error_message) == ("invalid_grant", "token revoked")
+
+
+def test_later_failures_keep_the_first_time():
+    broken = ConnState("disconnected", T0, True)
+    d = decide(broken, Outcome.AUTH_FAILED, "invalid_grant", "again", now=T0 + timedelta(hours=5))
+    assert d.invalid_since == T0
+    assert not d.open_disconnection
+
+
+def test_ok_closes_the_open_disconnection_and_clears_the_error():
+    d = decide(
+        ConnState("disconnected", T0, True), Outcome.OK, None, "ok", now=T0 + timedelta(hours=1)
+    )
+    assert d.status == "connected" and d.invalid_since is None
+    assert d.close_disconnection and not d.open_disconnection
+    assert d.error_code is None and d.error_message is None
+
+
+def test_ok_on_a_healthy_connection_closes_nothing():
+    assert not decide(healthy, Outcome.OK, None, "", now=T0).close_disconnection
+
+
+def test_an_outage_never_opens_a_disconnection():
+    d = decide(healthy, Outcome.UNREACHABLE, "timeout", "timed out", now=T0)
+    assert d.status == "unreachable"
+    assert d.invalid_since is None
+    assert not d.open_disconnection and not d.close_disconnection
+
+
+def test_an_outage_keeps_an_open_disconnection_and_its_start():
+    d = decide(
+        ConnState("disconnected", T0, True),
+        Outcome.UNREACHABLE,
+        "http_503",
+        "503",
+        now=T0 + timedelta(hours=3),
+    )
+    assert d.invalid_since == T0
+    assert not d.open_disconnection and not d.close_disconnection
+
+
+def test_failure_after_recovery_is_a_new_disconnection():
+    recovered = ConnState("connected", None, False)
+    later = T0 + timedelta(days=2)
+    d = decide(recovered, Outcome.AUTH_FAILED, "28P01", "password authentication failed", now=later)
+    assert d.open_disconnection and d.invalid_since == later
+
+
+def test_most_connections_of_one_provider_failing_alike_is_an_incident():
+    results = [("salesforce", "unreachable", "http_503")] * 8 + [("salesforce", "ok", None)] * 2
+    results += [("hubspot", "auth_failed", "invalid_grant")] * 1 + [("hubspot", "ok", None)] * 9
+    (incident,) = detect_incidents(results)
+    assert (incident.provider, incident.code, incident.failed, incident.checked) == (
+        "salesforce",
+        "http_503",
+        8,
+        10,
+    )
+    assert "8 of 10" in incident.describe()
+
+
+def test_few_connections_or_mixed_codes_are_no_incident():
+    assert detect_incidents([("x", "auth_failed", "invalid_grant")] * 4) == []
+    mixed = [("x", "unreachable", "timeout")] * 3 + [("x", "unreachable", "http_500")] * 3
+    assert detect_incidents(mixed) == []
