@@ -44,27 +44,51 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="Comma-separated Fernet keys, newest first; empty means a key file.",
     )
+    session_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Signs the web pages' session cookies; empty means a key file.",
+    )
     # email
     email_from: str = "relink@example.com"
     sendgrid_api_key: SecretStr = SecretStr("")
     sendgrid_host: str = "https://api.sendgrid.com"
+    email_timeout: float = Field(
+        default=10.0,
+        description="Seconds to wait for SendGrid's reply; a later reply leaves the email "
+        "'unknown' (it may have been sent), never resent automatically.",
+    )
     # checks
     check_timeout: float = Field(default=10.0, description="Seconds per source request.")
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
+    # datasets
+    warehouse_url: str = Field(
+        default="",
+        description="Where warehouse-mode datasets are stored; empty means a SQLite file "
+        "in the data folder.",
+    )
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'relink.db'}"
 
     @property
+    def effective_warehouse_url(self) -> str:
+        return self.warehouse_url or f"sqlite:///{self.data_dir / 'warehouse.db'}"
+
+    @property
     def key_file(self) -> Path:
         return self.data_dir / "secret.keys"
+
+    @property
+    def session_key_file(self) -> Path:
+        return self.data_dir / "session.key"
 
     def masked(self) -> dict[str, Any]:
         """Every effective setting, secrets replaced by '**********' (or '' when unset)."""
         values = self.model_dump(mode="json")
         values["database_url"] = _mask_url_password(self.effective_database_url)
-        for name in ("secret_keys", "sendgrid_api_key"):
+        values["warehouse_url"] = _mask_url_password(self.effective_warehouse_url)
+        for name in ("secret_keys", "sendgrid_api_key", "session_secret"):
             values[name] = "**********" if getattr(self, name).get_secret_value() else ""
         for app in values.get("oauth", {}).values():
             app["client_secret"] = "**********" if app.get("client_secret") else ""

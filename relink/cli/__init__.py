@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relink.cli import admin, checks, connections, demo
+from relink.cli import admin, checks, connections, demo, emails
 
 app = typer.Typer(
     name="relink",
@@ -18,6 +18,7 @@ admin.register(app)
 connections.register(app)
 checks.register(app)
 demo.register(app)
+emails.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,229 @@
+"""`relink notify` (the disconnection emails, now, in this process) and `relink outbox`
+(every email's record: list, show, release an unknown one)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from relink.cli._common import (
+    app,
+    console,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+    transaction,
+)
+from relink.directory import get_user
+from relink.emails import format_local
+from relink.errors import PermissionDenied
+from relink.mailer import OutboxMailer, mailer_for, outbox_folder
+from relink.models import NotificationState, Role
+from relink.notifications import (
+    get_notification,
+    list_notifications,
+    plan,
+    release,
+    send_due,
+)
+from relink.timeutil import as_utc, utcnow
+
+outbox_app = typer.Typer(
+    help="Every disconnection email's record (sent, outbox, unknown, ...): list, show, release.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def register(root: typer.Typer) -> None:
+    root.command("notify")(notify)
+    root.add_typer(outbox_app, name="outbox")
+
+
+def parse_as_of(value: str) -> datetime:
+    """An ISO 8601 time; without an offset it is taken as UTC."""
+    try:
+        return as_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        raise fail(
+            f"--as-of {value!r} is not an ISO 8601 time; use e.g. 2026-03-02T07:00-07:00 "
+            "or 2026-03-02T14:00Z"
+        ) from None
+
+
+@handle_errors
+def notify(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Only show who would be emailed; claim and send nothing."),
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="ISO8601",
+            help="With --dry-run: evaluate the rule at this time (e.g. tomorrow's "
+            "2026-03-02T07:00-07:00) instead of now. Without an offset: UTC.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Email at most this many disconnections.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Email every disconnection open for 24 hours that was never emailed (the
+    send-disconnection-emails flow's run, here without Prefect). Without an API key
+    (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead."""
+    if as_of is not None and not dry_run:
+        raise fail("--as-of only works with --dry-run: a real run always uses the current time")
+    moment = parse_as_of(as_of) if as_of is not None else utcnow()
+    relink = app()
+    relink.ensure_schema()
+    if dry_run:
+        _dry_run(moment, limit, as_json)
+        return
+    summary = send_due(relink, now=moment, mailer=mailer_for(relink.settings), limit=limit)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    mailer = "the outbox" if not relink.settings.sendgrid_api_key.get_secret_value() else "SendGrid"
+    console.print(f"Disconnection emails at {_when(moment)} through {mailer}", highlight=False)
+    print_table("", ["result", "emails"], list(summary.counts.items()))
+    if summary.stopped:
+        console.print(f"stopped early: {summary.stopped}", style="bold red", highlight=False)
+    if summary.awaiting_decision:
+        console.print(
+            f"{len(summary.awaiting_decision)} email(s) in state unknown may have been sent: "
+            "see `relink outbox list --state unknown`",
+            style="bold yellow",
+            highlight=False,
+        )
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC ({format_local(moment)})"
+
+
+def _dry_run(moment: datetime, limit: int | None, as_json: bool) -> None:
+    due = plan(app(), now=moment, limit=limit)
+    if as_json:
+        print_json({"as_of": moment.isoformat(), "emails": [d.describe() for d in due]})
+        return
+    print_table(
+        f"Dry run at {_when(moment)}: {len(due)} email(s) due; nothing sent or changed",
+        ["disconnection", "connection", "type", "invalid since", "to", "why"],
+        [
+            (
+                d.disconnection_id,
+                f"{d.connection_name} (#{d.connection_id})",
+                d.source_type,
+                format_local(d.started_at),
+                ", ".join(d.recipients.to) or "nobody",
+                d.recipients.why,
+            )
+            for d in due
+        ],
+    )
+
+
+# --- outbox ------------------------------------------------------------------------------
+
+
+@outbox_app.command("list")
+@handle_errors
+def outbox_list(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this state: " + ", ".join(s.value for s in NotificationState) + "."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first.")] = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """The disconnection emails Relink has recorded, one per disconnection."""
+    if state is not None and state not in set(NotificationState):
+        known = ", ".join(s.value for s in NotificationState)
+        raise fail(f"unknown state {state!r}; use one of {known}")
+    with transaction() as session:
+        views = list_notifications(session, state=state, limit=limit)
+    if as_json:
+        print_json([v.as_dict() for v in views])
+        return
+    print_table(
+        f"{len(views)} email(s)" + (f" in state {state}" if state else ""),
+        ["id", "state", "disconnection", "connection", "to", "claimed", "sent", "note"],
+        [
+            (
+                v.id,
+                v.state,
+                v.disconnection_id,
+                v.connection,
+                ", ".join(v.to),
+                f"{v.claimed_at:%Y-%m-%d %H:%M}",
+                v.sent_at and f"{v.sent_at:%Y-%m-%d %H:%M}",
+                v.last_error or v.provider_message_id,
+            )
+            for v in views
+        ],
+    )
+
+
+@outbox_app.command("show")
+@handle_errors
+def outbox_show(notification_id: Annotated[int, typer.Argument(help="Notification id.")]) -> None:
+    """Print one email: the .eml file for the outbox, the record for the others."""
+    relink = app()
+    with transaction() as session:
+        view = get_notification(session, notification_id)
+    for key, value in view.as_dict().items():
+        console.print(f"{key}: {value}", markup=False, highlight=False)
+    eml = OutboxMailer(outbox_folder(relink.settings)).path_of(
+        f"disconnection-{view.disconnection_id}"
+    )
+    console.print("", highlight=False)
+    if eml.exists():
+        console.print(f"--- {eml}", markup=False, highlight=False)
+        typer.echo(eml.read_text("utf-8", errors="replace"))
+    elif view.state == NotificationState.SENT:
+        console.print(
+            "(sent through SendGrid; its body is not kept here: look it up in SendGrid's "
+            f"activity feed by message id {view.provider_message_id})",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        console.print("(no email file: nothing was written to the outbox)", highlight=False)
+
+
+@outbox_app.command("release")
+@handle_errors
+def outbox_release(
+    notification_id: Annotated[int, typer.Argument(help="Notification id.")],
+    as_user: Annotated[
+        str | None,
+        typer.Option("--as", help="The admin deciding (recorded in the audit trail)."),
+    ] = None,
+) -> None:
+    """Hand an `unknown` email back to the next run, which sends it again. Only for one
+    that was certainly not delivered (check SendGrid's activity feed first)."""
+    with transaction() as session:
+        actor = None
+        if as_user is not None:
+            actor = get_user(session, as_user)
+            if actor.role != Role.ADMIN or not actor.active:
+                raise PermissionDenied(f"{actor.email} is not an active admin")
+        view = release(session, notification_id, now=utcnow(), actor=actor)
+    console.print(
+        f"notification {view.id} released: the next run emails {view.connection!r} again",
+        highlight=False,
+    )
+    if not view.disconnection_open:
+        console.print(
+            "note: its disconnection is closed (reconnected), so no email will go out",
+            highlight=False,
+        )
