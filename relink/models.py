@@ -187,6 +187,8 @@ class Dataset(Base):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
     row_count: Mapped[int | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    # the result's shape at the last successful refresh (column names as stored)
+    columns: Mapped[list[str] | None] = mapped_column(sa.JSON, default=None)
 
     connection: Mapped[Connection] = relationship(back_populates="datasets")
     metrics: Mapped[list[Metric]] = relationship(
@@ -280,3 +282,48 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     actor: Mapped[User | None] = relationship()
+
+
+class OAuthState(Base):
+    """A pending OAuth reconnect: bound to a connection and the user who started it.
+
+    Only a SHA-256 of the `state` value is stored, and the PKCE code_verifier is
+    encrypted with the vault. Single use: `used_at` is set by a conditional UPDATE.
+    """
+
+    __tablename__ = "oauth_states"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    connection_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    code_verifier: Mapped[str] = mapped_column(sa.Text)  # vault ciphertext
+    redirect_uri: Mapped[str] = mapped_column(sa.String(2000))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class SweepShard(Base):
+    """One id range of a fanned-out check sweep, claimed by the one run that checks it.
+
+    Rows are written by the sweep (`check-connections`) before it starts the shard runs;
+    a shard run claims its row with a conditional UPDATE (`claimed_by IS NULL`), so a
+    shard run that finds its shard already claimed exits without checking.
+    """
+
+    __tablename__ = "sweep_shards"
+    __table_args__ = (sa.UniqueConstraint("sweep_id", "shard"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    shard: Mapped[int]
+    after_id: Mapped[int]  # the shard holds after_id < connection id <= upto_id
+    upto_id: Mapped[int | None] = mapped_column(default=None)  # None: no upper bound
+    created_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relink.cli import admin, checks, connections, demo, emails
+from relink.cli import admin, checks, connections, demo, emails, reconnect
 
 app = typer.Typer(
     name="relink",
@@ -19,6 +19,7 @@ connections.register(app)
 checks.register(app)
 demo.register(app)
 emails.register(app)
+reconnect.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,78 @@
+"""reconnect-connection: check a broken connection's stored credentials again; refresh
+its datasets when they work, else hand its owner the reconnect link."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+
+from flows.refresh_datasets import refresh_datasets
+from tasks.refresh import email_link, recheck_connection
+
+
+@flow(
+    name="reconnect-connection",
+    flow_run_name="reconnect connection {connection_id}",
+    log_prints=False,
+)
+async def reconnect_connection(
+    connection_id: int, requested_by: str, notify_owner: bool = False
+) -> dict[str, Any]:
+    """Re-check connection `connection_id` for `requested_by` (an email; they must be
+    allowed to reconnect it). The problem may have been fixed at the source: then the
+    disconnection closes and the datasets are refreshed. Otherwise the reconnect link
+    for the owner is logged and published, and emailed when `notify_owner`.
+
+    Takes ids, never credentials: new credentials are entered by a person, on the
+    connection's page or with `relink reconnect`.
+    """
+    logger = get_run_logger()
+    checked = await recheck_connection(connection_id, requested_by)
+    name = checked["connection"]
+    if checked["status"] == "connected":
+        logger.info("connection %d (%s) works again; refreshing its datasets", connection_id, name)
+        refreshed = await refresh_datasets(connection_id=connection_id)
+        await acreate_markdown_artifact(
+            f"# Connection {connection_id} ({_md(name)}) works again\n\n"
+            f"The stored credentials were accepted; the disconnection is closed"
+            f"{'' if checked['disconnection_closed'] else ' (none was open)'}.\n\n"
+            f"Datasets: {refreshed['ok']} refreshed, {refreshed['error']} failed, "
+            f"{refreshed['skipped']} skipped.\n",
+            key="reconnect-connection",
+            description=f"Reconnect connection {connection_id}",
+        )
+        return {"connection": checked, "refresh": refreshed, "reconnect_url": None}
+
+    link = checked["reconnect_url"]
+    logger.warning(
+        "connection %d (%s) is still %s (%s); its owner %s reconnects it at %s",
+        connection_id,
+        name,
+        checked["status"],
+        checked["code"] or checked["outcome"],
+        checked["owner"],
+        link,
+    )
+    emailed = await email_link(connection_id, requested_by) if notify_owner else None
+    told = (
+        f"Emailed to {', '.join(emailed['to']) or 'nobody'} ({emailed['why']}; "
+        f"{emailed['result']})."
+        if emailed
+        else "Not emailed (run with notify_owner=true to email it)."
+    )
+    await acreate_markdown_artifact(
+        f"# Connection {connection_id} ({_md(name)}) still needs a reconnect\n\n"
+        f"Status **{checked['status']}**: {_md(checked['message'] or checked['outcome'])}\n\n"
+        f"Owner: {checked['owner']}\n\n"
+        f"[Reconnect {_md(name)}]({link})\n\n"
+        f"{told}\n",
+        key="reconnect-connection",
+        description=f"Reconnect connection {connection_id}",
+    )
+    return {"connection": checked, "refresh": None, "reconnect_url": link, "emailed": emailed}
+
+
+def _md(text: str) -> str:
+    return " ".join(str(text).split()).replace("[", "\\[").replace("]", "\\]")

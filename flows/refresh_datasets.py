@@ -1,0 +1,66 @@
+"""refresh-datasets: refresh a connection's datasets (or the given ones, or all)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+
+from relink.app import get_app
+from relink.refresh import RefreshPolicy, RefreshSummary, select_datasets
+from tasks.refresh import refresh_dataset
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    if params.get("connection_id") is not None:
+        return f"refresh datasets of connection {params['connection_id']}"
+    if params.get("dataset_ids"):
+        return f"refresh {len(params['dataset_ids'])} dataset(s)"
+    return "refresh all datasets"
+
+
+@flow(name="refresh-datasets", flow_run_name=_run_name, log_prints=False)
+async def refresh_datasets(
+    connection_id: int | None = None,
+    dataset_ids: list[int] | None = None,
+    concurrency: int = 4,
+    attempts: int = 3,
+    backoff: float = 1.0,
+) -> dict[str, Any]:
+    """Refresh datasets, at most `concurrency` at once; an unreachable source is asked
+    `attempts` times with exponential backoff. One failing dataset never stops the
+    others; the summary is the run's result and a markdown artifact."""
+    app = get_app()
+    app.ensure_schema()
+    with app.sessions() as session:
+        ids = select_datasets(session, connection_id=connection_id, dataset_ids=dataset_ids)
+    policy = RefreshPolicy(concurrency=concurrency, attempts=attempts, backoff=backoff)
+    params = dataclasses.asdict(policy)
+    gate = asyncio.Semaphore(max(1, concurrency))
+    started = time.perf_counter()
+
+    async def one(dataset_id: int) -> dict[str, Any]:
+        async with gate:
+            return await refresh_dataset(dataset_id, params)
+
+    results = await asyncio.gather(*(one(i) for i in ids))
+    summary = RefreshSummary.from_dicts(results, time.perf_counter() - started)
+    data = summary.as_dict()
+    get_run_logger().info(
+        "refreshed %d dataset(s): %d ok, %d failed, %d skipped",
+        data["datasets"],
+        data["ok"],
+        data["error"],
+        data["skipped"],
+    )
+    await acreate_markdown_artifact(
+        summary.markdown(), key="refresh-datasets-summary", description="Dataset refresh"
+    )
+    return data

@@ -1,0 +1,436 @@
+"""`relink reconnect`, `relink datasets refresh` and `relink audit`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
+
+import sqlalchemy as sa
+import typer
+
+import connectors
+from connectors.base import AuthKind
+from relink import reconnect as svc
+from relink.cli._common import (
+    app,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+    transaction,
+)
+from relink.connections import get_visible, visible_filter
+from relink.directory import get_user, viewer_of
+from relink.models import AuditEvent, Connection, Role, User
+from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
+from relink.timeutil import utcnow
+
+CALLBACK_PATH = "/oauth/callback"
+
+AsOpt = Annotated[str, typer.Option("--as", help="Act as this user (email).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def register(root: typer.Typer) -> None:
+    from relink.cli.connections import datasets_app
+
+    root.command("reconnect")(reconnect)
+    root.command("audit")(audit_trail)
+    datasets_app.command("refresh")(datasets_refresh)
+
+
+# --- reconnect ------------------------------------------------------------------------
+
+
+@handle_errors
+def reconnect(
+    connection_id: Annotated[int, typer.Argument(metavar="ID", help="Connection id.")],
+    as_: AsOpt,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only",
+            help="Check the stored credentials again (the problem may have been fixed at "
+            "the source); refresh the datasets when they work, else print the reconnect link.",
+        ),
+    ] = False,
+    callback_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="OAuth: the local port that receives the provider's redirect "
+            f"(http://127.0.0.1:PORT{CALLBACK_PATH}; 0 picks a free one).",
+        ),
+    ] = 8000,
+    code_url: Annotated[
+        str | None,
+        typer.Option(
+            "--code-url",
+            help="OAuth: finish with the URL the provider redirected your browser to "
+            "(after `--no-wait`).",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="OAuth: print the authorization URL and exit; finish with --code-url.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reconnect a connection with new credentials, validated before they replace the old
+    ones. Password and API-key connections prompt for each secret (no echo), or read one
+    line per secret from stdin. OAuth connections print the provider's authorization URL
+    and wait for its redirect. On success the datasets are refreshed."""
+    relink = app()
+    relink.ensure_schema()
+    if check_only:
+        _check_only(connection_id, as_, as_json)
+        return
+    kind = svc.auth_kind(relink, as_, connection_id)
+    if kind is not AuthKind.OAUTH2:
+        if code_url or no_wait:
+            raise fail(
+                f"connection {connection_id} uses {svc.KIND_LABELS[kind]}: --code-url and "
+                "--no-wait are for OAuth connections"
+            )
+        fields = svc.secret_fields(relink, as_, connection_id)
+        secrets = _read_secrets(fields)
+        done = asyncio.run(
+            svc.reconnect_with_secrets(relink, connection_id, actor=as_, secrets=secrets)
+        )
+    elif code_url:
+        state, code = _code_and_state(code_url)
+        done = asyncio.run(
+            svc.finish_oauth(relink, state=state, code=code, actor=as_, connection_id=connection_id)
+        )
+    else:
+        done = _oauth_with_listener(connection_id, as_, callback_port, no_wait)
+        if done is None:
+            return
+    _print_reconnected(done, as_json)
+
+
+def _read_secrets(fields: list[connectors.Field]) -> dict[str, str]:
+    interactive = sys.stdin.isatty()
+    values: dict[str, str] = {}
+    for spec in fields:
+        if interactive:
+            suffix = "" if spec.required else " (optional, Enter to leave out)"
+            value = typer.prompt(
+                f"New {spec.label.lower()}{suffix}",
+                hide_input=True,
+                default="" if not spec.required else None,
+                show_default=False,
+            )
+        else:
+            line = sys.stdin.readline()
+            if not line and spec.required:
+                raise fail(
+                    f"no value for {spec.name!r} on stdin (one line per secret, in order: "
+                    f"{', '.join(f.name for f in fields)})"
+                )
+            value = line.rstrip("\r\n")
+        if not value and spec.required:
+            raise fail(f"{spec.name!r} may not be empty; nothing was changed")
+        if value:
+            values[spec.name] = value
+    return values
+
+
+def _code_and_state(url: str) -> tuple[str, str]:
+    query = parse_qs(urlsplit(url.strip()).query)
+    if "error" in query:
+        reason = query.get("error_description", query["error"])[0]
+        raise fail(f"the provider refused the sign-in: {query['error'][0]} ({reason})")
+    state, code = query.get("state", [""])[0], query.get("code", [""])[0]
+    if not state or not code:
+        raise fail(
+            "--code-url: expected the redirect URL with ?code=…&state=… (copy it from the "
+            "browser's address bar after allowing access)"
+        )
+    return state, code
+
+
+class _Callback:
+    """The one redirect this process waits for."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.query: dict[str, list[str]] | None = None
+        self.arrived = threading.Event()
+
+
+def _handler(callback: _Callback) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            if parts.path != CALLBACK_PATH or query.get("state", [""])[0] != callback.state:
+                self._answer(404, "Not the sign-in this Relink command is waiting for.")
+                return
+            if "error" in query:
+                self._answer(400, "The provider refused the sign-in; see the terminal.")
+            else:
+                self._answer(
+                    200, "Signed in. You can close this window and go back to the terminal."
+                )
+            callback.query = query
+            callback.arrived.set()
+
+        def _answer(self, status: int, text: str) -> None:
+            body = (
+                f"<!doctype html><meta charset=utf-8><title>Relink</title><p>{text}</p>"
+            ).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the query string holds the code: never logged
+
+    return Handler
+
+
+def _oauth_with_listener(
+    connection_id: int, actor: str, port: int, no_wait: bool
+) -> svc.Reconnected | None:
+    relink = app()
+    server: HTTPServer | None = None
+    if not no_wait:
+        try:  # bind first: a busy port fails before anything is stored
+            server = HTTPServer(("127.0.0.1", port), BaseHTTPRequestHandler)
+        except OSError as exc:
+            raise fail(
+                f"cannot listen on 127.0.0.1:{port} for the OAuth redirect ({exc.strerror}); "
+                "choose another --callback-port, or use --no-wait and --code-url"
+            ) from None
+        port = server.server_address[1]
+    redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
+    try:
+        start = svc.start_oauth(relink, connection_id, actor=actor, redirect_uri=redirect_uri)
+    except BaseException:
+        if server is not None:
+            server.server_close()
+        raise
+    typer.echo(start.url)
+    if server is None:
+        err_console.print(
+            f"Open the URL above and allow access (valid until {_hhmm(start.expires_at)}). "
+            "Then finish with: relink reconnect "
+            f"{connection_id} --as {actor} --code-url 'URL you were redirected to'",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return None
+    callback = _Callback(start.state)
+    server.RequestHandlerClass = _handler(callback)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+    err_console.print(
+        f"Open the URL above and allow access; waiting for the redirect to {redirect_uri} "
+        f"until {_hhmm(start.expires_at)} (Ctrl-C stops).",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        timeout = max(0.0, (start.expires_at - utcnow()).total_seconds())
+        if not callback.arrived.wait(timeout):
+            raise fail("no redirect arrived before the sign-in expired; nothing was changed")
+    finally:
+        server.shutdown()
+        server.server_close()
+    query = callback.query or {}
+    if "error" in query:
+        reason = query.get("error_description", query["error"])[0]
+        raise fail(f"the provider refused the sign-in: {query['error'][0]} ({reason})")
+    return asyncio.run(
+        svc.finish_oauth(
+            relink,
+            state=start.state,
+            code=query.get("code", [""])[0],
+            actor=actor,
+            connection_id=connection_id,
+        )
+    )
+
+
+def _hhmm(moment: datetime) -> str:
+    return f"{moment:%H:%M} UTC"
+
+
+def _print_reconnected(done: svc.Reconnected, as_json: bool) -> None:
+    if as_json:
+        print_json(done.as_dict())
+        return
+    owner = (
+        f"Created By is now {done.owner} (was {done.previous_owner})"
+        if done.owner != done.previous_owner
+        else f"Created By stays {done.owner}"
+    )
+    console.print(
+        f"connection {done.connection_id} ({done.connection!r}) reconnected by {done.by}; {owner}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if done.refresh is not None:
+        _print_refresh(done.refresh)
+
+
+def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
+    relink = app()
+    checked = asyncio.run(svc.recheck(relink, connection_id, requested_by=actor))
+    refreshed = None
+    if checked.connected:
+        refreshed = asyncio.run(svc.refresh_connection(relink, connection_id))
+    if as_json:
+        print_json({"connection": checked.as_dict(), "refresh": refreshed and refreshed.as_dict()})
+    elif checked.connected:
+        console.print(
+            f"connection {connection_id} ({checked.connection!r}): the stored credentials work"
+            + ("; the disconnection is closed" if checked.disconnection_closed else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        assert refreshed is not None
+        _print_refresh(refreshed)
+    if not checked.connected:
+        raise fail(
+            f"connection {connection_id} ({checked.connection!r}) is still {checked.status} "
+            f"({checked.message or checked.outcome}); its owner {checked.owner} reconnects it "
+            f"at {checked.reconnect_url}"
+        )
+
+
+# --- datasets refresh --------------------------------------------------------------------
+
+
+@handle_errors
+def datasets_refresh(
+    dataset_ids: Annotated[
+        list[int] | None, typer.Argument(metavar="[DATASET_ID]...", help="Dataset ids.")
+    ] = None,
+    connection: Annotated[
+        int | None, typer.Option("--connection", help="Every dataset of this connection.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Datasets refreshed at once.")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Refresh datasets now, in this process (the refresh-datasets flow without Prefect).
+    Exits 1 when a dataset failed."""
+    if connection is None and not dataset_ids:
+        raise fail("give --connection ID or one or more DATASET_IDs")
+    if connection is not None and dataset_ids:
+        raise fail("give --connection ID or DATASET_IDs, not both")
+    relink = app()
+    with transaction() as session:
+        ids = select_datasets(session, connection_id=connection, dataset_ids=dataset_ids)
+    policy = RefreshPolicy(concurrency=concurrency)
+    summary = asyncio.run(refresh_many(relink, ids, policy=policy))
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        _print_refresh(summary)
+    failed = summary.count(ERROR)
+    if failed:
+        raise fail(f"{failed} of {len(summary.results)} dataset(s) failed to refresh")
+
+
+def _print_refresh(summary: RefreshSummary) -> None:
+    if not summary.results:
+        console.print("no datasets to refresh")
+        return
+    print_table(
+        f"Refreshed {summary.count('ok')} of {len(summary.results)} dataset(s) in "
+        f"{summary.duration_s:.1f} s",
+        ["id", "dataset", "status", "rows", "columns", "error"],
+        [
+            (r.dataset_id, r.dataset, r.status, r.row_count, len(r.columns) or None, r.error)
+            for r in summary.results
+        ],
+    )
+
+
+# --- audit -----------------------------------------------------------------------------
+
+
+@handle_errors
+def audit_trail(
+    connection: Annotated[
+        int | None, typer.Option("--connection", help="Only events of this connection.")
+    ] = None,
+    as_: Annotated[
+        str | None,
+        typer.Option("--as", help="Only what this user may see (their connections' events)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="The newest N events.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """The audit trail: who changed what and when (oldest first). Never holds secrets."""
+    with transaction() as session:
+        query = (
+            sa.select(AuditEvent, User.email)
+            .outerjoin(User, User.id == AuditEvent.actor_id)
+            .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+            .limit(limit)
+        )
+        if as_ is not None:
+            viewer = viewer_of(get_user(session, as_))
+            if connection is not None:
+                get_visible(session, viewer, connection)  # NotFound: no hint it exists
+            visible = sa.select(Connection.id).where(visible_filter(viewer))
+            account_wide = sa.and_(
+                AuditEvent.connection_id.is_(None),
+                AuditEvent.account_id == viewer.account_id,
+                sa.true() if viewer.role == Role.ADMIN else sa.false(),
+            )
+            query = query.where(sa.or_(AuditEvent.connection_id.in_(visible), account_wide))
+        if connection is not None:
+            if as_ is None and session.get(Connection, connection) is None:
+                raise fail(f"unknown connection {connection}; see `relink connections list`")
+            query = query.where(AuditEvent.connection_id == connection)
+        rows = [
+            {
+                "id": event.id,
+                "at": event.at.isoformat(),
+                "action": event.action,
+                "actor": email,
+                "connection_id": event.connection_id,
+                "details": event.details,
+            }
+            for event, email in reversed(session.execute(query).all())
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "Audit trail" + (f" of connection {connection}" if connection is not None else ""),
+        ["at", "action", "by", "connection", "details"],
+        [
+            (
+                r["at"],
+                r["action"],
+                r["actor"] or "",
+                r["connection_id"] or "",
+                ", ".join(f"{k}={v}" for k, v in r["details"].items()),
+            )
+            for r in rows
+        ],
+    )

@@ -1,0 +1,718 @@
+"""Reconnect: new credentials for a broken (or any) connection, validated before they
+replace the old ones. Prefect-free: the CLI, the reconnect-connection flow and the
+web pages use it.
+
+    reconnect_with_secrets(app, 7, actor="max@acme.test", secrets={"password": ...})
+    start = start_oauth(app, 7, actor=..., redirect_uri=...)   # -> start.url
+    finish_oauth(app, state=..., code=..., actor=..., connection_id=7)
+    recheck(app, 7, requested_by=...)   # the stored credentials, checked again
+
+What a reconnect does:
+
+1. Access: admins, the owner and users the connection is shared with
+   (`access.can_reconnect`). Someone who cannot see the connection gets NotFound (no
+   hint it exists); someone who can see but not reconnect gets PermissionDenied.
+2. The new credentials are validated with the connector (no token store: nothing is
+   persisted by the validation). Refused -> `CredentialsRefused`; the source could
+   not be asked -> `SourceUnreachable`. Either way nothing changes.
+3. One transaction: the check's state rules record an `ok` outcome
+   (`checks.record_batch`: status connected, invalid_since and last error cleared, the
+   open Disconnection closed, `connection.status_changed`), the credentials are
+   replaced (encrypted), the reconnecting user becomes the owner ("Created By") when
+   different, and `connection.reconnected` names who and the previous owner. The
+   connection's version must be the one validated against; when someone changed it
+   meanwhile the credentials are validated again once, then `Conflict`.
+4. The connection's datasets are refreshed (`relink.refresh`).
+
+OAuth: `start_oauth` stores a pending state (only its SHA-256; the PKCE code_verifier
+encrypted; bound to the connection and the user; 10 minutes; single use) and returns
+the provider's authorization URL. `finish_oauth` refuses an unknown, foreign (another
+user or connection), used or expired state before anything else, claims it with a
+conditional UPDATE (the row count decides), exchanges the code and goes on at step 2
+with the new token set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import secrets as secrets_module
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+import connectors
+from connectors.base import (
+    AuthFailed,
+    AuthKind,
+    CheckError,
+    CheckResult,
+    ConnectionSpec,
+    Connector,
+    Outcome,
+    Unreachable,
+)
+from relink import audit
+from relink.access import can_reconnect
+from relink.app import Relink
+from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
+from relink.connections import check_fields, get_visible, ref_of
+from relink.directory import get_user, viewer_of
+from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError
+from relink.models import Connection, Dataset, OAuthState, Status, User
+from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
+from relink.timeutil import utcnow
+
+OAUTH_STATE_TTL = timedelta(minutes=10)
+OAUTH_STATE_KEEP = timedelta(days=1)  # used or expired states are purged after this
+# An authorization-code exchange replaces the whole token set; only these stored
+# secrets are kept (a per-connection client secret is not part of the token set).
+OAUTH_KEPT_SECRETS = frozenset({"client_secret"})
+KIND_LABELS = {
+    AuthKind.PASSWORD: "a password",
+    AuthKind.API_KEY: "an API key",
+    AuthKind.OAUTH2: "OAuth",
+}
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class ReconnectFailed(RelinkError):
+    """The new credentials did not work; nothing was changed."""
+
+    def __init__(self, message: str, *, code: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CredentialsRefused(ReconnectFailed):
+    """The source refused the new credentials (wrong password, revoked key, invalid_grant)."""
+
+
+class SourceUnreachable(ReconnectFailed):
+    """The source could not be asked whether the new credentials work (an outage)."""
+
+
+class OAuthStateRefused(RelinkError):
+    """An OAuth callback whose state is unknown, foreign, already used or expired."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _failed(error: CheckError | CheckResult, connection_id: int) -> ReconnectFailed:
+    code = error.code
+    if error.outcome is Outcome.AUTH_FAILED:
+        return CredentialsRefused(
+            f"connection {connection_id}: the source refused the new credentials "
+            f"({error.message}); nothing was changed",
+            code=code,
+        )
+    return SourceUnreachable(
+        f"connection {connection_id}: could not reach the source to validate the new "
+        f"credentials ({error.message}); nothing was changed, try again later",
+        code=code,
+    )
+
+
+# --- results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    connection_id: int
+    connection: str
+    by: str  # the reconnecting user's email
+    previous_owner: str
+    owner: str
+    status_before: str
+    disconnection_closed: bool
+    refresh: RefreshSummary | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.connection_id,
+            "connection": self.connection,
+            "by": self.by,
+            "previous_owner": self.previous_owner,
+            "owner": self.owner,
+            "status_before": self.status_before,
+            "disconnection_closed": self.disconnection_closed,
+            "refresh": self.refresh.as_dict() if self.refresh else None,
+        }
+
+
+@dataclass(frozen=True)
+class OAuthStart:
+    connection_id: int
+    url: str
+    redirect_uri: str
+    expires_at: datetime
+    # the state in `url`, so a local callback listener can tell its callback from others
+    state: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True)
+class Rechecked:
+    """The stored credentials checked again (the reconnect-connection flow's first step)."""
+
+    connection_id: int
+    connection: str
+    outcome: str  # ok | auth_failed | unreachable | error | skipped
+    code: str | None
+    message: str | None
+    status: str
+    owner: str
+    owner_name: str
+    reconnect_url: str | None  # where the owner reconnects, when still broken
+    disconnection_closed: bool
+
+    @property
+    def connected(self) -> bool:
+        return self.status == Status.CONNECTED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.connection_id,
+            "connection": self.connection,
+            "outcome": self.outcome,
+            "code": self.code,
+            "message": self.message,
+            "status": self.status,
+            "owner": self.owner,
+            "reconnect_url": self.reconnect_url,
+            "disconnection_closed": self.disconnection_closed,
+        }
+
+
+def reconnect_url(app: Relink, connection_id: int) -> str:
+    """The connection's page, where its owner reconnects it."""
+    return f"{app.settings.base_url.rstrip('/')}/connections/{connection_id}"
+
+
+# --- access ---------------------------------------------------------------------------
+
+
+def authorize(session: Session, actor_email: str, connection_id: int) -> tuple[User, Connection]:
+    """The actor and the connection they may reconnect (NotFound / PermissionDenied)."""
+    actor = get_user(session, actor_email)
+    viewer = viewer_of(actor)
+    conn = get_visible(session, viewer, connection_id)
+    if not can_reconnect(viewer, ref_of(conn)):
+        raise PermissionDenied(
+            f"you may see connection {conn.id} ({conn.name!r}) but not reconnect it; ask its "
+            "owner or an admin"
+        )
+    return actor, conn
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the validation needs: read in one session, used outside it."""
+
+    actor_id: int
+    actor_email: str
+    connection_id: int
+    connection: str
+    type: str
+    provider: str
+    settings: Mapping[str, Any]
+    credentials: Mapping[str, str]  # the stored ones
+    version: int
+    status: str
+
+
+def _target(app: Relink, actor_email: str, connection_id: int) -> _Target:
+    with app.sessions() as session:
+        actor, conn = authorize(session, actor_email, connection_id)
+        connector = _connector(conn)
+        credentials = app.vault.decrypt(conn.credentials, connection=f"{conn.id} ({conn.name!r})")
+        return _Target(
+            actor_id=actor.id,
+            actor_email=actor.email,
+            connection_id=conn.id,
+            connection=conn.name,
+            type=conn.type,
+            provider=connector.provider,
+            settings=dict(conn.settings),
+            credentials=credentials,
+            version=conn.version,
+            status=conn.status,
+        )
+
+
+def _connector(conn: Connection) -> Connector:
+    try:
+        return connectors.get(conn.type)
+    except connectors.UnknownConnector as exc:
+        raise InvalidInput(f"connection {conn.id}: {exc}") from None
+
+
+# --- validate, then write -------------------------------------------------------------------
+
+
+class _Stale(Exception):
+    pass
+
+
+async def _validate(
+    app: Relink, target: _Target, credentials: Mapping[str, str], now: datetime
+) -> None:
+    connector = connectors.get(target.type)
+    spec = ConnectionSpec(
+        target.connection_id, target.type, target.settings, credentials, target.version
+    )
+    make_ctx = make_context_factory(
+        app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
+    )
+    try:
+        result = await connector.validate(spec, make_ctx())
+    except Exception as exc:  # noqa: BLE001 - a broken connector is reported, never a traceback
+        result = CheckResult(
+            Outcome.UNREACHABLE,
+            "error",
+            f"the {target.type} connector failed: {type(exc).__name__}",
+        )
+    if result.outcome is not Outcome.OK:
+        raise _failed(result, target.connection_id)
+
+
+def _commit(
+    app: Relink,
+    target: _Target,
+    credentials: Mapping[str, str],
+    *,
+    now: datetime,
+) -> Reconnected:
+    method = str(connectors.get(target.type).auth_kind)
+    with app.transaction() as session:
+        # The check's state rules, exactly as a successful check applies them; the row
+        # is locked and its version compared (skipped = changed since we read it).
+        outcome = CheckResult.ok("reconnected with new credentials")
+        checked = Checked(target.connection_id, target.provider, outcome, target.version)
+        summary = record_batch(session, [checked], [], now=now)
+        if summary.skipped:
+            raise _Stale
+        conn = session.get(Connection, target.connection_id)
+        actor = session.get(User, target.actor_id)
+        assert conn is not None and actor is not None
+        previous_owner = conn.owner.email
+        conn.credentials = app.vault.encrypt(credentials)
+        conn.updated_at = now
+        if conn.owner_id != actor.id:
+            conn.owner = actor
+        audit.record(
+            session,
+            "connection.reconnected",
+            at=now,
+            connection=conn,
+            actor=actor,
+            method=method,
+            previous_owner=previous_owner,
+            owner=actor.email,
+            status_before=target.status,
+            disconnection_closed=summary.closed > 0,
+        )
+        return Reconnected(
+            connection_id=conn.id,
+            connection=conn.name,
+            by=actor.email,
+            previous_owner=previous_owner,
+            owner=actor.email,
+            status_before=target.status,
+            disconnection_closed=summary.closed > 0,
+        )
+
+
+async def _replace(
+    app: Relink,
+    actor: str,
+    connection_id: int,
+    new_credentials: Callable[[_Target], dict[str, str]],
+    *,
+    now: datetime,
+    refresh: bool,
+    policy: RefreshPolicy | None,
+) -> Reconnected:
+    """Validate, write (once more on a version conflict), refresh.
+
+    `new_credentials(target)` builds the credentials from what is stored now.
+    """
+    for attempt in range(2):
+        target = await asyncio.to_thread(_target, app, actor, connection_id)
+        credentials = new_credentials(target)
+        await _validate(app, target, credentials, now)
+        try:
+            done = await asyncio.to_thread(_commit, app, target, credentials, now=now)
+            break
+        except (_Stale, StaleDataError):  # the version moved between our check and write
+            if attempt:
+                raise Conflict(
+                    f"connection {connection_id} changed twice while it was being reconnected "
+                    "(a check or another reconnect); nothing was changed, try again"
+                ) from None
+    if not refresh:
+        return done
+    summary = await refresh_connection(app, connection_id, policy=policy, actor_id=target.actor_id)
+    return dataclasses.replace(done, refresh=summary)
+
+
+async def refresh_connection(
+    app: Relink,
+    connection_id: int,
+    *,
+    policy: RefreshPolicy | None = None,
+    actor_id: int | None = None,
+) -> RefreshSummary:
+    with app.sessions() as session:
+        ids = list(
+            session.scalars(
+                sa.select(Dataset.id)
+                .where(Dataset.connection_id == connection_id)
+                .order_by(Dataset.id)
+            )
+        )
+    return await refresh_many(app, ids, policy=policy, actor_id=actor_id)
+
+
+# --- password / API key ---------------------------------------------------------------------
+
+
+def auth_kind(app: Relink, actor: str, connection_id: int) -> AuthKind:
+    """How the connection signs in (after the access check): which reconnect it takes."""
+    with app.sessions() as session:
+        _, conn = authorize(session, actor, connection_id)
+        return _connector(conn).auth_kind
+
+
+def secret_fields(app: Relink, actor: str, connection_id: int) -> list[connectors.Field]:
+    """The secret fields to ask for (after the access check), for prompts."""
+    with app.sessions() as session:
+        _, conn = authorize(session, actor, connection_id)
+        connector = _connector(conn)
+        if connector.auth_kind is AuthKind.OAUTH2:
+            raise InvalidInput(
+                f"connection {conn.id} ({conn.name!r}) signs in with OAuth: reconnect it "
+                "through the provider's sign-in page, not with typed secrets"
+            )
+        return [f for f in connector.fields if f.secret]
+
+
+async def reconnect_with_secrets(
+    app: Relink,
+    connection_id: int,
+    *,
+    actor: str,
+    secrets: Mapping[str, str],
+    now: datetime | None = None,
+    refresh: bool = True,
+    policy: RefreshPolicy | None = None,
+) -> Reconnected:
+    """Reconnect a password or API-key connection with new secret values."""
+    now = now or utcnow()
+    # access and kind, before anything else
+    await asyncio.to_thread(secret_fields, app, actor, connection_id)
+
+    def build(target: _Target) -> dict[str, str]:
+        connector = connectors.get(target.type)
+        _, clean = check_fields(connector, target.settings, dict(secrets))
+        return clean
+
+    return await _replace(
+        app,
+        actor,
+        connection_id,
+        build,
+        now=now,
+        refresh=refresh,
+        policy=policy,
+    )
+
+
+# --- OAuth ----------------------------------------------------------------------------------
+
+
+def _hash_state(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _oauth_connector(conn: Connection) -> Any:
+    connector = _connector(conn)
+    if connector.auth_kind is not AuthKind.OAUTH2:
+        raise InvalidInput(
+            f"connection {conn.id} ({conn.name!r}) uses {KIND_LABELS[connector.auth_kind]}: "
+            "reconnect it "
+            "with new secret values (`relink reconnect ID --as EMAIL`), not through OAuth"
+        )
+    return connector
+
+
+def start_oauth(
+    app: Relink,
+    connection_id: int,
+    *,
+    actor: str,
+    redirect_uri: str,
+    now: datetime | None = None,
+) -> OAuthStart:
+    """Store a pending state for (connection, actor) and return the authorization URL."""
+    now = now or utcnow()
+    state = secrets_module.token_urlsafe(32)
+    code_verifier = secrets_module.token_urlsafe(64)  # 86 characters, RFC 7636 allows 43-128
+    with app.transaction() as session:
+        user, conn = authorize(session, actor, connection_id)
+        connector = _oauth_connector(conn)
+        ctx = make_context_factory(
+            app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
+        )()
+        try:
+            url = connector.authorization_url(
+                dict(conn.settings), ctx, redirect_uri, state, code_verifier
+            )
+        except CheckError as exc:
+            raise InvalidInput(f"connection {conn.id}: {exc.message}") from None
+        session.execute(sa.delete(OAuthState).where(OAuthState.expires_at < now - OAUTH_STATE_KEEP))
+        expires_at = now + OAUTH_STATE_TTL
+        session.add(
+            OAuthState(
+                state_hash=_hash_state(state),
+                connection_id=conn.id,
+                user_id=user.id,
+                code_verifier=app.vault.encrypt({"code_verifier": code_verifier}),
+                redirect_uri=redirect_uri,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+    return OAuthStart(conn.id, url, redirect_uri, expires_at, state)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    connection_id: int
+    redirect_uri: str
+    code_verifier: str
+
+
+def _claim(
+    app: Relink, state: str, actor: str, connection_id: int | None, now: datetime
+) -> _Claimed:
+    """Refuse a state that is unknown, foreign, used or expired; else mark it used."""
+    restart = "start the reconnect again"
+    with app.transaction() as session:
+        user = get_user(session, actor)
+        row = session.scalar(
+            sa.select(OAuthState).where(OAuthState.state_hash == _hash_state(state))
+        )
+        if row is None:
+            raise OAuthStateRefused(
+                f"unknown sign-in state (not started here, or purged); {restart}", reason="unknown"
+            )
+        if row.user_id != user.id:
+            raise OAuthStateRefused(
+                f"this sign-in was started by another user; {restart} as yourself",
+                reason="other_user",
+            )
+        if connection_id is not None and row.connection_id != connection_id:
+            raise OAuthStateRefused(
+                f"this sign-in was started for connection {row.connection_id}, not "
+                f"{connection_id}; {restart}",
+                reason="other_connection",
+            )
+        if row.used_at is not None:
+            raise OAuthStateRefused(f"this sign-in was already used; {restart}", reason="replayed")
+        if row.expires_at <= now:
+            minutes = int(OAUTH_STATE_TTL.total_seconds() // 60)
+            raise OAuthStateRefused(
+                f"this sign-in expired (it is valid for {minutes} minutes); {restart}",
+                reason="expired",
+            )
+        authorize(session, actor, row.connection_id)  # access may have changed meanwhile
+        claimed = session.execute(
+            sa.update(OAuthState)
+            .where(
+                OAuthState.id == row.id,
+                OAuthState.used_at.is_(None),
+                OAuthState.expires_at > now,
+                OAuthState.user_id == user.id,
+            )
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # another callback claimed it between our read and update
+            raise OAuthStateRefused(f"this sign-in was already used; {restart}", reason="replayed")
+        verifier = app.vault.decrypt(row.code_verifier, connection=str(row.connection_id))
+        return _Claimed(row.connection_id, row.redirect_uri, verifier["code_verifier"])
+
+
+async def finish_oauth(
+    app: Relink,
+    *,
+    state: str,
+    code: str,
+    actor: str,
+    connection_id: int | None = None,
+    now: datetime | None = None,
+    refresh: bool = True,
+    policy: RefreshPolicy | None = None,
+) -> Reconnected:
+    """The callback: claim the state, exchange the code, then reconnect with the tokens.
+
+    `connection_id` is the connection the callback is for (the page's, or the CLI's
+    argument); a state started for another one is refused.
+    """
+    now = now or utcnow()
+    if not state or not code:
+        raise InvalidInput("the callback has no state or no code; start the reconnect again")
+    claimed = await asyncio.to_thread(_claim, app, state, actor, connection_id, now)
+    target = await asyncio.to_thread(_target, app, actor, claimed.connection_id)
+    connector = connectors.get(target.type)
+    ctx = make_context_factory(
+        app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
+    )()
+    try:
+        tokens = await connector.exchange_code(
+            target.settings,
+            ctx,
+            code,
+            claimed.redirect_uri,
+            claimed.code_verifier,
+            credentials=target.credentials,  # a per-connection client_secret
+        )
+    except (AuthFailed, Unreachable) as exc:
+        raise _failed(exc, claimed.connection_id) from None
+
+    def build(current: _Target) -> dict[str, str]:
+        kept = {k: v for k, v in current.credentials.items() if k in OAUTH_KEPT_SECRETS}
+        return {**kept, **{k: str(v) for k, v in tokens.items() if v is not None}}
+
+    return await _replace(
+        app,
+        actor,
+        claimed.connection_id,
+        build,
+        now=now,
+        refresh=refresh,
+        policy=policy,
+    )
+
+
+# --- check the stored credentials again ------------------------------------------------------
+
+
+async def recheck(
+    app: Relink,
+    connection_id: int,
+    *,
+    requested_by: str,
+    now: datetime | None = None,
+    policy: CheckPolicy | None = None,
+) -> Rechecked:
+    """Check the stored credentials through the check sweep (same state rules, same
+    recording): the problem may have been fixed at the source."""
+    now = now or utcnow()
+    await asyncio.to_thread(_authorized, app, requested_by, connection_id)
+    policy = policy or CheckPolicy(timeout=app.settings.check_timeout, backoff=1.0)
+    summary = await check_range(
+        app, connection_id - 1, connection_id, now=now, policy=policy, only=[connection_id]
+    )
+    outcome = next((k for k, v in summary.outcomes.items() if v), "skipped")
+    code = next((key.split("|")[2] or None for key in summary.by_provider), None)
+    with app.sessions() as session:
+        conn = session.get(Connection, connection_id)
+        assert conn is not None
+        broken = conn.status != Status.CONNECTED
+        return Rechecked(
+            connection_id=conn.id,
+            connection=conn.name,
+            outcome=outcome,
+            code=code,
+            message=conn.last_error_message,
+            status=conn.status,
+            owner=conn.owner.email,
+            owner_name=conn.owner.name,
+            reconnect_url=reconnect_url(app, conn.id) if broken else None,
+            disconnection_closed=summary.closed > 0,
+        )
+
+
+def _authorized(app: Relink, actor: str, connection_id: int) -> None:
+    with app.sessions() as session:
+        authorize(session, actor, connection_id)
+
+
+# --- tell the owner -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkEmailed:
+    to: tuple[str, ...]
+    why: str  # "owner", "admins: <reason>", or why nobody could be emailed
+    result: str  # the mailer's answer (sent, retry, failed, ...) or "nobody"
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"to": list(self.to), "why": self.why, "result": self.result, "error": self.error}
+
+
+def email_reconnect_link(
+    app: Relink, connection_id: int, *, requested_by: str, now: datetime | None = None
+) -> LinkEmailed:
+    """Email the connection's owner (or, when the owner cannot receive it, the account's
+    admins) the link to the connection page, through the configured mailer (SendGrid or
+    the outbox). The email is the disconnection email; it carries no secret."""
+    from relink.emails import DisconnectionFacts, render_disconnection_email
+    from relink.mailer import OutgoingEmail, mailer_for
+    from relink.notify import Person, choose_recipients
+
+    now = now or utcnow()
+    with app.sessions() as session:
+        actor, conn = authorize(session, requested_by, connection_id)
+        users = session.scalars(sa.select(User).where(User.account_id == conn.account_id))
+        people = [Person(u.email, u.active, u.role, u.name) for u in users]
+        owner = conn.owner
+        recipients = choose_recipients(
+            Person(owner.email, owner.active, owner.role, owner.name), people
+        )
+        facts = DisconnectionFacts(
+            connection_id=conn.id,
+            connection_name=conn.name,
+            source_type=_connector(conn).display_name,
+            invalid_since=conn.invalid_since or now,
+            last_error=conn.last_error_message,
+        )
+    if recipients.nobody:
+        sent = LinkEmailed((), recipients.why, "nobody")
+    else:
+        rendered = render_disconnection_email(facts, base_url=app.settings.base_url)
+        email = OutgoingEmail(
+            reference=f"reconnect-{conn.id}-{now:%Y%m%dT%H%M%S}",
+            sender=app.settings.email_from,
+            to=recipients.to,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            custom_args={"connection_id": str(conn.id), "kind": "reconnect-request"},
+        )
+        attempt = mailer_for(app.settings).send(email)
+        sent = LinkEmailed(recipients.to, recipients.why, str(attempt.result), attempt.error)
+    with app.transaction() as session:
+        audit.record(
+            session,
+            "connection.reconnect_requested",
+            at=now,
+            connection=session.get(Connection, connection_id),
+            actor=session.get(User, actor.id),
+            link=reconnect_url(app, connection_id),
+            emailed=list(sent.to),
+            result=sent.result,
+        )
+    return sent

@@ -1,0 +1,142 @@
+"""`relink reconnect`, `relink datasets refresh` and `relink audit` on a real database and
+the real loopback PostgreSQL (password checks on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from relink.checks import sweep
+from tests.support.reconnect import (
+    FAST_CHECKS,
+    OUTSIDER,
+    OWNER,
+    SHARED,
+    T0,
+    Cli,
+    add_people,
+    add_pg_connection,
+    connection_view,
+    pg_settings,
+    snapshot,
+    warehouse_rows,
+)
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import PgAdmin
+
+NEW_PASSWORD = "cli-new-pw-marker"
+
+
+@pytest.fixture
+def cli(relink_app, settings) -> Cli:
+    return Cli(settings)
+
+
+@pytest.fixture
+def broken(relink_app, pg_admin: PgAdmin, postgres_url):
+    role = pg_admin.create_role()
+    schema = pg_admin.create_schema(role.name)
+    add_people(relink_app)
+    world = add_pg_connection(
+        relink_app,
+        settings=pg_settings(postgres_url, role.name),
+        password=role.password,
+        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
+    )
+    pg_admin.set_password(role.name, NEW_PASSWORD)
+    asyncio.run(sweep(relink_app, now=T0 + timedelta(hours=1), policy=FAST_CHECKS))
+    return world, role
+
+
+def test_reconnect_reads_the_new_password_from_stdin_and_refreshes(relink_app, cli, broken):
+    world, _ = broken
+    result = cli.ok("reconnect", world.connection_id, "--as", SHARED, input=NEW_PASSWORD + "\n")
+
+    assert f"reconnected by {SHARED}" in result.stdout
+    assert f"Created By is now {SHARED} (was {OWNER})" in result.stdout
+    assert "Refreshed 1 of 1 dataset(s)" in result.stdout
+    assert NEW_PASSWORD not in result.stdout + result.stderr
+    assert connection_view(relink_app, world.connection_id)["status"] == "connected"
+    assert len(warehouse_rows(relink_app, f"ds_{world.dataset_ids[0]}")) == 3
+
+    trail = json.loads(cli.ok("audit", "--connection", world.connection_id, "--json").stdout)
+    actions = [e["action"] for e in trail]
+    assert actions[-3:] == [
+        "connection.status_changed",
+        "connection.reconnected",
+        "dataset.refreshed",
+    ]
+    assert trail[-2]["actor"] == SHARED and trail[-2]["details"]["previous_owner"] == OWNER
+    assert NEW_PASSWORD not in json.dumps(trail)
+
+
+def test_every_bad_input_exits_1_with_one_line_and_writes_nothing(relink_app, cli, broken):
+    world, _ = broken
+    cid = world.connection_id
+    before = snapshot(relink_app)
+    cases = [
+        (("reconnect", cid, "--as", "nobody@acme.test"), "", "unknown user"),
+        (("reconnect", 999, "--as", SHARED), "", "no connection 999 visible to you"),
+        (("reconnect", cid, "--as", OUTSIDER), "", f"no connection {cid} visible to you"),
+        (("reconnect", cid, "--as", SHARED), "", "no value for 'password' on stdin"),
+        (("reconnect", cid, "--as", SHARED), "\n", "'password' may not be empty"),
+        (("reconnect", cid, "--as", SHARED), "wrong\n", "the source refused the new credentials"),
+        (("reconnect", cid, "--as", SHARED, "--code-url", "x"), "", "are for OAuth connections"),
+        (("reconnect", cid, "--as", OUTSIDER, "--check-only"), "", "visible to you"),
+        (("datasets", "refresh"), "", "give --connection ID or one or more DATASET_IDs"),
+        (("datasets", "refresh", 999), "", "unknown dataset 999"),
+        (("datasets", "refresh", "--connection", 999), "", "unknown connection 999"),
+        (("audit", "--connection", 999), "", "unknown connection 999"),
+        (("audit", "--connection", cid, "--as", OUTSIDER), "", "visible to you"),
+    ]
+    for args, stdin, expected in cases:
+        line = cli.fails(*args, input=stdin)
+        assert expected in line, (args, line)
+        assert "wrong" not in line.replace("wrong password", "")
+    assert snapshot(relink_app) == before
+
+
+def test_check_only_gives_the_link_while_broken_and_refreshes_once_fixed_at_the_source(
+    relink_app, cli, pg_admin, broken
+):
+    world, role = broken
+    cid = world.connection_id
+    line = cli.fails("reconnect", cid, "--as", OWNER, "--check-only")
+    assert "is still disconnected" in line
+    assert f"reconnects it at http://relink.test/connections/{cid}" in line
+
+    pg_admin.set_password(role.name, role.password)  # fixed at the source
+    result = cli.ok("reconnect", cid, "--as", OWNER, "--check-only")
+    assert "the stored credentials work; the disconnection is closed" in result.stdout
+    assert "Refreshed 1 of 1 dataset(s)" in result.stdout
+    assert connection_view(relink_app, cid)["created_by"] == "Bob Owner"
+
+
+def test_datasets_refresh_and_audit_visibility(relink_app, cli, broken, postgres_url):
+    world, _ = broken
+    good = add_pg_connection(
+        relink_app,
+        name="Trusted",
+        settings=pg_settings(postgres_url, "postgres"),
+        password="trusted",
+        queries=[("Answer", "SELECT 42 AS answer")],
+        metric=False,
+    )
+    refreshed = json.loads(
+        cli.ok("datasets", "refresh", "--connection", good.connection_id, "--json").stdout
+    )
+    assert (refreshed["ok"], refreshed["results"][0]["row_count"]) == (1, 1)
+
+    skipped = cli("datasets", "refresh", *world.dataset_ids, *good.dataset_ids)
+    assert skipped.exit_code == 0  # a broken connection's dataset is skipped, not failed
+    assert "skipped" in skipped.stdout
+
+    seen_by_outsider = json.loads(cli.ok("audit", "--as", OUTSIDER, "--json").stdout)
+    assert seen_by_outsider == []  # Dan owns nothing and nothing is shared with him
+    seen_by_owner = json.loads(cli.ok("audit", "--as", OWNER, "--json").stdout)
+    assert {e["connection_id"] for e in seen_by_owner} == {world.connection_id, good.connection_id}
