@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format clean
+.PHONY: setup browser run test lint format clean
+
+CHROMIUM ?= /usr/bin/chromium
 
 setup: $(STAMP)
 
@@ -21,8 +23,19 @@ run: setup
 	$(BIN)/relink demo seed
 	$(BIN)/relink connections list --as ada@demo.relink.test
 
+## browser: Debian's Chromium for the browser tests (installed when missing and running as root)
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium missing: browser tests skip (and fail under CI=true); apt-get install chromium"; \
+	  fi; \
+	fi
+
 ## test: lint and the whole suite (PostgreSQL and MariaDB on loopback when reachable)
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

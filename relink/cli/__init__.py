@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from relink.cli import admin, checks, connections, demo, emails, reconnect
+from relink.cli import admin, checks, connections, demo, emails, reconnect, web
 
 app = typer.Typer(
     name="relink",
@@ -20,6 +20,7 @@ checks.register(app)
 demo.register(app)
 emails.register(app)
 reconnect.register(app)
+web.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,353 @@
+"""The HTML pages: sign-in, the Data tab (connections), a connection, reconnect, connectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import run_in_threadpool
+
+import connectors
+from relink import connections as svc
+from relink.access import can_reconnect
+from relink.directory import viewer_of
+from relink.errors import InvalidInput, PermissionDenied
+from relink.models import AuditEvent, Connection, Mode, Status, User
+from relink.passwords import authenticate, fingerprint
+from relink.web import reconnecting, views
+from relink.web.guards import (
+    BadRequest,
+    LoginRequired,
+    check_csrf,
+    current_user,
+    relink_of,
+    signed_in,
+    web_session,
+)
+from relink.web.sessions import safe_next
+
+router = APIRouter(include_in_schema=False)
+
+STATIC = Path(__file__).resolve().parent.parent / "templates" / "web" / "static"
+PAGE_SIZE = 100
+HISTORY_LIMIT = 100
+SIGN_IN_FAILED = "Wrong email or password."
+
+
+# --- sign-in --------------------------------------------------------------------------
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/connections", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None) -> Response:
+    target = safe_next(next)
+    with relink_of(request).transaction() as db:
+        try:
+            current_user(request, db)
+        except LoginRequired:
+            pass  # show the form
+        else:
+            return RedirectResponse(target, status_code=303)
+    session = web_session(request)
+    session.modified = True  # the form's CSRF token must come back with the cookie
+    return _login_form(request, target)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form)
+    target = safe_next(_text(form, "next"))
+    email, password = _text(form, "email"), _text(form, "password")
+
+    def check() -> tuple[int, str] | None:
+        with relink_of(request).transaction() as db:
+            user = authenticate(db, email, password) if email and password else None
+            return None if user is None else (user.id, fingerprint(user.password_hash))
+
+    found = await run_in_threadpool(check)  # argon2 takes a while: not on the event loop
+    if found is None:
+        return _login_form(request, target, error=SIGN_IN_FAILED, email=email, status=400)
+    web_session(request).sign_in(*found)
+    return RedirectResponse(target, status_code=303)
+
+
+def _login_form(
+    request: Request, target: str, *, error: str | None = None, email: str = "", status: int = 200
+) -> HTMLResponse:
+    return views.render(
+        request,
+        "login.html",
+        {"next": target, "error": error, "email": email[:320]},
+        status_code=status,
+    )
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form)
+    web_session(request).sign_out()
+    return RedirectResponse("/login", status_code=303)
+
+
+# --- the Data tab ---------------------------------------------------------------------
+
+
+@router.get("/connections")
+def connections_page(request: Request, status: str | None = None, after: int = 0) -> Response:
+    request.state.nav = "data"
+    with signed_in(request) as (db, user):
+        if status is not None and status not in set(Status):
+            status = None
+        found = svc.list_visible(
+            db, viewer_of(user), status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
+        )
+        rows = [svc.summary(conn) for conn in found[:PAGE_SIZE]]
+        next_after = rows[-1]["id"] if len(found) > PAGE_SIZE else None
+        counts = _status_counts(db, user)
+        return views.render(
+            request,
+            "connections.html",
+            {
+                "rows": rows,
+                "status": status,
+                "filters": views.FILTERS,
+                "counts": counts,
+                "next_page": _page_link(status, next_after) if next_after else None,
+                "first_page": _page_link(status, None) if after else None,
+            },
+            user=user,
+        )
+
+
+def _status_counts(db: Session, user: User) -> dict[str | None, int]:
+    query = (
+        sa.select(Connection.status, sa.func.count())
+        .where(svc.visible_filter(viewer_of(user)))
+        .group_by(Connection.status)
+    )
+    counts: dict[str | None, int] = {status: n for status, n in db.execute(query)}
+    counts[None] = sum(counts.values())
+    return counts
+
+
+def _page_link(status: str | None, after: int | None) -> str:
+    params: dict[str, Any] = {"status": status, "after": after}
+    query = urlencode({k: v for k, v in params.items() if v})
+    return "/connections" + (f"?{query}" if query else "")
+
+
+@router.get("/connections/{connection_id}")
+def connection_page(request: Request, connection_id: int) -> Response:
+    request.state.nav = "data"
+    with signed_in(request) as (db, user):
+        conn = svc.get_visible(db, viewer_of(user), connection_id)
+        return views.render(request, "connection.html", _details(db, user, conn), user=user)
+
+
+def _details(db: Session, user: User, conn: Connection) -> dict[str, Any]:
+    events = db.scalars(
+        sa.select(AuditEvent)
+        .where(AuditEvent.connection_id == conn.id)
+        .options(selectinload(AuditEvent.actor))
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        .limit(HISTORY_LIMIT)
+    )
+    history = [
+        {
+            "at": event.at,
+            "action": event.action,
+            "actor": event.actor.name if event.actor else "Relink",
+            "details": event.details or {},
+        }
+        for event in events
+    ]
+    return {
+        "conn": svc.detail(db, conn),
+        "history": history,
+        "can_reconnect": can_reconnect(viewer_of(user), svc.ref_of(conn)),
+        "action_label": action_label(conn),
+        "auth_kind": _auth_kind(conn.type),
+    }
+
+
+def action_label(conn: Connection) -> str:
+    """The seed's two buttons: warehouse sources are managed, direct-query ones reconnected."""
+    return "Manage Connection" if conn.mode == Mode.WAREHOUSE else "Reconnect"
+
+
+def _auth_kind(type_: str) -> str | None:
+    try:
+        return str(connectors.get(type_).auth_kind)
+    except connectors.UnknownConnector:
+        return None
+
+
+# --- reconnect ------------------------------------------------------------------------
+
+
+def _reconnectable(db: Session, user: User, connection_id: int) -> Connection:
+    conn = svc.get_visible(db, viewer_of(user), connection_id)  # 404 when hidden
+    if not can_reconnect(viewer_of(user), svc.ref_of(conn)):
+        raise PermissionDenied("you may see this connection but not reconnect it")
+    return conn
+
+
+@router.get("/connections/{connection_id}/reconnect")
+def reconnect_page(request: Request, connection_id: int) -> Response:
+    with signed_in(request) as (db, user):
+        conn = _reconnectable(db, user, connection_id)
+        return _reconnect_form(request, user, conn)
+
+
+def _reconnect_form(
+    request: Request,
+    user: User,
+    conn: Connection,
+    *,
+    error: str | None = None,
+    error_kind: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    request.state.nav = "data"
+    form = reconnecting.form_for(conn)
+    if form.oauth_origin:
+        request.state.csp_form_action = (form.oauth_origin,)
+    return views.render(
+        request,
+        "reconnect.html",
+        {
+            "conn": svc.summary(conn),
+            "form": form,
+            "error": error,
+            "error_kind": error_kind,
+            "title": action_label(conn),
+        },
+        status_code=status_code,
+        user=user,
+    )
+
+
+@router.post("/connections/{connection_id}/reconnect")
+async def reconnect(request: Request, connection_id: int) -> Response:
+    form_data = await request.form()
+    relink = relink_of(request)
+
+    def load() -> tuple[str, int, reconnecting.ReconnectForm]:
+        with signed_in(request) as (db, user):
+            conn = _reconnectable(db, user, connection_id)
+            check_csrf(request, form_data)
+            return user.email, user.id, reconnecting.form_for(conn)
+
+    email, user_id, form = await run_in_threadpool(load)
+    if form.oauth:
+        try:
+            url = await run_in_threadpool(
+                reconnecting.start_oauth, relink, connection_id, actor=email
+            )
+        except InvalidInput as exc:
+            return await _reconnect_failed(request, connection_id, str(exc), "invalid")
+        return RedirectResponse(url, status_code=303)
+    outcome = await reconnecting.with_secrets(
+        relink,
+        connection_id,
+        actor=email,
+        actor_id=user_id,
+        form=form,
+        submitted=form_data,
+        background=request.app.state.background,
+    )
+    if not outcome.ok:
+        return await _reconnect_failed(request, connection_id, outcome.message, outcome.kind)
+    web_session(request).set_flash(outcome.message)
+    return RedirectResponse(f"/connections/{connection_id}", status_code=303)
+
+
+async def _reconnect_failed(
+    request: Request, connection_id: int, message: str, kind: str
+) -> HTMLResponse:
+    """The form again with the reason (wrong credentials vs unreachable); nothing changed."""
+
+    def page() -> HTMLResponse:
+        with signed_in(request) as (db, user):
+            conn = _reconnectable(db, user, connection_id)
+            status = 400 if kind in {"auth_failed", "invalid"} else 502
+            if kind == "conflict":
+                status = 409
+            return _reconnect_form(
+                request, user, conn, error=message, error_kind=kind, status_code=status
+            )
+
+    return await run_in_threadpool(page)
+
+
+@router.get("/oauth/callback")
+async def oauth_callback(
+    request: Request,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
+) -> Response:
+    """Where the provider sends the user back. The state must be one this user started."""
+
+    def who() -> tuple[str, int]:
+        with signed_in(request, back_here=False) as (_db, user):  # no code in a `next`
+            return user.email, user.id
+
+    email, user_id = await run_in_threadpool(who)
+    if error or not state or not code:
+        reason = f"the provider answered {error!r}" if error else "the answer had no code"
+        raise BadRequest(
+            f"The sign-in at the provider did not complete ({reason[:80]}); nothing was "
+            "changed. Open the connection and reconnect again."
+        )
+    outcome = await reconnecting.finish_oauth(
+        relink_of(request),
+        actor=email,
+        actor_id=user_id,
+        state=state,
+        code=code,
+        background=request.app.state.background,
+    )
+    if outcome.kind == "state":
+        raise BadRequest(f"This sign-in cannot be used: {outcome.message}. Nothing was changed.")
+    if outcome.connection_id is None:
+        raise BadRequest(f"Could not reconnect: {outcome.message}")
+    web_session(request).set_flash(outcome.message, "success" if outcome.ok else "error")
+    return RedirectResponse(f"/connections/{outcome.connection_id}", status_code=303)
+
+
+# --- the catalog ----------------------------------------------------------------------
+
+
+@router.get("/connectors")
+def connectors_page(request: Request) -> Response:
+    """The catalog is public (it holds no account data); signed-in users get their nav."""
+    request.state.nav = "connectors"
+    with relink_of(request).transaction() as db:
+        try:
+            user: User | None = current_user(request, db)
+        except LoginRequired:
+            user = None
+        catalog = [c.describe() for c in connectors.all_connectors()]
+        return views.render(request, "connectors.html", {"catalog": catalog}, user=user)
+
+
+@router.get("/static/relink.css")
+def stylesheet() -> Response:
+    return FileResponse(STATIC / "relink.css", media_type="text/css")
+
+
+def _text(form: Any, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""

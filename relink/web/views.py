@@ -1,0 +1,136 @@
+"""What the templates show: labels, times, badges; and `render`, which every page uses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+
+import connectors
+from relink.models import Mode, Status
+from relink.timeutil import as_utc
+from relink.web.sessions import CSRF_FIELD
+
+STATUS_LABELS = {
+    Status.CONNECTED: "Connected",
+    Status.DISCONNECTED: "Disconnected",
+    Status.UNREACHABLE: "Unreachable",
+    Status.UNCHECKED: "Unchecked",
+}
+MODE_LABELS = {Mode.WAREHOUSE: "Warehouse", Mode.DIRECT: "Direct query"}
+DATASET_LABELS = {"ok": "OK", "pending": "Not refreshed yet", "error": "Error"}
+
+# The list filter: (query value, label); "broken" in the seed's words is disconnected.
+FILTERS = (
+    (None, "All"),
+    (Status.DISCONNECTED, "Broken"),
+    (Status.UNREACHABLE, "Unreachable"),
+    (Status.CONNECTED, "Connected"),
+    (Status.UNCHECKED, "Unchecked"),
+)
+
+ACTIONS = {
+    "connection.created": "Connection created",
+    "connection.shared": "Shared",
+    "connection.status_changed": "Status changed",
+    "connection.reconnected": "Reconnected",
+    "connection.reconnect_failed": "Reconnect failed",
+    "connection.owner_changed": "Created By changed",
+    "dataset.created": "Dataset created",
+    "dataset.refreshed": "Dataset refreshed",
+    "dataset.refresh_failed": "Dataset refresh failed",
+    "notification.sent": "Email sent",
+}
+
+
+def when(value: str | datetime | None) -> str:
+    """'2026-11-01 14:03 UTC', or '—'."""
+    if value is None or value == "":
+        return "—"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def iso(value: str | datetime | None) -> str:
+    if value is None or value == "":
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return as_utc(moment).isoformat()
+
+
+def status_label(row: dict[str, Any]) -> str:
+    """The badge text: 'Disconnected since …' for a broken connection."""
+    status = row["status"]
+    if status == Status.DISCONNECTED and row.get("invalid_since"):
+        return f"Disconnected since {when(row['invalid_since'])}"
+    return STATUS_LABELS.get(status, status)
+
+
+def type_label(type_: str) -> str:
+    try:
+        return connectors.get(type_).display_name
+    except connectors.UnknownConnector:
+        return type_
+
+
+def action_label(action: str) -> str:
+    return ACTIONS.get(action, action.replace(".", " ").replace("_", " ").capitalize())
+
+
+def describe_details(details: dict[str, Any]) -> str:
+    """Audit details as 'key: value' pairs (they never hold secrets)."""
+    parts = []
+    for key, value in details.items():
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        parts.append(f"{key.replace('_', ' ')}: {value}")
+    return "; ".join(parts)
+
+
+def origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def install_filters(env: jinja2.Environment) -> None:
+    env.filters["when"] = when
+    env.filters["iso"] = iso
+    env.filters["status_label"] = status_label
+    env.filters["type_label"] = type_label
+    env.filters["action_label"] = action_label
+    env.filters["details"] = describe_details
+    env.globals["MODE_LABELS"] = MODE_LABELS
+    env.globals["STATUS_LABELS"] = STATUS_LABELS
+    env.globals["DATASET_LABELS"] = DATASET_LABELS
+    env.globals["CSRF_FIELD"] = CSRF_FIELD
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    user: Any = None,
+) -> HTMLResponse:
+    session = request.state.web_session
+    base = {
+        "user": user,
+        "csrf_token": session.csrf,
+        "flash": session.pop_flash() if user is not None else None,
+        "nav": getattr(request.state, "nav", None),
+    }
+    templates = request.app.state.templates
+    return templates.TemplateResponse(
+        request, template, {**base, **(context or {})}, status_code=status_code
+    )

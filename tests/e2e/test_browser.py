@@ -1,0 +1,270 @@
+"""The pages in a real browser: Debian's Chromium driven by Playwright, against the app
+served by uvicorn, the sandbox OAuth provider and the loopback PostgreSQL.
+
+Chromium is launched by its path (never a downloaded browser). Without it these tests
+skip on a developer's machine and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from relink.app import Relink
+from relink.connections import NewConnection, add_connection
+from relink.datasets import add_dataset
+from relink.models import Connection, Status
+from relink.sandbox import SandboxServer, seed_demo
+from relink.web import create_app
+from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
+from tests.support.web import (
+    EMAILS,
+    PASSWORD,
+    T0,
+    ServedApp,
+    add_items_dataset,
+    build_world,
+    free_port,
+    make_relink,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(f"CI=true and the browser tests cannot run: {message}", pytrace=False)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Site:
+    url: str
+    relink: Relink
+    ids: dict[str, int]
+    new_db_password: str
+
+
+@pytest.fixture(scope="module")
+def site(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_url: str,
+    pg_engine: sa.Engine,  # noqa: F811
+    pg_password_auth: str,  # noqa: F811
+) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    relink = make_relink(f"sqlite:///{tmp / 'relink.db'}", tmp / "data", base_url=url)
+    admin = PgAdmin(pg_engine)
+    sandbox = SandboxServer()
+    seed_demo(sandbox.provider)
+    sandbox.start()
+    served = None
+    try:
+        role = admin.create_role()
+        schema = admin.create_schema(role.name)
+        pg = sa.make_url(postgres_url)
+        world = build_world(
+            relink,
+            db_settings={
+                "host": pg.host or "127.0.0.1",
+                "port": str(pg.port or 5432),
+                "database": pg.database or "test",
+                "username": role.name,
+            },
+            db_password=role.password,
+            sandbox_url=sandbox.url,
+        )
+        add_items_dataset(relink, world.ids["Owned DB"], schema)
+        world.ids["Sales"] = _broken_salesforce(relink, sandbox.url)
+        new_password = role.password + "-new"
+        admin.set_password(role.name, new_password)  # the stored password stops working
+        served = ServedApp(create_app(relink), port).start()
+        yield Site(url, relink, world.ids, new_password)
+    finally:
+        if served is not None:
+            served.stop()
+        sandbox.stop()
+        admin.cleanup()
+        relink.close()
+
+
+def _broken_salesforce(relink: Relink, sandbox_url: str) -> int:
+    with relink.transaction() as s:
+        conn = add_connection(
+            s,
+            relink.vault,
+            NewConnection(
+                type="salesforce",
+                name="Sales",
+                owner=EMAILS["owner"],
+                mode="warehouse",
+                settings={
+                    "authorize_url": f"{sandbox_url}/oauth/authorize",
+                    "token_url": f"{sandbox_url}/oauth/token",
+                    "introspection_url": f"{sandbox_url}/oauth/introspect",
+                    "probe_url": f"{sandbox_url}/api/me",
+                    "client_id": "relink-demo",
+                },
+                secrets={
+                    "access_token": "revoked",
+                    "refresh_token": "revoked",
+                    "client_secret": "relink-demo-secret",
+                },
+            ),
+            now=T0,
+        )
+        s.flush()
+        add_dataset(
+            s,
+            connection_id=conn.id,
+            name="Opportunities",
+            query="/api/records?path=opportunities",
+            now=T0,
+        )
+        conn.status = Status.DISCONNECTED
+        conn.invalid_since = T0
+        conn.last_error_code = "invalid_grant"
+        conn.last_error_message = "the refresh token was revoked"
+        return conn.id
+
+
+@pytest.fixture
+def page(browser, site: Site) -> Iterator:
+    context = browser.new_context(base_url=site.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def sign_in(page, site: Site, who: str) -> None:
+    page.goto(f"{site.url}/login")
+    page.fill("#email", EMAILS[who])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_url(re.compile(r".*/connections$"))
+
+
+def listed(page) -> set[str]:
+    return set(page.locator("#connections a.name").all_inner_texts())
+
+
+def owner_of(site: Site, connection_id: int) -> str:
+    with site.relink.sessions() as s:
+        conn = s.get(Connection, connection_id)
+        assert conn is not None
+        return conn.owner.email
+
+
+# --- what each user sees -----------------------------------------------------------------
+
+
+def test_member_sees_only_own_and_shared_connections(page, site: Site) -> None:
+    sign_in(page, site, "shared")
+    data_tab = page.locator("nav .tab").first
+    assert data_tab.inner_text() == "Data"
+    assert listed(page) == {"Owned DB"}  # shared with them
+    page.click("#sign-out")
+    page.wait_for_url(re.compile(r".*/login$"))
+
+    sign_in(page, site, "owner")
+    assert listed(page) == {"Owned DB", "Owned API", "Sales"}  # their own
+    page.click("#filter-disconnected")  # "show broken"
+    assert listed(page) == {"Sales"}
+    assert "Disconnected since 2026-11-02 09:00 UTC" in page.inner_text("#connections")
+
+
+def test_admin_sees_every_connection_of_the_account(page, site: Site) -> None:
+    sign_in(page, site, "admin")
+    assert listed(page) == {"Owned DB", "Owned API", "Sales"}  # not the other account's
+    page.click("text=Owned DB")
+    page.wait_for_url(re.compile(r".*/connections/\d+$"))
+    assert page.inner_text("#fact-created-by").startswith("Owen Owner")
+    assert page.inner_text("#reconnect") == "Reconnect"
+
+
+def test_email_button_link_signed_out_lands_on_the_connection(page, site: Site) -> None:
+    target = f"{site.url}/connections/{site.ids['Owned API']}"
+    page.goto(target)
+    page.wait_for_url(re.compile(r".*/login\?next=.*"))
+    page.fill("#email", EMAILS["owner"])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_url(target)
+    assert page.inner_text("#connection-name") == "Owned API"
+    assert page.inner_text("#reconnect") == "Manage Connection"
+
+
+# --- reconnecting ---------------------------------------------------------------------------
+
+
+def test_reconnect_oauth_through_the_consent_page(page, site: Site) -> None:
+    conn_id = site.ids["Sales"]
+    sign_in(page, site, "owner")
+    page.goto(f"{site.url}/connections/{conn_id}")
+    assert "Disconnected since" in page.inner_text("#connection-status")
+    page.click("#reconnect")  # "Manage Connection": a warehouse source
+    page.click("#continue")
+    page.wait_for_selector("#allow")  # the sandbox provider's consent page
+    assert page.url.startswith(site.url.rsplit(":", 1)[0]) and "/oauth/authorize" in page.url
+    page.click("#allow")
+    page.wait_for_url(f"{site.url}/connections/{conn_id}")
+    assert page.inner_text("#connection-status") == "Connected"
+    flash = page.inner_text("#flash")
+    assert "Reconnected" in flash and "Datasets refreshed: 1 of 1." in flash
+    assert "code=" not in page.url and "state=" not in page.url
+
+
+def test_reconnect_postgres_with_a_new_password(page, site: Site) -> None:
+    conn_id = site.ids["Owned DB"]
+    sign_in(page, site, "shared")
+    page.goto(f"{site.url}/connections/{conn_id}")
+    page.click("#reconnect")
+    assert page.get_attribute("#field-password", "type") == "password"
+    assert page.input_value("#field-password") == ""
+
+    page.fill("#field-password", "not-the-new-password")
+    page.click("#submit-reconnect")
+    error = page.inner_text("#reconnect-error")
+    assert "The source refused these credentials." in error and "28P01" in error
+    assert page.input_value("#field-password") == ""  # never echoed back
+    assert owner_of(site, conn_id) == EMAILS["owner"]
+
+    page.fill("#field-password", site.new_db_password)
+    page.click("#submit-reconnect")
+    page.wait_for_url(f"{site.url}/connections/{conn_id}")
+    assert page.inner_text("#connection-status") == "Connected"
+    assert "Datasets refreshed: 1 of 1." in page.inner_text("#flash")
+    assert page.inner_text("#fact-created-by").startswith("Sam Shared")
+    assert site.new_db_password not in page.content()
+    assert owner_of(site, conn_id) == EMAILS["shared"]

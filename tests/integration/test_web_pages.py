@@ -1,0 +1,629 @@
+"""The web pages over HTTP: sign-in and out, CSRF, `next` safety, the session cookie,
+the JSON API, security headers, and reconnecting from the page (PostgreSQL with a real
+password check, OAuth through the sandbox provider)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from relink import passwords
+from relink.app import Relink
+from relink.cli import app as cli_app
+from relink.cli._common import reset_app
+from relink.connections import NewConnection, add_connection
+from relink.datasets import add_dataset
+from relink.models import AuditEvent, Connection, Dataset, Status, User
+from relink.sandbox import SandboxServer, seed_demo
+from relink.web import create_app
+from relink.web.sessions import COOKIE_NAME
+from tests.support.web import (
+    EMAILS,
+    OLD_DB_PASSWORD,
+    PASSWORD,
+    T0,
+    TestClient,
+    World,
+    add_items_dataset,
+    build_world,
+    client_for,
+    csrf_of,
+    make_relink,
+    page_csrf,
+    sign_in,
+)
+
+BASE_URL = "http://127.0.0.1:8000"  # loopback: the sandbox accepts its /oauth/callback
+
+
+@pytest.fixture
+def relink(database_url: str, tmp_path) -> Iterator[Relink]:
+    app = make_relink(database_url, tmp_path / "data", base_url=BASE_URL)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def world(relink: Relink) -> World:
+    return build_world(relink)
+
+
+@pytest.fixture
+def web(relink: Relink, world: World) -> Any:
+    return create_app(relink)
+
+
+def connection(relink: Relink, connection_id: int) -> Connection:
+    with relink.sessions() as s:
+        conn = s.get(Connection, connection_id)
+        assert conn is not None
+        conn.owner  # noqa: B018 - loaded while the session is open
+        return conn
+
+
+def stored_secrets(relink: Relink, connection_id: int) -> dict[str, str]:
+    conn = connection(relink, connection_id)
+    return relink.vault.decrypt(conn.credentials, connection=str(connection_id))
+
+
+# --- sign-in and sign-out ---------------------------------------------------------------
+
+
+def test_sign_in_goes_to_next_and_sets_a_safe_cookie(web: Any, world: World) -> None:
+    client = TestClient(web, follow_redirects=False)
+    target = f"/connections/{world.ids['Owned DB']}"
+    response = sign_in(client, EMAILS["owner"], next_=target)
+    assert response.status_code == 303
+    assert response.headers["location"] == target
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert PASSWORD not in cookie
+    assert client.get(target).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        (EMAILS["owner"], "not the password at all"),
+        ("nobody@acme.test", PASSWORD),
+        ("not an email", PASSWORD),
+        (EMAILS["owner"], ""),
+    ],
+)
+def test_failed_sign_in_never_says_which_part_was_wrong(
+    web: Any, email: str, password: str
+) -> None:
+    client = TestClient(web, follow_redirects=False)
+    response = sign_in(client, email, password)
+    assert response.status_code == 400
+    assert "Wrong email or password." in response.text
+    assert password not in response.text or not password
+    assert client.get("/connections").status_code == 303
+
+
+def test_inactive_user_cannot_sign_in_and_loses_open_sessions(
+    web: Any, relink: Relink, world: World
+) -> None:
+    open_client = client_for(web, "owner")
+    assert open_client.get("/connections").status_code == 200
+    with relink.transaction() as s:
+        s.get(User, world.users["owner"]).active = False
+    assert open_client.get("/connections").status_code == 303
+    assert open_client.get("/api/connections").status_code == 401
+    response = sign_in(TestClient(web, follow_redirects=False), EMAILS["owner"])
+    assert response.status_code == 400
+    assert "Wrong email or password." in response.text
+
+
+def test_a_new_password_ends_older_sessions(web: Any, relink: Relink) -> None:
+    client = client_for(web, "shared")
+    with relink.transaction() as s:
+        passwords.set_password(s, EMAILS["shared"], "a brand new password", now=T0)
+    assert client.get("/connections").status_code == 303
+    assert sign_in(client, EMAILS["shared"], "a brand new password").status_code == 303
+
+
+def test_sign_out_needs_the_csrf_token_then_ends_the_session(web: Any) -> None:
+    client = client_for(web, "owner")
+    assert client.post("/logout", data={}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": "guess"}).status_code == 403
+    assert client.get("/connections").status_code == 200
+    response = client.post("/logout", data={"csrf_token": page_csrf(client)})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login"
+    assert f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
+    assert client.get("/connections").status_code == 303
+
+
+def test_sign_in_form_needs_its_csrf_token(web: Any) -> None:
+    client = TestClient(web, follow_redirects=False)
+    client.get("/login")
+    response = client.post("/login", data={"email": EMAILS["owner"], "password": PASSWORD})
+    assert response.status_code == 403
+    assert client.get("/connections").status_code == 303
+
+
+def test_a_new_session_gets_a_new_csrf_token(web: Any) -> None:
+    client = TestClient(web, follow_redirects=False)
+    before = csrf_of(client.get("/login").text)
+    sign_in(client, EMAILS["owner"])
+    assert page_csrf(client) != before
+
+
+UNSAFE_NEXT = (
+    "//evil.example/x",
+    "https://evil.example/",
+    "http:/evil.example",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "/\t/evil.example",
+    "javascript:alert(1)",
+    "evil.example",
+    "/ok\r\nSet-Cookie: x=1",
+)
+
+
+def test_next_only_accepts_same_site_paths(web: Any) -> None:
+    """More cases in tests/unit/test_web_sessions.py; here through the real form."""
+    for target in UNSAFE_NEXT:
+        client = TestClient(web, follow_redirects=False)
+        response = sign_in(client, EMAILS["owner"], next_=target)
+        assert response.status_code == 303, target
+        assert response.headers["location"] == "/connections", target
+    client = TestClient(web, follow_redirects=False)
+    response = sign_in(client, EMAILS["owner"], next_="/connections?status=disconnected")
+    assert response.headers["location"] == "/connections?status=disconnected"
+
+
+def test_anonymous_page_visit_comes_back_after_sign_in(web: Any, world: World) -> None:
+    """The email button's link, followed while signed out."""
+    client = TestClient(web, follow_redirects=False)
+    target = f"/connections/{world.ids['Owned DB']}"
+    first = client.get(target)
+    assert first.status_code == 303
+    login_url = first.headers["location"]
+    assert login_url == f"/login?next=%2Fconnections%2F{world.ids['Owned DB']}"
+    page = client.get(login_url)
+    assert f'name="next" value="{target}"' in page.text
+    response = client.post(
+        "/login",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "email": EMAILS["owner"],
+            "password": PASSWORD,
+            "next": target,
+        },
+    )
+    assert response.headers["location"] == target
+    assert "Owned DB" in client.get(target).text
+
+
+# --- the cookie ---------------------------------------------------------------------------
+
+
+def test_tampered_or_foreign_cookies_are_anonymous(web: Any, relink: Relink, world: World) -> None:
+    client = client_for(web, "owner")
+    good = client.cookies[COOKIE_NAME]
+    payload, rest = good.split(".", 1)
+    for bad in (
+        payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + rest,
+        good[:-3] + ("abc" if good[-3:] != "abc" else "xyz"),
+        "garbage",
+    ):
+        fresh = TestClient(web, follow_redirects=False, cookies={COOKIE_NAME: bad})
+        response = fresh.get("/connections")
+        assert response.status_code == 303, bad
+        assert f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
+        assert fresh.get("/api/connections").status_code == 401
+
+    # the same user id, signed with another installation's secret
+    from relink.web.sessions import SessionCodec, WebSession
+
+    forged = SessionCodec("another installation's secret").dumps(
+        WebSession(user_id=world.users["admin"], password_fingerprint="x")
+    )
+    other = TestClient(web, follow_redirects=False, cookies={COOKIE_NAME: forged})
+    assert other.get("/api/connections").status_code == 401
+
+
+def test_session_secret_comes_from_settings_or_a_private_key_file(relink: Relink) -> None:
+    from relink.web.sessions import session_secret
+
+    first = session_secret(relink.settings)
+    assert first == session_secret(relink.settings)
+    key_file = relink.settings.session_key_file
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    configured = relink.settings.model_copy(
+        update={"session_secret": SecretStr("configured-secret")}
+    )
+    assert session_secret(configured) == "configured-secret"
+    assert relink.settings.masked()["session_secret"] == ""
+    assert configured.masked()["session_secret"] == "**********"
+
+
+# --- headers and logs -------------------------------------------------------------------
+
+
+def test_security_headers(web: Any, world: World) -> None:
+    client = client_for(web, "owner")
+    for path in ("/connections", f"/connections/{world.ids['Owned DB']}", "/api/connections"):
+        headers = client.get(path).headers
+        assert headers["cache-control"] == "no-store"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "default-src 'none'" in csp
+        assert "unsafe-inline" not in csp and "script-src" not in csp
+    page = client.get("/connections").text
+    assert "<script" not in page and " style=" not in page
+
+
+def test_request_log_has_the_path_but_never_the_query(
+    web: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_for(web, "owner")
+    with caplog.at_level(logging.INFO, logger="relink.web"):
+        client.get("/oauth/callback?state=state-value-123&code=code-value-456")
+    lines = [r.getMessage() for r in caplog.records if r.name == "relink.web"]
+    assert any(line.startswith("GET /oauth/callback 400") for line in lines), lines
+    assert not any("value-" in line for line in lines)
+
+
+def test_unknown_input_is_not_echoed(web: Any) -> None:
+    client = client_for(web, "owner")
+    response = client.get("/api/connections?status=s3cret-looking-value")
+    assert response.status_code == 400
+    assert "s3cret" not in response.text
+    assert client.get("/connections/not-a-number").status_code == 404
+
+
+# --- JSON API -------------------------------------------------------------------------
+
+
+def test_api_gives_the_same_data_as_the_pages(web: Any, relink: Relink, world: World) -> None:
+    with relink.transaction() as s:
+        add_dataset(s, connection_id=world.ids["Owned DB"], name="Orders", query="SELECT 1", now=T0)
+    client = client_for(web, "shared")
+    listed = client.get("/api/connections").json()
+    assert listed["next_after"] is None
+    (row,) = listed["connections"]
+    assert row["name"] == "Owned DB" and row["created_by"] == "Owen Owner"
+    assert row["status"] == Status.UNCHECKED and row["mode"] == "direct"
+    detail = client.get(f"/api/connections/{row['id']}").json()
+    assert detail["datasets"][0]["name"] == "Orders"
+    assert detail["shared_with"] == [EMAILS["shared"]]
+    assert OLD_DB_PASSWORD not in client.get(f"/api/connections/{row['id']}").text
+    assert OLD_DB_PASSWORD not in client.get(f"/connections/{row['id']}").text
+    broken = client.get("/api/connections?status=disconnected").json()
+    assert broken["connections"] == []
+    schema = client.get("/openapi.json").json()
+    assert {"/api/connections", "/api/connections/{connection_id}"} <= set(schema["paths"])
+
+
+def test_list_filters_broken_connections(web: Any, relink: Relink, world: World) -> None:
+    with relink.transaction() as s:
+        conn = s.get(Connection, world.ids["Owned DB"])
+        conn.status = Status.DISCONNECTED
+        conn.invalid_since = T0
+    client = client_for(web, "owner")
+    broken = client.get("/connections?status=disconnected").text
+    assert "Owned DB" in broken and "Owned API" not in broken
+    assert "Disconnected since 2026-11-02 09:00 UTC" in broken
+    everything = client.get("/connections").text
+    assert "Owned DB" in everything and "Owned API" in everything
+
+
+def test_details_page_shows_the_action_for_the_mode(web: Any, world: World) -> None:
+    client = client_for(web, "owner")
+    direct = client.get(f"/connections/{world.ids['Owned DB']}").text
+    assert ">Reconnect</a>" in direct
+    assert 'href="/connectors#postgres"' in direct
+    warehouse = client.get(f"/connections/{world.ids['Owned API']}").text
+    assert ">Manage Connection</a>" in warehouse
+    history = client.get(f"/connections/{world.ids['Owned DB']}").text
+    assert history.index("Shared") < history.index("Connection created")  # newest first
+
+
+def test_reconnect_form_never_prefills_secrets(web: Any, world: World) -> None:
+    client = client_for(web, "owner")
+    page = client.get(f"/connections/{world.ids['Owned DB']}/reconnect").text
+    assert 'type="password" id="field-password" name="password"' in page
+    assert OLD_DB_PASSWORD not in page
+    assert "relink_nobody" in page  # the current (non-secret) settings are shown
+
+
+def test_connectors_catalog_lists_requirements(web: Any) -> None:
+    page = TestClient(web).get("/connectors").text
+    assert 'id="postgres"' in page and 'id="salesforce"' in page and 'id="api_key"' in page
+    assert "secret" in page
+
+
+# --- reconnect: PostgreSQL with a real password check -----------------------------------
+
+
+@pytest.fixture
+def pg_world(relink: Relink, pg_admin: Any, postgres_url: str) -> tuple[World, Any, str]:
+    role = pg_admin.create_role()
+    schema = pg_admin.create_schema(role.name)
+    url = sa.make_url(postgres_url)
+    settings = {
+        "host": url.host or "127.0.0.1",
+        "port": str(url.port or 5432),
+        "database": url.database or "test",
+        "username": role.name,
+    }
+    built = build_world(relink, db_settings=settings, db_password=role.password)
+    add_items_dataset(relink, built.ids["Owned DB"], schema)
+    new_password = role.password + "-rotated"
+    pg_admin.set_password(role.name, new_password)  # the stored one stops working
+    return built, role, new_password
+
+
+def test_reconnect_postgres_wrong_password_changes_nothing(
+    relink: Relink, pg_world: tuple[World, Any, str]
+) -> None:
+    built, role, _ = pg_world
+    conn_id = built.ids["Owned DB"]
+    client = client_for(create_app(relink), "shared")
+    wrong = "definitely-wrong-password-42"
+    response = client.post(
+        f"/connections/{conn_id}/reconnect",
+        data={"csrf_token": page_csrf(client), "password": wrong},
+    )
+    assert response.status_code == 400
+    assert "The source refused these credentials." in response.text
+    assert "28P01" in response.text and "nothing was changed" in response.text
+    assert wrong not in response.text
+    assert stored_secrets(relink, conn_id) == {"password": role.password}
+    assert connection(relink, conn_id).owner.email == EMAILS["owner"]
+
+
+def test_reconnect_postgres_with_the_new_password(
+    relink: Relink, pg_world: tuple[World, Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    built, _, new_password = pg_world
+    conn_id = built.ids["Owned DB"]
+    client = client_for(create_app(relink), "shared")
+    bad_token = client.post(
+        f"/connections/{conn_id}/reconnect", data={"csrf_token": "x", "password": new_password}
+    )
+    assert bad_token.status_code == 403
+    assert stored_secrets(relink, conn_id) != {"password": new_password}
+
+    response = client.post(
+        f"/connections/{conn_id}/reconnect",
+        data={"csrf_token": page_csrf(client), "password": new_password},
+    )
+    assert response.status_code == 303, response.text[:2000]
+    assert response.headers["location"] == f"/connections/{conn_id}"
+    page = client.get(f"/connections/{conn_id}").text
+    assert "Reconnected" in page and "Datasets refreshed: 1 of 1." in page
+    assert new_password not in page
+    conn = connection(relink, conn_id)
+    assert conn.status == Status.CONNECTED and conn.invalid_since is None
+    assert conn.owner.email == EMAILS["shared"]  # the reconnecting user is Created By now
+    assert stored_secrets(relink, conn_id) == {"password": new_password}
+    with relink.sessions() as s:
+        ds = s.scalar(sa.select(Dataset).where(Dataset.connection_id == conn_id))
+        assert ds is not None and ds.status == "ok" and ds.row_count == 3
+        actions = set(s.scalars(sa.select(AuditEvent.action)))
+    assert "connection.reconnected" in actions
+    assert new_password not in caplog.text  # nor in any log line
+
+
+def test_seeing_without_being_allowed_to_reconnect_is_403(
+    web: Any, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today everyone who sees a connection may reconnect it; should the rule narrow,
+    the pages answer 403 and offer no button."""
+    monkeypatch.setattr("relink.web.pages.can_reconnect", lambda viewer, ref: False)
+    client = client_for(web, "shared")
+    conn_id = world.ids["Owned DB"]
+    assert 'id="reconnect"' not in client.get(f"/connections/{conn_id}").text
+    assert client.get(f"/connections/{conn_id}/reconnect").status_code == 403
+    response = client.post(
+        f"/connections/{conn_id}/reconnect",
+        data={"csrf_token": page_csrf(client), "password": "whatever-1234"},
+    )
+    assert response.status_code == 403
+
+
+def test_reconnect_unreachable_source_says_so_and_changes_nothing(
+    relink: Relink, world: World, closed_port: int
+) -> None:
+    conn_id = world.ids["Owned DB"]
+    with relink.transaction() as s:
+        conn = s.get(Connection, conn_id)
+        conn.settings = {**conn.settings, "port": str(closed_port)}
+    client = client_for(create_app(relink), "owner")
+    response = client.post(
+        f"/connections/{conn_id}/reconnect",
+        data={"csrf_token": page_csrf(client), "password": "whatever-1234"},
+    )
+    assert response.status_code == 502
+    assert "The source could not be reached." in response.text
+    assert stored_secrets(relink, conn_id) == {"password": OLD_DB_PASSWORD}
+
+
+# --- reconnect: OAuth through the sandbox provider ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer()
+    seed_demo(server.provider)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def oauth_id(relink: Relink, world: World, sandbox: SandboxServer) -> int:
+    url = sandbox.url
+    with relink.transaction() as s:
+        conn = add_connection(
+            s,
+            relink.vault,
+            NewConnection(
+                type="salesforce",
+                name="Sales",
+                owner=EMAILS["owner"],
+                mode="warehouse",
+                settings={
+                    "authorize_url": f"{url}/oauth/authorize",
+                    "token_url": f"{url}/oauth/token",
+                    "introspection_url": f"{url}/oauth/introspect",
+                    "revocation_url": f"{url}/oauth/revoke",
+                    "probe_url": f"{url}/api/me",
+                    "client_id": "relink-demo",
+                },
+                secrets={
+                    "access_token": "revoked-access",
+                    "refresh_token": "revoked-refresh",
+                    "client_secret": "relink-demo-secret",
+                },
+            ),
+            now=T0,
+        )
+        s.flush()
+        add_dataset(
+            s,
+            connection_id=conn.id,
+            name="Opportunities",
+            query="/api/records?path=opportunities",
+            now=T0,
+        )
+        conn.status = Status.DISCONNECTED
+        conn.invalid_since = T0
+        return conn.id
+
+
+def start(client: TestClient, conn_id: int, sandbox: SandboxServer) -> str:
+    """Reconnect on the page; returns the callback URL's query after consent."""
+    page = client.get(f"/connections/{conn_id}/reconnect")
+    assert page.status_code == 200
+    assert f"form-action 'self' {sandbox.url}" in page.headers["content-security-policy"]
+    response = client.post(
+        f"/connections/{conn_id}/reconnect", data={"csrf_token": csrf_of(page.text)}
+    )
+    assert response.status_code == 303, response.text[:2000]
+    consent = response.headers["location"]
+    assert consent.startswith(f"{sandbox.url}/oauth/authorize?")
+    params = parse_qs(urlsplit(consent).query)
+    assert params["code_challenge_method"] == ["S256"] and params["state"]
+    assert params["redirect_uri"] == [f"{BASE_URL}/oauth/callback"]
+    allowed = httpx.post(consent, data={"username": "demo", "decision": "allow"}, timeout=5)
+    assert allowed.status_code == 302, allowed.text
+    back = urlsplit(allowed.headers["location"])
+    assert back.path == "/oauth/callback"
+    return back.query
+
+
+def test_oauth_reconnect_through_the_consent_page(
+    relink: Relink, oauth_id: int, sandbox: SandboxServer
+) -> None:
+    client = client_for(create_app(relink), "admin")
+    query = start(client, oauth_id, sandbox)
+    response = client.get(f"/oauth/callback?{query}")
+    assert response.status_code == 303, response.text[:2000]
+    assert response.headers["location"] == f"/connections/{oauth_id}"
+    page = client.get(f"/connections/{oauth_id}").text
+    flash = page[page.find('id="flash"') :][:400]
+    assert "Reconnected" in flash and "Datasets refreshed: 1 of 1." in flash, flash
+    assert "status-connected" in page
+    conn = connection(relink, oauth_id)
+    assert conn.status == Status.CONNECTED and conn.owner.email == EMAILS["admin"]
+    tokens = stored_secrets(relink, oauth_id)
+    assert tokens["access_token"] != "revoked-access"
+    assert tokens["client_secret"] == "relink-demo-secret"
+    assert tokens["access_token"] not in page
+
+    # the same callback again: replayed, refused, nothing changes
+    version = conn.version
+    again = client.get(f"/oauth/callback?{query}")
+    assert again.status_code == 400
+    assert "already used" in again.text
+    assert connection(relink, oauth_id).version == version
+
+
+def test_oauth_state_of_another_user_or_tampered_is_refused(
+    relink: Relink, oauth_id: int, sandbox: SandboxServer
+) -> None:
+    web = create_app(relink)
+    admin, owner = client_for(web, "admin"), client_for(web, "owner")
+    query = start(admin, oauth_id, sandbox)
+    params = parse_qs(query)
+    state, code = params["state"][0], params["code"][0]
+
+    foreign = owner.get("/oauth/callback", params={"state": state, "code": code})
+    assert foreign.status_code == 400 and "another user" in foreign.text
+    tampered = admin.get("/oauth/callback", params={"state": state[:-2] + "xy", "code": code})
+    assert tampered.status_code == 400
+    denied = admin.get("/oauth/callback", params={"state": state, "error": "access_denied"})
+    assert denied.status_code == 400
+    conn = connection(relink, oauth_id)
+    assert conn.status == Status.DISCONNECTED and conn.owner.email == EMAILS["owner"]
+    assert stored_secrets(relink, oauth_id)["access_token"] == "revoked-access"
+
+    # the rightful user's callback still works once
+    assert admin.get("/oauth/callback", params={"state": state, "code": code}).status_code == 303
+    assert connection(relink, oauth_id).status == Status.CONNECTED
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_sets_a_password_from_stdin(relink: Relink, world: World, monkeypatch) -> None:
+    settings = relink.settings
+    env = {
+        "RELINK_DATABASE_URL": settings.database_url,
+        "RELINK_DATA_DIR": str(settings.data_dir),
+        "RELINK_SECRET_KEYS": settings.secret_keys.get_secret_value(),
+    }
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None) -> Any:
+        reset_app()
+        try:
+            return runner.invoke(cli_app, list(args), input=input, env=env)
+        finally:
+            reset_app()
+
+    short = run("users", "set-password", EMAILS["member"], input="short\n")
+    assert short.exit_code == 1 and "at least 10 characters" in short.output
+    done = run("users", "set-password", EMAILS["member"], input="a fresh password 1\n")
+    assert done.exit_code == 0, done.output
+    assert "a fresh password 1" not in done.output
+    unknown = run("users", "set-password", "who@acme.test", input="a fresh password 1\n")
+    assert unknown.exit_code == 1
+    client = TestClient(create_app(relink), follow_redirects=False)
+    assert sign_in(client, EMAILS["member"], "a fresh password 1").status_code == 303
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(kw, app=app))
+    result = run("web", "--port", "8123")
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 8123 and served["access_log"] is False
+
+
+def test_api_docs_page_loads_swagger_from_this_server_not_a_cdn(web: Any) -> None:
+    client = client_for(web, "anonymous")
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text and "http://" not in page.text
+    for asset in ("/static/swagger/swagger-ui-bundle.js", "/static/swagger/swagger-ui.css"):
+        assert asset in page.text
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 10_000
+    assert "'self'" in page.headers["content-security-policy"]
+    assert "cdn" not in page.headers["content-security-policy"]
