@@ -214,12 +214,22 @@ class Disconnection(Base):
 
     __tablename__ = "disconnections"
     __table_args__ = (
-        # the email rule's query: open episodes by start time
+        # open episodes by start time
         sa.Index(
             "ix_disconnections_open_started",
             "started_at",
             postgresql_where=sa.text("ended_at IS NULL"),
             sqlite_where=sa.text("ended_at IS NULL"),
+        ),
+        # the email rule's due query (relink.notifications.due_query): only the open
+        # episodes still waiting for their email. Each predicate is written as that
+        # dialect renders `Disconnection.awaiting_email` in the query (SQLite uses a
+        # partial index only when the query's WHERE repeats the index's terms).
+        sa.Index(
+            "ix_disconnections_due",
+            "started_at",
+            postgresql_where=sa.text("ended_at IS NULL AND awaiting_email"),
+            sqlite_where=sa.text("ended_at IS NULL AND awaiting_email = 1"),
         ),
         # at most one open episode per connection
         sa.Index(
@@ -237,6 +247,11 @@ class Disconnection(Base):
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     reason_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    # True while the email is still to send: no notification, or only a `released` one
+    # (notify.NOT_YET). A copy of the notification's state for ix_disconnections_due,
+    # written by relink.notifications in the same transaction as every notification
+    # change; the notification row, not this flag, decides who sends the email.
+    awaiting_email: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
     connection: Mapped[Connection] = relationship()
     notification: Mapped[Notification | None] = relationship(back_populates="disconnection")

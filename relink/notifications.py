@@ -17,6 +17,11 @@ The claim is committed BEFORE the request goes out and the unique constraint on
 `notifications.disconnection_id` arbitrates between runs, so two runs at once never
 send the same email twice. Whatever may have been delivered (`unknown`) is never sent
 again automatically.
+
+`disconnections.awaiting_email` mirrors the notification (true: none, or `released`)
+so that the due query reads one small partial index. Every notification change here
+writes it in the same transaction, notification first, then the disconnection (one lock
+order for every path). It only finds candidates; the claim above still decides.
 """
 
 from __future__ import annotations
@@ -110,7 +115,10 @@ class SendHooks:
 
 
 def _not_notified() -> sa.ColumnElement[bool]:
-    """No notification other than a released one (released = handed back to the next run)."""
+    """No notification other than a released one (released = handed back to the next run).
+
+    The truth that `Disconnection.awaiting_email` mirrors; the due query reads the flag.
+    """
     taken = (
         sa.select(Notification.id)
         .where(
@@ -125,14 +133,20 @@ def _not_notified() -> sa.ColumnElement[bool]:
 def due_query(now: datetime, due_after: timedelta = DUE_AFTER) -> sa.Select[tuple[int]]:
     """Ids of the disconnections due at `now`.
 
-    `ended_at IS NULL AND started_at <= :cutoff` is the predicate of the partial index
-    `ix_disconnections_open_started`: only open episodes are read, however long the
-    history of closed ones.
+    `ended_at IS NULL AND awaiting_email` is the predicate of the partial index
+    `ix_disconnections_due` (on started_at): only the open episodes still waiting for
+    their email are read, not the emailed ones nor the history of closed ones, and
+    `notifications` is not read at all.
+
+    The flag is an index helper, not the arbiter: an id returned here may be claimed by
+    another run before this one gets to it. `claim` decides (the unique notification
+    row, or `UPDATE ... WHERE state = 'released'`) and re-checks that the episode is
+    still open; a lost race counts as `skipped`.
     """
     return sa.select(Disconnection.id).where(
         Disconnection.ended_at.is_(None),
+        Disconnection.awaiting_email,  # SQLite: `= 1`, as in the index's sqlite_where
         Disconnection.started_at <= cutoff(now, due_after),
-        _not_notified(),
     )
 
 
@@ -306,6 +320,31 @@ def build_email(item: DueEmail, *, sender: str, base_url: str) -> OutgoingEmail:
 class Claim:
     notification_id: int
     claimed_at: datetime  # with the state, the fence of every later write of this run
+    disconnection_id: int
+
+
+class _Lost(Exception):
+    """Rolls back a claim or mark that did not apply (and its write of the flag)."""
+
+
+def _set_awaiting(
+    session: Session, disconnection_id: int, state: State | str, *, open_only: bool = False
+) -> bool:
+    """Write `awaiting_email` for the notification state just written, in the same
+    transaction and after it (one lock order: notification, then disconnection).
+
+    With `open_only`, False when the disconnection is closed (or gone): the caller
+    rolls back.
+    """
+    update = sa.update(Disconnection).where(Disconnection.id == disconnection_id)
+    if open_only:
+        update = update.where(Disconnection.ended_at.is_(None))
+    result = session.execute(
+        update.values(awaiting_email=State(state) in NOT_YET).execution_options(
+            synchronize_session=False
+        )
+    )
+    return result.rowcount == 1
 
 
 def claim(
@@ -322,6 +361,9 @@ def claim(
 
     A new notification is an INSERT that the unique constraint arbitrates; a released one
     is taken back with `UPDATE ... WHERE state = 'released'`, whose row count decides.
+    Either way the same transaction clears `awaiting_email`, and only while the
+    disconnection is open (that UPDATE locks its row until the commit, so a concurrent
+    close waits for it or is seen).
     """
     values = {
         "state": str(state),
@@ -336,45 +378,40 @@ def claim(
     if item.notification_state is None:
         try:
             with app.transaction() as session:
-                if not _still_open(session, item.disconnection_id):
-                    return None
                 row = Notification(disconnection_id=item.disconnection_id, attempts=0, **values)
                 session.add(row)
                 session.flush()
-                return Claim(row.id, now)
+                if not _set_awaiting(session, item.disconnection_id, state, open_only=True):
+                    raise _Lost  # closed meanwhile
+                return Claim(row.id, now, item.disconnection_id)
         except IntegrityError:
             pass  # another run inserted it first; it may have released it since
-    with app.transaction() as session:
-        result = session.execute(
-            sa.update(Notification)
-            .where(
-                Notification.disconnection_id == item.disconnection_id,
-                Notification.state == State.RELEASED,
-                sa.select(Disconnection.id)
-                .where(Disconnection.id == item.disconnection_id, Disconnection.ended_at.is_(None))
-                .exists(),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+        except _Lost:
             return None
-        notification_id = session.scalar(
-            sa.select(Notification.id).where(Notification.disconnection_id == item.disconnection_id)
-        )
-    assert notification_id is not None
-    return Claim(notification_id, now)
-
-
-def _still_open(session: Session, disconnection_id: int) -> bool:
-    return (
-        session.scalar(
-            sa.select(Disconnection.id).where(
-                Disconnection.id == disconnection_id, Disconnection.ended_at.is_(None)
+    try:
+        with app.transaction() as session:
+            result = session.execute(
+                sa.update(Notification)
+                .where(
+                    Notification.disconnection_id == item.disconnection_id,
+                    Notification.state == State.RELEASED,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
             )
-        )
-        is not None
-    )
+            if result.rowcount != 1:
+                raise _Lost  # another run took it back first
+            if not _set_awaiting(session, item.disconnection_id, state, open_only=True):
+                raise _Lost  # closed meanwhile
+            notification_id = session.scalar(
+                sa.select(Notification.id).where(
+                    Notification.disconnection_id == item.disconnection_id
+                )
+            )
+    except _Lost:
+        return None
+    assert notification_id is not None
+    return Claim(notification_id, now, item.disconnection_id)
 
 
 def mark(
@@ -412,12 +449,19 @@ def mark(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        # released: true again; any other final state (including a delivery recorded
+        # over a row an admin had released meanwhile): false
+        _set_awaiting(session, held.disconnection_id, state)
+        return True
 
 
 def expire_stale_claims(app: Relink, *, now: datetime, lease: timedelta = CLAIM_LEASE) -> int:
     """Claims older than the lease belong to a run that died between claim and mark: the
-    email may have gone out, so they become `unknown` (never resent automatically)."""
+    email may have gone out, so they become `unknown` (never resent automatically).
+
+    `awaiting_email` stays false (claimed and unknown are both "not due"): no write."""
     with app.transaction() as session:
         result = session.execute(
             sa.update(Notification)
@@ -861,6 +905,7 @@ def release(
     row.updated_at = now
     disconnection = session.get(Disconnection, row.disconnection_id)
     assert disconnection is not None
+    disconnection.awaiting_email = True  # due again for the next run (same transaction)
     audit.record(
         session,
         "notification.released",
