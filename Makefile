@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup browser run test lint format clean
+.PHONY: setup browser run test bench lint format clean
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -17,11 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## run: migrate the embedded SQLite database, load the demo account, list its connections
+## run: everything locally: demo account, sandbox provider, Prefect server + UI, served deployments, web pages (Ctrl-C stops all)
 run: setup
-	$(BIN)/relink db upgrade
-	$(BIN)/relink demo seed
-	$(BIN)/relink connections list --as ada@demo.relink.test
+	$(BIN)/relink run $(RUN_ARGS)
 
 ## browser: Debian's Chromium for the browser tests (installed when missing and running as root)
 browser:
@@ -39,6 +37,10 @@ test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+## bench: the benchmarks (never part of make test); writes docs/benchmarks.md
+bench: setup
+	$(BIN)/python -m bench $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

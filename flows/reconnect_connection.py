@@ -27,6 +27,11 @@ async def reconnect_connection(
 
     Takes ids, never credentials: new credentials are entered by a person, on the
     connection's page or with `relink reconnect`.
+
+    Args:
+        connection_id: The id of the connection to re-check (see `relink connections list`).
+        requested_by: The email of the person asking; they must be allowed to reconnect it.
+        notify_owner: Also email the reconnect link to the connection's owner.
     """
     logger = get_run_logger()
     checked = await recheck_connection(connection_id, requested_by)

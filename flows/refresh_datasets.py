@@ -36,7 +36,15 @@ async def refresh_datasets(
 ) -> dict[str, Any]:
     """Refresh datasets, at most `concurrency` at once; an unreachable source is asked
     `attempts` times with exponential backoff. One failing dataset never stops the
-    others; the summary is the run's result and a markdown artifact."""
+    others; the summary is the run's result and a markdown artifact.
+
+    Args:
+        connection_id: Refresh every dataset built on this connection.
+        dataset_ids: Refresh these datasets (with neither: every dataset).
+        concurrency: Datasets refreshed at once.
+        attempts: Times an unreachable source is asked before the dataset fails.
+        backoff: Seconds before the first retry, doubled after each.
+    """
     app = get_app()
     app.ensure_schema()
     with app.sessions() as session:

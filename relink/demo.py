@@ -1,9 +1,17 @@
-"""A small demo account: an admin, a member, connections of several kinds."""
+"""A small demo account: an admin, members, connections of several kinds.
+
+Against the sandbox provider and the loopback databases, the demo connections show
+each outcome of a check: the PostgreSQL warehouse and "Sales" (OAuth) are healthy,
+"Support" (OAuth) has a revoked token, "Finance" (MariaDB) has a user that does not
+exist (1045). The sandbox learns the demo's OAuth tokens from `sandbox_tokens`
+(`relink run` writes them into the sandbox's state file before starting it).
+"""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -11,7 +19,7 @@ from sqlalchemy.orm import Session
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
-from relink.models import Account, Connection
+from relink.models import Account, Connection, User
 from relink.vault import Vault
 
 ACCOUNT = "Demo Co"
@@ -19,6 +27,9 @@ ADMIN = ("ada@demo.relink.test", "Ada Admin")
 MEMBER = ("max@demo.relink.test", "Max Member")
 OTHER = ("olga@demo.relink.test", "Olga Other")
 SANDBOX_URL = "http://127.0.0.1:8765"
+HEALTHY_OAUTH = "Sales (Salesforce sandbox)"
+REVOKED_OAUTH = "Support (Salesforce sandbox)"
+DEMO_PASSWORD = "relink-demo-password"  # a public demo sign-in, printed by `relink run`
 
 
 def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[str, str]]]]:
@@ -31,10 +42,13 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
         "probe_url": f"{sandbox_url}/api/me",
         "client_id": "relink-demo",
     }
-    sandbox_token = {
-        "access_token": secrets.token_urlsafe(24),
-        "refresh_token": secrets.token_urlsafe(24),
-    }
+
+    def sandbox_token() -> dict[str, str]:
+        return {
+            "access_token": secrets.token_urlsafe(24),
+            "refresh_token": secrets.token_urlsafe(24),
+        }
+
     return [
         (
             NewConnection(
@@ -76,13 +90,24 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
         (
             NewConnection(
                 type="salesforce",
-                name="Sales (Salesforce sandbox)",
+                name=HEALTHY_OAUTH,
                 owner=MEMBER[0],
                 mode="warehouse",
                 settings=oauth_endpoints,
-                secrets={**sandbox_token, "client_secret": "relink-demo-secret"},
+                secrets={**sandbox_token(), "client_secret": "relink-demo-secret"},
             ),
             [("Opportunities", "/api/records?path=opportunities | data.records")],
+        ),
+        (
+            NewConnection(
+                type="salesforce",
+                name=REVOKED_OAUTH,
+                owner=MEMBER[0],
+                mode="direct",
+                settings=oauth_endpoints,
+                secrets={**sandbox_token(), "client_secret": "relink-demo-secret"},
+            ),
+            [("Cases", "/api/records?path=cases | data.records")],
         ),
         (
             NewConnection(
@@ -123,3 +148,35 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
     assert billing is not None
     share(session, billing.id, with_email=MEMBER[0], actor=users[ADMIN[0]], now=now)
     return True
+
+
+def set_demo_passwords(session: Session, *, now: datetime) -> list[str]:
+    """Give the demo users without a password `DEMO_PASSWORD`; the emails it set."""
+    from relink.passwords import set_password
+
+    emails = [email for email, _ in (ADMIN, MEMBER, OTHER)]
+    without = session.scalars(
+        sa.select(User.email).where(User.email.in_(emails), User.password_hash.is_(None))
+    ).all()
+    for email in without:
+        set_password(session, email, DEMO_PASSWORD, now=now)
+    return list(without)
+
+
+def sandbox_tokens(session: Session, vault: Vault) -> list[dict[str, Any]]:
+    """The demo OAuth connections' current tokens, for the sandbox provider to know:
+    `revoked` is True for the connection the demo shows as disconnected."""
+    tokens = []
+    for name in (HEALTHY_OAUTH, REVOKED_OAUTH):
+        conn = session.scalar(sa.select(Connection).where(Connection.name == name))
+        if conn is None:
+            continue
+        creds = vault.decrypt(conn.credentials, connection=f"{conn.id} ({name!r})")
+        tokens.append(
+            {
+                "access_token": creds["access_token"],
+                "refresh_token": creds.get("refresh_token"),
+                "revoked": name == REVOKED_OAUTH,
+            }
+        )
+    return tokens

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from relink.cli import admin, checks, connections, demo, emails, reconnect, web
+from relink.cli import admin, checks, connections, demo, emails, reconnect, status, web
+from relink.cli import run as run_cmd
 
 app = typer.Typer(
     name="relink",
@@ -22,6 +23,8 @@ demo.register(app)
 emails.register(app)
 reconnect.register(app)
 web.register(app)
+run_cmd.register(app)
+status.register(app)
 
 
 def main() -> None:

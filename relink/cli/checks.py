@@ -9,6 +9,7 @@ import typer
 
 from relink.checks import CheckPolicy, sweep
 from relink.cli._common import app, console, handle_errors, print_json, print_table
+from relink.sweeps import record_sweep
 from relink.timeutil import utcnow
 
 
@@ -31,6 +32,15 @@ def check(
     relink.ensure_schema()
     policy = CheckPolicy(concurrency=concurrency, timeout=relink.settings.check_timeout)
     summary = asyncio.run(sweep(relink, now=utcnow(), policy=policy, connection_ids=connection))
+    with relink.transaction() as session:
+        record_sweep(
+            session,
+            summary.as_dict(),
+            now=utcnow(),
+            source="relink check",
+            outcome="completed",
+            connection_ids=connection or None,
+        )
     if as_json:
         print_json(summary.as_dict())
         return

@@ -1,0 +1,94 @@
+"""`relink status`: how the connections are, what the next email run will send, and how
+the last check sweep went."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+import typer
+from sqlalchemy.orm import Session
+
+from relink.cli._common import console, handle_errors, print_json, print_table, transaction
+from relink.models import Connection, Disconnection, Status
+from relink.notifications import due_ids
+from relink.notify import EMAIL_TIME_ZONE
+from relink.sweeps import last_sweep
+from relink.timeutil import utcnow
+
+EMAIL_RUN_TIME = time(7, 0)
+
+
+def register(root: typer.Typer) -> None:
+    root.command("status")(status)
+
+
+def next_email_run(now: datetime) -> datetime:
+    """The next daily email run (07:00 in America/Phoenix) at or after `now`, in UTC."""
+    zone = ZoneInfo(EMAIL_TIME_ZONE)
+    local = now.astimezone(zone)
+    run = datetime.combine(local.date(), EMAIL_RUN_TIME, tzinfo=zone)
+    if run < local:
+        run += timedelta(days=1)
+    return run.astimezone(now.tzinfo)
+
+
+def collect(session: Session, now: datetime) -> dict[str, Any]:
+    counts = dict(
+        session.execute(
+            sa.select(Connection.status, sa.func.count(Connection.id)).group_by(Connection.status)
+        ).all()
+    )
+    by_status = {str(s): int(counts.get(str(s), 0)) for s in Status}
+    open_count = session.scalar(
+        sa.select(sa.func.count(Disconnection.id)).where(Disconnection.ended_at.is_(None))
+    )
+    run_at = next_email_run(now)
+    return {
+        "at": now.isoformat(),
+        "connections": {"total": sum(by_status.values()), "by_status": by_status},
+        "open_disconnections": int(open_count or 0),
+        "emails": {"next_run": run_at.isoformat(), "due": len(due_ids(session, now=run_at))},
+        "last_sweep": last_sweep(session),
+    }
+
+
+@handle_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Connections by status, open disconnections, emails due at the next 07:00 MST run,
+    and the last check sweep."""
+    now = utcnow()
+    with transaction() as session:
+        data = collect(session, now)
+    if as_json:
+        print_json(data)
+        return
+    print_table(
+        f"{data['connections']['total']} connection(s)",
+        ["status", "connections"],
+        list(data["connections"]["by_status"].items()),
+    )
+    console.print(f"open disconnections: {data['open_disconnections']}", highlight=False)
+    console.print(
+        f"emails due at the next run ({data['emails']['next_run']}, 07:00 MST): "
+        f"{data['emails']['due']}",
+        highlight=False,
+    )
+    sweep = data["last_sweep"]
+    if sweep is None:
+        console.print("last sweep: none yet (`relink check` or the check-connections flow)")
+        return
+    summary = sweep.get("summary", {})
+    outcomes = ", ".join(f"{v} {k}" for k, v in summary.get("outcomes", {}).items() if v)
+    console.print(
+        f"last sweep: {sweep['at']} by {sweep.get('source', '?')}, "
+        f"{sweep.get('outcome', 'completed')}: {summary.get('checked', 0)} checked"
+        + (f" ({outcomes})" if outcomes else "")
+        + f", {summary.get('opened', 0)} disconnection(s) opened, "
+        f"{summary.get('closed', 0)} closed",
+        highlight=False,
+    )

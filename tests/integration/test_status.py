@@ -1,0 +1,102 @@
+"""`relink status`: connections by status, open disconnections, emails due at the next
+07:00 MST run (the notify rule at that instant), and the last sweep."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from relink import demo
+from relink.cli.status import collect, next_email_run
+from relink.models import Connection, Disconnection
+from relink.sweeps import record_sweep
+from tests.support.reconnect import Cli
+
+NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)  # 05:00 MST: the next run is 14:00 UTC today
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (datetime(2026, 1, 10, 12, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 1, 10, 14, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 1, 10, 14, 1, tzinfo=UTC), datetime(2026, 1, 11, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 7, 10, 20, 0, tzinfo=UTC), datetime(2026, 7, 11, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 3, 8, 13, 0, tzinfo=UTC), datetime(2026, 3, 8, 14, 0, tzinfo=UTC)),
+    ],
+)
+def test_the_next_email_run_is_14_00_utc_all_year(now, expected):
+    assert next_email_run(now) == expected
+
+
+def break_connection(session, name: str, started_at: datetime, *, ended: bool = False) -> None:
+    conn = session.scalar(sa.select(Connection).where(Connection.name == name))
+    conn.status = "connected" if ended else "disconnected"
+    session.add(
+        Disconnection(
+            connection_id=conn.id,
+            started_at=started_at,
+            reason_code="invalid_grant",
+            ended_at=started_at + timedelta(hours=1) if ended else None,
+        )
+    )
+
+
+@pytest.fixture
+def seeded(relink_app):
+    with relink_app.transaction() as session:
+        demo.seed(session, relink_app.vault, now=NOW - timedelta(days=3))
+        # open for 23 h at the 14:00 run: due
+        break_connection(session, "Finance (MariaDB)", datetime(2026, 1, 9, 13, 0, tzinfo=UTC))
+        # open for 23 h at the run: not yet
+        break_connection(session, demo.REVOKED_OAUTH, datetime(2026, 1, 9, 15, 0, tzinfo=UTC))
+        # closed before the run: never
+        break_connection(session, "Billing API", datetime(2026, 1, 8, 9, 0, tzinfo=UTC), ended=True)
+    return relink_app
+
+
+def test_status_counts_and_emails_due_at_the_next_run(seeded):
+    with seeded.sessions() as session:
+        data = collect(session, NOW)
+    assert data["connections"]["total"] == 5
+    assert data["connections"]["by_status"]["disconnected"] == 2
+    assert data["open_disconnections"] == 2
+    assert data["emails"] == {"next_run": "2026-01-10T14:00:00+00:00", "due": 1}
+    assert data["last_sweep"] is None
+
+
+def test_status_shows_the_last_sweep_and_its_outcome(seeded, settings):
+    with seeded.transaction() as session:
+        record_sweep(
+            session, {"checked": 3, "outcomes": {"ok": 3}}, now=NOW, source="x", outcome="ok"
+        )
+        record_sweep(
+            session,
+            {"checked": 5, "outcomes": {"ok": 3, "auth_failed": 2}, "opened": 2, "closed": 0},
+            now=NOW + timedelta(minutes=15),
+            source="check-connections",
+            outcome="completed",
+        )
+    cli = Cli(settings)
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["last_sweep"]["source"] == "check-connections"
+    assert data["last_sweep"]["summary"]["outcomes"] == {"ok": 3, "auth_failed": 2}
+    text = cli("status")
+    assert text.exit_code == 0, text.output
+    assert "open disconnections: 2" in text.stdout
+    assert "last sweep:" in text.stdout and "check-connections, completed: 5 checked" in text.stdout
+    assert "2 auth_failed" in text.stdout
+
+
+def test_relink_check_records_its_sweep(relink_app, settings):
+    cli = Cli(settings)
+    assert cli("check", "--json").exit_code == 0
+    data = json.loads(cli("status", "--json").stdout)
+    assert data["last_sweep"]["source"] == "relink check"
+    assert data["last_sweep"]["summary"]["checked"] == 0
+    assert data["connections"]["total"] == 0
