@@ -33,6 +33,7 @@ from relink.runner import Supervisor
 from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
+from tests.support.pg import temporary_schema
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
 
@@ -71,17 +72,8 @@ def api(base: str, path: str, body: object | None = None) -> object:
 @pytest.fixture
 def app_db(postgres_url: str) -> Iterator[str]:
     """A fresh schema in the test PostgreSQL, migrated."""
-    schema = f"relink_e2e_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with temporary_schema(postgres_url, prefix="relink_e2e") as url:
+        yield url
 
 
 def phase(started: float, what: str) -> None:

@@ -15,7 +15,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from argon2 import PasswordHasher
 
 from relink import db, passwords
@@ -34,6 +32,7 @@ from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
 from relink.settings import Settings
 from relink.vault import generate_key
+from tests.support.pg import temporary_schema
 
 with warnings.catch_warnings():
     # Starlette asks for httpx2 instead of httpx; both work for the test client.
@@ -76,17 +75,8 @@ def app_database(backend: str, tmp_path: Path, postgres_url: str | None) -> Iter
         yield f"sqlite:///{tmp_path / 'relink.db'}"
         return
     assert postgres_url
-    schema = f"relink_web_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with temporary_schema(postgres_url, prefix="relink_web") as url:
+        yield url
 
 
 def make_relink(database_url: str, data_dir: Path, base_url: str = "http://testserver") -> Relink:
