@@ -224,11 +224,14 @@ class Disconnection(Base):
         # the email rule's due query (relink.notifications.due_query): only the open
         # episodes still waiting for their email. Each predicate is written as that
         # dialect renders `Disconnection.awaiting_email` in the query (SQLite uses a
-        # partial index only when the query's WHERE repeats the index's terms).
+        # partial index only when the query's WHERE repeats the index's terms). The id
+        # is included so that PostgreSQL answers from the index alone (SQLite's indexes
+        # carry the rowid anyway).
         sa.Index(
             "ix_disconnections_due",
             "started_at",
             postgresql_where=sa.text("ended_at IS NULL AND awaiting_email"),
+            postgresql_include=["id"],
             sqlite_where=sa.text("ended_at IS NULL AND awaiting_email = 1"),
         ),
         # at most one open episode per connection
