@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup browser run test bench lint format clean
+.PHONY: setup browser run test soak bench lint format clean
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -37,6 +37,10 @@ test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+## soak: the reliability and security promises with many trials; writes docs/reliability.md
+soak: setup browser
+	RELINK_SOAK=1 $(BIN)/python -m pytest -m promise --reliability-report docs/reliability.md
 
 ## bench: the benchmarks (never part of make test); writes docs/benchmarks.md
 bench: setup

@@ -323,6 +323,10 @@ class Claim:
     disconnection_id: int
 
 
+MARK_TRIES = 3
+"""Transactions recording a result, when the database connection keeps dropping."""
+
+
 class _Lost(Exception):
     """Rolls back a claim or mark that did not apply (and its write of the flag)."""
 
@@ -426,7 +430,31 @@ def mark(
 ) -> bool:
     """Record the end of this run's claim. False when the row is no longer ours (our claim
     outlived its lease and another run marked it unknown): it keeps that state, except
-    that a delivery is always recorded (`sent` is the truth)."""
+    that a delivery is always recorded (`sent` is the truth).
+
+    A database connection dropped under it (a restart, a killed backend) is tried again
+    on a new one (`MARK_TRIES`): giving up would leave an email SendGrid accepted
+    `claimed`, then `unknown`. Trying again is harmless: the UPDATE is fenced by this
+    claim, so after a commit whose reply was lost it matches nothing."""
+    tries = 1
+    while True:
+        try:
+            return _mark_once(app, held, state, now, attempts, message_id, error)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated or tries == MARK_TRIES:
+                raise
+            tries += 1
+
+
+def _mark_once(
+    app: Relink,
+    held: Claim,
+    state: State,
+    now: datetime,
+    attempts: int,
+    message_id: str | None,
+    error: str | None,
+) -> bool:
     delivered = state in (State.SENT, State.OUTBOX)
     allowed = [State.CLAIMED, State.UNKNOWN, State.RELEASED] if delivered else [State.CLAIMED]
     values: dict[str, Any] = {

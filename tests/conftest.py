@@ -20,6 +20,8 @@ from relink.settings import Settings
 from relink.vault import generate_key
 from tests.support.pg import temporary_schema
 
+pytest_plugins = ["tests.support.promises"]
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
@@ -111,8 +113,9 @@ def relink_app(settings: Settings) -> Iterator[Relink]:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """A real, temporary Prefect server for the whole session (6-7 s to start, once)."""
+    """A real, temporary Prefect server for the whole session (6-7 s to start, once;
+    up to a minute on a loaded 2-core machine, hence the wait longer than Prefect's 30 s)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from relink.app import Relink
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection, Notification, Role
+from relink.notify import NOT_YET
 
 # The daily run: 07:00 MST = 14:00 UTC.
 RUN = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
@@ -135,6 +136,24 @@ class World:
             session.add_all(episodes)
             session.flush()
             return [e.id for e in episodes]
+
+    def notified(self, disconnection_id: int, state: str, at: datetime) -> None:
+        """Give a disconnection the notification an earlier run left (`sent`, `unknown`,
+        `released`, ...), with `awaiting_email` in step, as `relink.notifications` writes it."""
+        with self.app.transaction() as session:
+            session.add(
+                Notification(
+                    disconnection_id=disconnection_id,
+                    state=state,
+                    recipients=[OWNER],
+                    attempts=1,
+                    provider_message_id="earlier-run" if state == "sent" else None,
+                    claimed_at=at,
+                    sent_at=at if state == "sent" else None,
+                    updated_at=at,
+                )
+            )
+            session.get(Disconnection, disconnection_id).awaiting_email = state in NOT_YET
 
     def close(self, disconnection_id: int, at: datetime) -> None:
         with self.app.transaction() as session:

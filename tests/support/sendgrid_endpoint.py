@@ -5,8 +5,10 @@ Every body is validated against the vendored official contract (``sendgrid_spec/
 adjusted for the places where real SendGrid and its contract disagree (``KNOWN_GAPS``).
 
 Order of checks for ``POST /v3/mail/send``: auth (401), size (413), JSON + contract (400);
-only a request that passes all three consumes the next scripted response (``script``),
-or gets ``default`` (``Accept()`` unless changed).
+only a request that passes all three consumes the next scripted response: first one
+scripted for its custom args (``script_for``: a per-email fault plan, whatever order
+concurrent senders send in), then the shared queue (``script``), else ``default``
+(``Accept()`` unless changed).
 
 Standalone, for crash tests (prints ``ready <url>`` once listening)::
 
@@ -212,6 +214,15 @@ class AcceptThenHang:
     seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class Held:
+    """Hold the request until ``release_hangs()`` (or ``seconds``), then answer as ``then``:
+    a slow SendGrid, for tests that act while a request is in flight (``waiting``)."""
+
+    then: Response = Accept()
+    seconds: float = 30.0
+
+
 Response = (
     Accept
     | BadRequest
@@ -221,6 +232,7 @@ Response = (
     | ServerError
     | Hang
     | AcceptThenHang
+    | Held
 )
 
 UNAUTHORIZED_BODY = {
@@ -290,6 +302,21 @@ class _Server(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Count the connection as open from the moment it is accepted (``wait_idle``)."""
+        self.endpoint.connection_opened()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.endpoint.connection_closed()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.endpoint.connection_closed()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -344,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
             if errors:
                 self._reject(headers, body, 400, {"errors": errors})
             else:
-                self._answer(endpoint.next_response(), body, headers)
+                self._answer(endpoint.next_response(body), body, headers)
 
     def _reject(
         self, headers: dict[str, str], body: dict[str, Any], status: int, payload: dict[str, Any]
@@ -365,6 +392,9 @@ class _Handler(BaseHTTPRequestHandler):
             case Hang(seconds=seconds):
                 endpoint.record(body, headers, NO_RESPONSE)
                 self._hang(seconds)
+            case Held(then=then, seconds=seconds):
+                endpoint.wait_hang(seconds)
+                self._answer(then, body, headers)
             case _:
                 status, payload, extra = _error_reply(response)
                 endpoint.record(body, headers, status)
@@ -412,8 +442,11 @@ class SendGridEndpoint:
         self.default: Response = Accept()
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
+        self._scripts_for: dict[tuple[str, str], deque[Response]] = {}
         self._requests: list[ReceivedRequest] = []
         self._hangs: set[threading.Event] = set()
+        self._open_connections = 0
+        self._idle = threading.Condition(self._lock)
         self._stopping = False
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -479,16 +512,35 @@ class SendGridEndpoint:
         with self._lock:
             self._script.extend(responses)
 
-    def next_response(self) -> Response:
-        """The next scripted response, else ``default``."""
+    def script_for(self, custom_arg: str, value: str, *responses: Response) -> None:
+        """Queue responses for the next valid requests whose message-level custom arg
+        ``custom_arg`` is ``value`` (one email's fault plan); they come before ``script``."""
         with self._lock:
+            self._scripts_for.setdefault((custom_arg, value), deque()).extend(responses)
+
+    def next_response(self, body: dict[str, Any] | None = None) -> Response:
+        """The next response scripted for one of the body's custom args, else the next of
+        the shared script, else ``default``."""
+        custom_args = (body or {}).get("custom_args")
+        keys = custom_args.items() if isinstance(custom_args, dict) else ()
+        with self._lock:
+            for key in keys:
+                queue = self._scripts_for.get(key)
+                if queue:
+                    return queue.popleft()
             return self._script.popleft() if self._script else self.default
 
+    def clear_scripts(self) -> None:
+        """Drop every scripted response (shared and per custom arg); keep the records."""
+        with self._lock:
+            self._script.clear()
+            self._scripts_for.clear()
+
     def reset(self) -> None:
-        """Forget records and the script, restore ``default = Accept()``, wake hangs."""
+        """Forget records and scripts, restore ``default = Accept()``, wake hangs."""
+        self.clear_scripts()
         with self._lock:
             self._requests.clear()
-            self._script.clear()
             self.default = Accept()
         self.release_hangs()
 
@@ -508,10 +560,42 @@ class SendGridEndpoint:
                 self._hangs.discard(event)
 
     def release_hangs(self) -> None:
-        """Wake every request that is hanging now (they close without a response)."""
+        """Wake every request that is hanging now (they close without a response) or held
+        (they are answered)."""
         with self._lock:
             for event in self._hangs:
                 event.set()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are hanging or held right now."""
+        with self._lock:
+            return len(self._hangs)
+
+    # connections
+
+    def connection_opened(self) -> None:
+        with self._lock:
+            self._open_connections += 1
+
+    def connection_closed(self) -> None:
+        with self._lock:
+            self._open_connections -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no connection is being served: every request accepted so far is
+        recorded. Raises ``TimeoutError``.
+
+        A sender killed mid-request may leave a request that the server reads, and
+        delivers, after the sender died. Connections are accepted in order, so once a
+        later request has been answered, waiting for idle leaves nothing out.
+        """
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._open_connections == 0, timeout):
+                raise TimeoutError(
+                    f"{self._open_connections} connection(s) still open after {timeout} s"
+                )
 
     # records
 
