@@ -16,6 +16,15 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """Whitespace (driver messages span lines) collapsed to single spaces, cut to `limit`.
+
+    Cut after a message is scrubbed of secrets, never before: a secret straddling the
+    cut would leave its first part behind."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class AuthKind(StrEnum):
     PASSWORD = "password"
     OAUTH2 = "oauth2"
@@ -192,6 +201,13 @@ class Connector(abc.ABC):
             "description": self.description,
             "fields": [f.as_dict() for f in self.fields],
         }
+
+    def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
+        """What makes these settings unusable whatever the credentials (a port that is not
+        a number, a URL that is not http(s)), found without asking the source; None when
+        nothing does. Adding a connection refuses such settings: stored, every check of
+        them would end `auth_failed` with `invalid_settings`."""
+        return None
 
     @abc.abstractmethod
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:

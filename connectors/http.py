@@ -63,7 +63,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable
+from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable, one_line
 
 INVALID_SETTINGS = "invalid_settings"
 INVALID_QUERY = "invalid_query"
@@ -129,6 +129,20 @@ def where(url: str | httpx.URL) -> str:
     return f"{host}:{port}" if port and port != default else host
 
 
+def url_problem(name: str, value: object) -> str | None:
+    """Why the setting `name` is not an http(s) URL with a host and a usable port, or None."""
+    text = "" if value is None else str(value).strip()
+    try:
+        url = httpx.URL(text)
+        usable = url.scheme in ("http", "https") and bool(url.host)
+        usable = usable and (url.port is None or 1 <= url.port <= 65535)
+    except (httpx.InvalidURL, ValueError):
+        usable = False
+    if usable:
+        return None
+    return f"{name} must be an http(s) URL such as https://api.example.com, got {text[:60]!r}"
+
+
 def network_error(code: str, where: str, detail: str | None = None) -> Unreachable:
     return Unreachable(code, f"{where}: {detail or NETWORK_MEANINGS[code]}")
 
@@ -146,6 +160,9 @@ def classify_exception(exc: BaseException, where: str) -> CheckError:
     """Pure: an httpx exception (or a builtin network error) -> AuthFailed / Unreachable."""
     if isinstance(exc, CheckError):
         return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        # anyio's connect raises a group (e.g. OverflowError for port 99999)
+        return classify_exception(exc.exceptions[0], where)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return network_error("timeout", where)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
@@ -210,11 +227,6 @@ def json_or_none(response: httpx.Response) -> Any:
         return None
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
     """Replace every (non-trivial) secret value by ***."""
     for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
@@ -225,7 +237,7 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
 def safe_error(err: CheckError, secrets: Iterable[str | None]) -> CheckError:
     """The same error with a one-line, scrubbed message (and code)."""
     secrets = list(secrets)
-    message = scrub(one_line(err.message), secrets)
+    message = one_line(scrub(err.message, secrets))
     code = scrub(err.code, secrets)
     if message == err.message and code == err.code:
         return err
@@ -349,5 +361,6 @@ __all__ = [
     "safe_error",
     "scrub",
     "tls_context",
+    "url_problem",
     "where",
 ]

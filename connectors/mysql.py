@@ -34,13 +34,13 @@ from connectors.base import (
     CheckError,
     Field,
     Unreachable,
+    one_line,
 )
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
     SqlTarget,
     classify_os_error,
-    one_line,
     unexpected,
     unwrap,
 )

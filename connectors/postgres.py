@@ -41,6 +41,7 @@ from connectors.base import (
     CheckError,
     Field,
     Unreachable,
+    one_line,
 )
 from connectors.registry import register
 from connectors.sql import (
@@ -48,7 +49,6 @@ from connectors.sql import (
     SqlTarget,
     classify_os_error,
     network_error,
-    one_line,
     unexpected,
     unwrap,
     whole_seconds,

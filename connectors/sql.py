@@ -10,7 +10,11 @@ This module does the rest, the same way for both:
 * the URL is built with `URL.create`, never by formatting a string, so a password
   such as ``p@ss:w/rd%!`` works and is never rendered anywhere;
 * one engine per check with `NullPool` (no connection outlives the check), disposed
-  afterwards; the blocking driver work runs in a thread (`asyncio.to_thread`);
+  afterwards; the blocking driver work runs in a thread of this module's own pool
+  (`DRIVER_THREADS`), not the event loop's default executor: that one has
+  min(32, CPUs + 4) threads (6 on a 2-core worker) and is shared with the sweep's own
+  database work, so checks waiting on a dead host's connect timeout would queue every
+  other database check behind them, past the backstop, into false timeouts;
 * validate = connect + ``SELECT 1``; fetch = the dataset's query, returned as
   `FetchResult(columns, rows)`;
 * every message that leaves this module is one line, names the server but never the
@@ -29,10 +33,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import math
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,11 +55,15 @@ from connectors.base import (
     Connector,
     FetchResult,
     Unreachable,
+    one_line,
 )
 
 T = TypeVar("T")
 
 INVALID_SETTINGS = "invalid_settings"
+# Threads for blocking driver work: wider than the checks a sweep has in flight at once
+# (`CheckPolicy.concurrency`), so a check never waits for a thread; made as needed.
+DRIVER_THREADS = 256
 # The backstop around the driver's own timeouts (see the module docstring).
 BACKSTOP_FACTOR = 3.0
 BACKSTOP_MIN_SECONDS = 5.0
@@ -129,12 +139,6 @@ def parse_target(
 
     password = (conn.credentials or {}).get("password") or ""
     return SqlTarget(host, port, database, username, str(password), sslmode)
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """Collapse whitespace (driver messages span lines) and cap the length."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def scrub(text: str, secret: str) -> str:
@@ -233,6 +237,13 @@ class SqlConnector(Connector):
     def where(self, target: SqlTarget) -> str:
         return f"{self.display_name} at {target.where}"
 
+    def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
+        try:
+            self.target(ConnectionSpec(0, self.type, settings, {}))
+        except AuthFailed as err:
+            return err.message
+        return None
+
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
         try:
             await self._run(conn, ctx, _select_one)
@@ -263,9 +274,10 @@ class SqlConnector(Connector):
         where = self.where(target)
         timeout = max(float(ctx.timeout), 0.5)
         backstop = max(timeout * BACKSTOP_FACTOR, BACKSTOP_MIN_SECONDS)
+        blocking = functools.partial(self._blocking, target, where, timeout, work)
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._blocking, target, where, timeout, work), backstop
+                asyncio.get_running_loop().run_in_executor(_driver_threads(), blocking), backstop
             )
         except CheckError as err:
             # `from None`: the driver's exception (host, user, SQL) stays out of tracebacks
@@ -298,10 +310,15 @@ class SqlConnector(Connector):
     @staticmethod
     def _safe(err: CheckError, target: SqlTarget) -> CheckError:
         """One line, password scrubbed: the last word on every message we report."""
-        message = scrub(one_line(err.message), target.password)
+        message = one_line(scrub(err.message, target.password))
         if message == err.message:
             return err
         return type(err)(err.code, message)
+
+
+@functools.cache
+def _driver_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(DRIVER_THREADS, thread_name_prefix="relink-sql")
 
 
 def _select_one(connection: Connection) -> None:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from connectors.base import one_line
 from relink.notify import EMAIL_TIME_ZONE
 from relink.timeutil import as_utc
 
@@ -51,12 +52,6 @@ def format_local(moment: datetime, zone: str = EMAIL_TIME_ZONE) -> str:
 
 def connection_url(base_url: str, connection_id: int) -> str:
     return f"{base_url.rstrip('/')}/connections/{connection_id}"
-
-
-def one_line(value: str, limit: int = 200) -> str:
-    """Whitespace (newlines included) collapsed to single spaces, cut to `limit`."""
-    flat = " ".join(value.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @cache

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import urllib.error
 from dataclasses import dataclass, field
@@ -47,6 +48,17 @@ from relink.models import NotificationState
 from relink.settings import Settings
 
 SENDER_NAME = "Relink"
+
+
+class _WithoutRequestHeaders(logging.Filter):
+    """The SDK's HTTP client logs each request's headers at DEBUG, our API key among them
+    (`Authorization: Bearer ...`): that line never reaches a handler; the others do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("HEADERS:")
+
+
+logging.getLogger("python_http_client.client").addFilter(_WithoutRequestHeaders())
 
 
 @dataclass(frozen=True, slots=True)

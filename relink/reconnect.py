@@ -13,8 +13,9 @@ What a reconnect does:
    (`access.can_reconnect`). Someone who cannot see the connection gets NotFound (no
    hint it exists); someone who can see but not reconnect gets PermissionDenied.
 2. The new credentials are validated with the connector (no token store: nothing is
-   persisted by the validation). Refused -> `CredentialsRefused`; the source could
-   not be asked -> `SourceUnreachable`. Either way nothing changes.
+   persisted by the validation, so an OAuth token that has not expired is not
+   refreshed: that would spend the new refresh token). Refused -> `CredentialsRefused`;
+   the source could not be asked -> `SourceUnreachable`. Either way nothing changes.
 3. One transaction: the check's state rules record an `ok` outcome
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
    open Disconnection closed, `connection.status_changed`), the credentials are
@@ -64,7 +65,7 @@ from relink.app import Relink
 from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
 from relink.connections import check_fields, get_visible, ref_of
 from relink.directory import get_user, viewer_of
-from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError
+from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import Connection, Dataset, OAuthState, Status, User
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
 from relink.timeutil import utcnow
@@ -270,9 +271,12 @@ async def _validate(
     spec = ConnectionSpec(
         target.connection_id, target.type, target.settings, credentials, target.version
     )
-    make_ctx = make_context_factory(
-        app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
-    )
+    # No refresh ahead of expiry (window 0): the validation stores nothing, so a refresh
+    # here would spend the new refresh token (providers rotate it) and the spent one would
+    # be stored, or validated again after a version conflict and refused. A token set
+    # fresh from the provider is checked as it is, even one that lives only a minute.
+    policy = CheckPolicy(timeout=app.settings.check_timeout, refresh_window=0.0)
+    make_ctx = make_context_factory(app, policy, now=now, token_store=None)
     try:
         result = await connector.validate(spec, make_ctx())
     except Exception as exc:  # noqa: BLE001 - a broken connector is reported, never a traceback
@@ -549,8 +553,24 @@ def _claim(
         )
         if claimed.rowcount != 1:  # another callback claimed it between our read and update
             raise OAuthStateRefused(f"this sign-in was already used; {restart}", reason="replayed")
-        verifier = app.vault.decrypt(row.code_verifier, connection=str(row.connection_id))
-        return _Claimed(row.connection_id, row.redirect_uri, verifier["code_verifier"])
+        return _Claimed(row.connection_id, row.redirect_uri, _code_verifier(app, row, restart))
+
+
+def _code_verifier(app: Relink, row: OAuthState, restart: str) -> str:
+    """The stored PKCE verifier; a lost or undecryptable one (a key dropped without
+    `relink keys rotate`) refuses the state: without it no provider gives tokens."""
+    try:
+        stored = app.vault.decrypt(row.code_verifier, connection=str(row.connection_id))
+    except VaultError:
+        stored = {}
+    verifier = stored.get("code_verifier")
+    if not verifier:
+        raise OAuthStateRefused(
+            "the PKCE code verifier of this sign-in is missing or does not decrypt with the "
+            f"configured keys; {restart}",
+            reason="no_verifier",
+        )
+    return verifier
 
 
 async def finish_oauth(

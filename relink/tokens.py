@@ -20,6 +20,10 @@ set must reach the database, and two runs must never both spend the same refresh
    between) and the stored credentials are still the ones we refreshed from (a status
    update, say), the write is retried on the new version; when the credentials changed
    too (another run or a reconnect stored a set), the stored set wins and is returned.
+   When the database drops the session between the grant and the write (a restart, a
+   failover), the write is made again through a new session, under the same version
+   check: the provider has rotated the refresh token already, and the answer in hand is
+   the only copy of the new one.
 
 Blocking database work runs in worker threads (`asyncio.to_thread`); a `Connection` is
 used by one thread at a time, step after step. Every step is shielded from cancellation
@@ -224,6 +228,31 @@ class DbTokenStore:
                     conn.rollback()
                     raise
 
+            try:
+                return await db.run(write)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+        finally:
+            await db.close()
+        return await self._write_again(spec.id, stored, fresh, version)
+
+    async def _write_again(
+        self, connection_id: int, base: Mapping[str, str], fresh: Mapping[str, str], version: int
+    ) -> tuple[Credentials, int]:
+        """The database dropped our session (a restart, a failover) after the provider had
+        rotated the refresh token: `fresh` holds the only copy of the new one, so it is
+        written through a new session, under the same version check."""
+        log.warning(
+            "connection %s: database session lost; storing the rotated tokens again", connection_id
+        )
+
+        def write(conn: sa.Connection) -> tuple[Credentials, int]:
+            with conn.begin():
+                return self._write(conn, connection_id, base, fresh, version)
+
+        db = _ThreadedConnection(self.app.engine)
+        try:
             return await db.run(write)
         finally:
             await db.close()

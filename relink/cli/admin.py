@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from relink.cli._common import (
     transaction,
 )
 from relink.directory import add_account, add_user
-from relink.models import Account, Connection, Role, User
+from relink.models import Account, Connection, OAuthState, Role, User
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key, prepend_key_file
 
@@ -80,8 +81,10 @@ def keys_generate() -> None:
 def keys_rotate() -> None:
     """Re-encrypt every connection's credentials under the newest key, in one transaction.
 
-    With RELINK_SECRET_KEYS, the newest key is the first one listed. With the key
-    file of the embedded default, a new key is generated and put first.
+    Pending OAuth sign-ins (their PKCE verifiers) are re-encrypted too: once this
+    succeeds, nothing still read needs the older keys. With RELINK_SECRET_KEYS, the
+    newest key is the first one listed. With the key file of the embedded default, a
+    new key is generated and put first.
     """
     relink = app()
     relink.ensure_schema()
@@ -97,12 +100,25 @@ def keys_rotate() -> None:
         for conn in session.scalars(sa.select(Connection).order_by(Connection.id)):
             conn.credentials = vault.rotate(conn.credentials, connection=_label(conn))
             count += 1
+        for state in session.scalars(_pending_sign_ins(now)):
+            label = f"{state.connection_id} (a pending OAuth sign-in)"
+            state.code_verifier = vault.rotate(state.code_verifier, connection=label)
         audit.record(session, "keys.rotated", at=now, connections=count)
     console.print(f"re-encrypted the credentials of {count} connection(s) under the newest key")
 
 
 def _label(conn: Connection) -> str:
     return f"{conn.id} ({conn.name!r})"
+
+
+def _pending_sign_ins(now: datetime) -> sa.Select[tuple[OAuthState]]:
+    """OAuth sign-ins that may still finish; used or expired ones are never decrypted
+    again (and are purged a day later), whatever key they were written under."""
+    return (
+        sa.select(OAuthState)
+        .where(OAuthState.used_at.is_(None), OAuthState.expires_at > now)
+        .order_by(OAuthState.id)
+    )
 
 
 @accounts_app.command("add")

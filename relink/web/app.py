@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relink.app import Relink
-from relink.errors import NotFound, PermissionDenied
+from relink.errors import NotFound, PermissionDenied, VaultError
 from relink.web import api, docs, pages, views
 from relink.web.guards import BadRequest, CsrfFailed, LoginRequired
 from relink.web.sessions import COOKIE_NAME, SessionCodec, WebSession, session_secret
@@ -60,6 +60,7 @@ def create_app(relink: Relink) -> FastAPI:
     app.add_exception_handler(PermissionDenied, _forbidden)
     app.add_exception_handler(CsrfFailed, _csrf_failed)
     app.add_exception_handler(BadRequest, _bad_request)
+    app.add_exception_handler(VaultError, _vault_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
@@ -185,6 +186,12 @@ async def _csrf_failed(request: Request, exc: Exception) -> Response:
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
     return _error(request, 400, "Cannot continue", str(exc))
+
+
+async def _vault_error(request: Request, exc: Exception) -> Response:
+    # The installation's keys, not the visitor's doing; the message names the connection,
+    # never a key or ciphertext (relink.vault).
+    return _error(request, 500, "Credentials unreadable", str(exc))
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:

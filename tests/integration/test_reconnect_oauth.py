@@ -26,6 +26,7 @@ from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, OAuthState
 from relink.reconnect import OAuthStateRefused, finish_oauth, start_oauth
 from relink.sandbox import SandboxProvider, SandboxServer
+from tests.support import web
 from tests.support.reconnect import (
     ADMIN,
     FAST_CHECKS,
@@ -108,14 +109,9 @@ def crm(relink_app, sandbox):
 
 def consent(authorization_url: str) -> tuple[str, str]:
     """What a person does in the browser: open the URL, allow; returns (state, code)."""
-    with httpx.Client(timeout=5) as browser:
-        page = browser.get(authorization_url)
-        assert page.status_code == 200 and 'id="allow"' in page.text
-        answer = browser.post(authorization_url, data={"username": "carol", "decision": "allow"})
-    assert answer.status_code == 302, answer.text
-    redirect = httpx.URL(answer.headers["location"])
-    assert str(redirect).startswith(REDIRECT_URI)
-    return redirect.params["state"], redirect.params["code"]
+    assert 'id="allow"' in httpx.get(authorization_url, timeout=5).text
+    answer = web.consent(authorization_url, username="carol")
+    return answer["state"], answer["code"]
 
 
 def test_a_revoked_connection_is_reconnected_through_the_authorization_code_flow(relink_app, crm):

@@ -7,22 +7,28 @@ The layout ("Acme" and "Other Co"):
     shared    sam@acme.test     member, "Owned DB" is shared with them
     member    mia@acme.test     member of Acme, sees neither
     outsider  oscar@other.test  admin of Other Co, owns "Other DB"
+
+`add_oauth_connection` adds an OAuth 2.0 connection of the owner's (on the sandbox
+provider), and `start_reconnect` / `consent` walk through the provider's consent page.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import socket
 import threading
 import time
+import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from argon2 import PasswordHasher
 
 from relink import db, passwords
@@ -30,8 +36,11 @@ from relink.app import Relink
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
+from relink.models import User
+from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
+from tests.integration.oauth_fixtures import OAuthClient, issue, oauth_settings
 from tests.support.pg import temporary_schema
 
 with warnings.catch_warnings():
@@ -54,6 +63,7 @@ EMAILS = {
 OLD_DB_PASSWORD = "the-old-db-password"
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+ERROR_MESSAGE_RE = re.compile(r'<p id="error-message">(.*?)</p>', re.DOTALL)
 
 
 @dataclass
@@ -182,6 +192,68 @@ def add_items_dataset(relink: Relink, connection_id: int, schema: str) -> int:
         return ds.id
 
 
+def register_oauth_client(relink: Relink, provider: SandboxProvider) -> OAuthClient:
+    """A confidential client of the sandbox provider that redirects to this app's callback."""
+    client = OAuthClient(f"client-{uuid.uuid4().hex[:10]}", f"secret-{uuid.uuid4().hex}")
+    callback = relink.settings.base_url.rstrip("/") + "/oauth/callback"
+    provider.register_client(client.client_id, client.client_secret, [callback])
+    return client
+
+
+def add_oauth_connection(
+    relink: Relink,
+    world: World,
+    sandbox: SandboxServer,
+    client: OAuthClient,
+    *,
+    name: str,
+    shared_with: str | None = "shared",
+) -> int:
+    """An OAuth 2.0 connection of the owner's on the sandbox provider, with a fresh token
+    set, shared with `shared_with`; its id is put in `world.ids`."""
+    with relink.transaction() as s:
+        conn = add_connection(
+            s,
+            relink.vault,
+            NewConnection(
+                type="oauth2",
+                name=name,
+                owner=EMAILS["owner"],
+                settings=oauth_settings(sandbox.url, client.client_id),
+                secrets=issue(sandbox.provider, client, T0),
+            ),
+            now=T0,
+        )
+        if shared_with:
+            owner = s.get(User, world.users["owner"])
+            assert owner is not None
+            share(s, conn.id, with_email=EMAILS[shared_with], actor=owner, now=T0)
+        world.ids[name] = conn.id
+        return conn.id
+
+
+@contextmanager
+def oauth_world(
+    backend: str,
+    tmp_path: Path,
+    postgres_url: str | None,
+    sandbox: SandboxServer,
+    oauth_names: Iterable[str],
+) -> Iterator[World]:
+    """The layout above on a new app database, plus OAuth connections of the owner's on
+    the sandbox provider (shared with `shared`), one per name in `oauth_names`."""
+    with app_database(backend, tmp_path, postgres_url) as url:
+        relink = make_relink(url, tmp_path / "data")
+        try:
+            world = build_world(relink)
+            client = register_oauth_client(relink, sandbox.provider)
+            for name in oauth_names:
+                add_oauth_connection(relink, world, sandbox, client, name=name)
+            yield world
+        finally:
+            relink.close()
+
+
 # --- clients ------------------------------------------------------------------------------
 
 
@@ -191,6 +263,13 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+def error_message(page: str) -> str:
+    """The reason an error page gives, as the visitor reads it."""
+    found = ERROR_MESSAGE_RE.search(page)
+    assert found, "the page gives no reason"
+    return html.unescape(found.group(1)).strip()
+
+
 def client_for(app: Any, who: str) -> TestClient:
     """A client signed in through the sign-in form (or not at all, for "anonymous")."""
     client = TestClient(app, follow_redirects=False)
@@ -198,6 +277,13 @@ def client_for(app: Any, who: str) -> TestClient:
         return client
     sign_in(client, EMAILS[who])
     return client
+
+
+@contextmanager
+def open_clients(app: Any, visitors: Iterable[str] = WHO) -> Iterator[dict[str, TestClient]]:
+    """A signed-in client per visitor, kept open: one event loop a client, not one a request."""
+    with ExitStack() as stack:
+        yield {who: stack.enter_context(client_for(app, who)) for who in visitors}
 
 
 def sign_in(client: TestClient, email: str, password: str = PASSWORD, next_: str = "") -> Any:
@@ -218,6 +304,31 @@ def sign_in(client: TestClient, email: str, password: str = PASSWORD, next_: str
 def page_csrf(client: TestClient) -> str:
     """The CSRF token of the client's session, read off a page."""
     return csrf_of(client.get("/connectors").text)
+
+
+# --- reconnecting through an OAuth provider's consent page --------------------------------
+
+
+def start_reconnect(client: TestClient, connection_id: int) -> str:
+    """Press the reconnect button of an OAuth connection: the provider's consent URL."""
+    page = client.get(f"/connections/{connection_id}/reconnect")
+    assert page.status_code == 200, page.status_code
+    response = client.post(
+        f"/connections/{connection_id}/reconnect", data={"csrf_token": csrf_of(page.text)}
+    )
+    assert response.status_code == 303, response.text[:500]
+    return response.headers["location"]
+
+
+def consent(
+    authorization_url: str, *, allow: bool = True, username: str = "demo"
+) -> dict[str, str]:
+    """What the person does on the provider's consent page (allow or deny): the query the
+    provider redirects back to the callback with."""
+    decision = {"username": username, "decision": "allow" if allow else "deny"}
+    answer = httpx.post(authorization_url, data=decision, timeout=5)
+    assert answer.status_code == 302, answer.text[:500]
+    return dict(httpx.URL(answer.headers["location"]).params)
 
 
 # --- a served app (uvicorn in a thread) ---------------------------------------------------

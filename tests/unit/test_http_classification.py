@@ -163,6 +163,13 @@ def test_messages_are_scrubbed_and_one_line():
     assert scrub("short ab", ["ab"]) == "short ab"  # too short to be a secret worth scrubbing
 
 
+def test_a_secret_at_the_length_cut_leaves_no_part_behind():
+    secret = "S3cr3t-" + "k" * 20
+    error = safe_error(Unreachable("x", "a" * 280 + secret + " and more"), [secret])
+    assert "S3cr3t" not in error.message
+    assert error.message.endswith("*** and more")
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
