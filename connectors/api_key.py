@@ -16,7 +16,9 @@ The key never appears in a message: every message is scrubbed before it leaves.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -41,6 +43,7 @@ from connectors.http import (
     resolve_url,
     safe_error,
     tls_context,
+    url_problem,
     where,
 )
 from connectors.registry import register
@@ -93,6 +96,13 @@ class ApiKeyConnector(Connector):
         except CheckError as err:
             raise safe_error(err, [key]) from None
 
+    def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
+        try:
+            _endpoint(settings)
+        except AuthFailed as err:
+            return err.message
+        return url_problem("base_url", settings.get("base_url"))
+
 
 # RFC 9110 token characters: what a header name may be made of.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -115,8 +125,8 @@ def _key(conn: ConnectionSpec) -> str:
     return str((conn.credentials or {}).get("api_key") or "")
 
 
-def _target(conn: ConnectionSpec) -> _Target:
-    settings = conn.settings or {}
+def _endpoint(settings: Mapping[str, Any]) -> tuple[str, str, str]:
+    """base_url, probe_path and header from the settings (AuthFailed when unusable)."""
 
     def text(name: str, default: str = "") -> str:
         value = settings.get(name)
@@ -128,12 +138,17 @@ def _target(conn: ConnectionSpec) -> _Target:
     header = text("header", "Authorization")
     if not _HEADER_NAME.match(header):
         raise AuthFailed(INVALID_SETTINGS, f"header {header[:40]!r} is not a valid header name")
+    return base_url, text("probe_path", "/me"), header
+
+
+def _target(conn: ConnectionSpec) -> _Target:
+    base_url, probe_path, header = _endpoint(conn.settings or {})
     key = _key(conn).strip()
     if not key:
         raise AuthFailed(INVALID_SETTINGS, "the connection has no API key; reconnect it")
     if any(c in key for c in "\r\n\0"):
         raise AuthFailed(INVALID_SETTINGS, "the API key holds a line break; reconnect it")
-    return _Target(base_url, text("probe_path", "/me"), header, key)
+    return _Target(base_url, probe_path, header, key)
 
 
 async def _get(target: _Target, url: str, ctx: CheckContext) -> httpx.Response:
@@ -144,7 +159,7 @@ async def _get(target: _Target, url: str, ctx: CheckContext) -> httpx.Response:
             timeout=httpx.Timeout(ctx.timeout), verify=tls_context()
         ) as client:
             response = await client.get(url, headers=target.headers)
-    except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - validate never raises: unknown errors by class
         raise classify_exception(exc, at) from None
     problem = classify_status(response.status_code, at)
     if problem is not None:

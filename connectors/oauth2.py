@@ -121,6 +121,7 @@ from connectors.http import (
     safe_code,
     safe_error,
     tls_context,
+    url_problem,
     where,
 )
 from connectors.registry import register
@@ -192,6 +193,14 @@ TOKEN_FIELDS = (
 )
 
 AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+URL_SETTINGS = (
+    "authorize_url",
+    "token_url",
+    "introspection_url",
+    "revocation_url",
+    "probe_url",
+    "api_base_url",
+)
 # Token endpoint errors that prove the grant (or the client) is no longer accepted.
 GRANT_REFUSED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 # Verification answers after which one refresh is worth a try.
@@ -248,6 +257,15 @@ def _text(value: Any) -> str | None:
         value = value.get_secret_value()
     text = str(value).strip()
     return text or None
+
+
+def _auth_method_problem(method: str | None) -> str | None:
+    if method is None or method in AUTH_METHODS:
+        return None
+    return (
+        f"token_endpoint_auth_method must be one of {', '.join(sorted(AUTH_METHODS))}, "
+        f"got {method[:40]!r}"
+    )
 
 
 def _entry(mapping: Any, name: str) -> Any:
@@ -332,7 +350,7 @@ async def _http(call: Awaitable[Any], at: str, timeout: float, action: str = "th
     except httpx.HTTPStatusError as exc:  # Authlib: a 5xx or a non-JSON error answer
         status = exc.response.status_code
         raise (classify_status(status, at) or Unreachable(f"http_{status}", at)) from None
-    except (httpx.HTTPError, httpx.InvalidURL, OSError, TimeoutError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - validate never raises: unknown errors by class
         raise classify_exception(exc, at) from None
 
 
@@ -602,6 +620,11 @@ class OAuth2Connector(Connector):
 
     # -- configuration --
 
+    def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
+        problem = _auth_method_problem(_text(settings.get("token_endpoint_auth_method")))
+        urls = (url_problem(n, settings[n]) for n in URL_SETTINGS if _text(settings.get(n)))
+        return problem or next((p for p in urls if p), None)
+
     def plan(
         self, settings: Mapping[str, Any], credentials: Mapping[str, str], ctx: CheckContext
     ) -> OAuthPlan:
@@ -615,12 +638,9 @@ class OAuth2Connector(Connector):
             "token_endpoint_auth_method",
             d.token_endpoint_auth_method if d else "client_secret_basic",
         )
-        if method not in AUTH_METHODS:
-            raise AuthFailed(
-                INVALID_SETTINGS,
-                f"token_endpoint_auth_method must be one of {', '.join(sorted(AUTH_METHODS))}, "
-                f"got {str(method)[:40]!r}",
-            )
+        problem = _auth_method_problem(method)
+        if problem:
+            raise AuthFailed(INVALID_SETTINGS, problem)
         app = _entry(ctx.app_settings.get("oauth") or {}, self.provider) or {}
         return OAuthPlan(
             provider=self.provider,

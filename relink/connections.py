@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,9 @@ def check_fields(
     return clean_settings, {k: v for k, v in secrets.items() if v}
 
 
+NAME_LENGTH = Connection.__table__.c.name.type.length  # what PostgreSQL would refuse
+
+
 def add_connection(
     session: Session, vault: Vault, new: NewConnection, *, now: datetime, actor: User | None = None
 ) -> Connection:
@@ -82,7 +86,16 @@ def add_connection(
     name = new.name.strip()
     if not name:
         raise InvalidInput("a connection needs a name (--name)")
+    if len(name) > NAME_LENGTH or any(unicodedata.category(c) == "Cc" for c in name):
+        shown = name[:40] + ("…" if len(name) > 40 else "")
+        raise InvalidInput(
+            f"a connection name is one line of at most {NAME_LENGTH} characters, "
+            f"without control characters; got {shown!r}"
+        )
     settings, secrets = check_fields(connector, new.settings, new.secrets)
+    problem = connector.settings_problem(settings)
+    if problem:
+        raise InvalidInput(f"{connector.type}: {problem}")
     owner = get_user(session, new.owner)
     taken = sa.select(Connection.id).where(
         Connection.account_id == owner.account_id, Connection.name == name
@@ -152,7 +165,7 @@ def parse_import(text: str, env: Mapping[str, str], *, source: str) -> list[NewC
         parsed = _ImportFile.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
+        path = ".".join(_key_text(p) for p in first["loc"])
         hint = " (secrets must be written as {env: VARIABLE})" if "secrets" in path else ""
         raise InvalidInput(f"{source}: {path}: {first['msg']}{hint}") from None
     result = []
@@ -176,6 +189,12 @@ def parse_import(text: str, env: Mapping[str, str], *, source: str) -> list[NewC
             )
         )
     return result
+
+
+def _key_text(key: int | str) -> str:
+    """A key of the file as the message shows it: quoted unless a plain name (it may hold
+    a line break, which would split the one-line error)."""
+    return key if isinstance(key, str) and key.isidentifier() else repr(key)
 
 
 def import_connections(

@@ -81,6 +81,11 @@ NAMING = {
 }
 
 
+# Every id is a positive 64-bit integer; a larger number names no row, and SQLite cannot
+# even be asked about it (OverflowError), so the CLI and the web refuse it up front.
+MAX_ID = 2**63 - 1
+
+
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 
+from relink.app import Relink
 from relink.checks import CheckPolicy, sweep
-from relink.cli._common import app, console, handle_errors, print_json, print_table
+from relink.cli._common import app, console, fail, handle_errors, print_json, print_table
+from relink.models import MAX_ID, Connection
 from relink.sweeps import record_sweep
 from relink.timeutil import utcnow
 
@@ -21,7 +25,9 @@ def register(root: typer.Typer) -> None:
 def check(
     connection: Annotated[
         list[int] | None,
-        typer.Option("--connection", help="Only this connection id (repeatable)."),
+        typer.Option(
+            "--connection", min=1, max=MAX_ID, help="Only this connection id (repeatable)."
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Checks in flight at once.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -30,6 +36,8 @@ def check(
     flow's sweep, run here without Prefect)."""
     relink = app()
     relink.ensure_schema()
+    if connection:
+        _require_connections(relink, connection)
     policy = CheckPolicy(concurrency=concurrency, timeout=relink.settings.check_timeout)
     summary = asyncio.run(sweep(relink, now=utcnow(), policy=policy, connection_ids=connection))
     with relink.transaction() as session:
@@ -56,3 +64,13 @@ def check(
     )
     for incident in summary.incidents:
         console.print(f"provider incident: {incident.describe()}", style="bold red")
+
+
+def _require_connections(relink: Relink, ids: Sequence[int]) -> None:
+    """A mistyped id is an error, not a sweep of nothing recorded as done."""
+    with relink.sessions() as session:
+        found = set(session.scalars(sa.select(Connection.id).where(Connection.id.in_(ids))))
+    missing = sorted(set(ids) - found)
+    if missing:
+        names = ", ".join(map(str, missing))
+        raise fail(f"unknown connection {names}; see `relink connections list`")

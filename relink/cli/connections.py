@@ -23,7 +23,7 @@ from relink.cli._common import (
 )
 from relink.datasets import add_dataset, add_metric
 from relink.directory import get_user, viewer_of
-from relink.models import Mode, Status
+from relink.models import MAX_ID, Mode, Status
 from relink.timeutil import utcnow
 
 connections_app = typer.Typer(help="Data connections.", no_args_is_help=True)
@@ -111,9 +111,11 @@ def connections_import(
 ) -> None:
     """Add many connections at once, all or nothing."""
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise fail(f"{file}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"{file}: not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
     items = svc.parse_import(text, os.environ, source=str(file))
     relink = app()
     with transaction() as session:
@@ -160,7 +162,7 @@ def connections_list(
 @connections_app.command("show")
 @handle_errors
 def connections_show(
-    connection_id: Annotated[int, typer.Argument(metavar="ID")],
+    connection_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)],
     as_: AsOpt,
     as_json: JsonOpt = False,
 ) -> None:
@@ -204,7 +206,7 @@ def connections_show(
 @connections_app.command("share")
 @handle_errors
 def connections_share(
-    connection_id: Annotated[int, typer.Argument(metavar="ID")],
+    connection_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)],
     with_: Annotated[str, typer.Option("--with", help="Email of the user to share with.")],
     as_: AsOpt,
 ) -> None:
@@ -218,7 +220,9 @@ def connections_share(
 @datasets_app.command("add")
 @handle_errors
 def datasets_add(
-    connection: Annotated[int, typer.Option("--connection", help="Connection id.")],
+    connection: Annotated[
+        int, typer.Option("--connection", min=1, max=MAX_ID, help="Connection id.")
+    ],
     name: Annotated[str, typer.Option("--name", help="Dataset name.")],
     query: Annotated[str, typer.Option("--query", help="SQL, or an API path for HTTP sources.")],
 ) -> None:
@@ -232,7 +236,10 @@ def datasets_add(
 @handle_errors
 def metrics_add(
     name: Annotated[str, typer.Option("--name", help="Metric name.")],
-    dataset: Annotated[list[int], typer.Option("--dataset", help="Dataset id (repeatable).")],
+    dataset: Annotated[
+        list[int],
+        typer.Option("--dataset", min=1, max=MAX_ID, help="Dataset id (repeatable)."),
+    ],
 ) -> None:
     """Add a metric over one or more datasets."""
     with transaction() as session:

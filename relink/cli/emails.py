@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -21,7 +21,7 @@ from relink.directory import get_user
 from relink.emails import format_local
 from relink.errors import PermissionDenied
 from relink.mailer import OutboxMailer, mailer_for, outbox_folder
-from relink.models import NotificationState, Role
+from relink.models import MAX_ID, NotificationState, Role
 from relink.notifications import (
     get_notification,
     list_notifications,
@@ -44,15 +44,23 @@ def register(root: typer.Typer) -> None:
     root.add_typer(outbox_app, name="outbox")
 
 
+# The rule looks a few days around --as-of: keep clear of the calendar's ends.
+EARLIEST_AS_OF = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AS_OF = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def parse_as_of(value: str) -> datetime:
     """An ISO 8601 time; without an offset it is taken as UTC."""
     try:
-        return as_utc(datetime.fromisoformat(value.strip()))
-    except ValueError:
+        moment = as_utc(datetime.fromisoformat(value.strip()))
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00 in UTC
+        moment = None
+    if moment is None or not EARLIEST_AS_OF <= moment < LATEST_AS_OF:
         raise fail(
-            f"--as-of {value!r} is not an ISO 8601 time; use e.g. 2026-03-02T07:00-07:00 "
-            "or 2026-03-02T14:00Z"
-        ) from None
+            f"--as-of {value!r} is not an ISO 8601 time from 1970 to 9998; use e.g. "
+            "2026-03-02T07:00-07:00 or 2026-03-02T14:00Z"
+        )
+    return moment
 
 
 @handle_errors
@@ -175,7 +183,9 @@ def outbox_list(
 
 @outbox_app.command("show")
 @handle_errors
-def outbox_show(notification_id: Annotated[int, typer.Argument(help="Notification id.")]) -> None:
+def outbox_show(
+    notification_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Notification id.")],
+) -> None:
     """Print one email: the .eml file for the outbox, the record for the others."""
     relink = app()
     with transaction() as session:
@@ -203,7 +213,7 @@ def outbox_show(notification_id: Annotated[int, typer.Argument(help="Notificatio
 @outbox_app.command("release")
 @handle_errors
 def outbox_release(
-    notification_id: Annotated[int, typer.Argument(help="Notification id.")],
+    notification_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Notification id.")],
     as_user: Annotated[
         str | None,
         typer.Option("--as", help="The admin deciding (recorded in the audit trail)."),

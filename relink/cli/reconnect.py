@@ -28,7 +28,7 @@ from relink.cli._common import (
 )
 from relink.connections import get_visible, visible_filter
 from relink.directory import get_user, viewer_of
-from relink.models import AuditEvent, Connection, Role, User
+from relink.models import MAX_ID, AuditEvent, Connection, Role, User
 from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
 from relink.timeutil import utcnow
 
@@ -51,7 +51,9 @@ def register(root: typer.Typer) -> None:
 
 @handle_errors
 def reconnect(
-    connection_id: Annotated[int, typer.Argument(metavar="ID", help="Connection id.")],
+    connection_id: Annotated[
+        int, typer.Argument(metavar="ID", min=1, max=MAX_ID, help="Connection id.")
+    ],
     as_: AsOpt,
     check_only: Annotated[
         bool,
@@ -325,10 +327,12 @@ def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
 @handle_errors
 def datasets_refresh(
     dataset_ids: Annotated[
-        list[int] | None, typer.Argument(metavar="[DATASET_ID]...", help="Dataset ids.")
+        list[int] | None,
+        typer.Argument(metavar="[DATASET_ID]...", min=1, max=MAX_ID, help="Dataset ids."),
     ] = None,
     connection: Annotated[
-        int | None, typer.Option("--connection", help="Every dataset of this connection.")
+        int | None,
+        typer.Option("--connection", min=1, max=MAX_ID, help="Every dataset of this connection."),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Datasets refreshed at once.")] = 4,
     as_json: JsonOpt = False,
@@ -374,7 +378,8 @@ def _print_refresh(summary: RefreshSummary) -> None:
 @handle_errors
 def audit_trail(
     connection: Annotated[
-        int | None, typer.Option("--connection", help="Only events of this connection.")
+        int | None,
+        typer.Option("--connection", min=1, max=MAX_ID, help="Only events of this connection."),
     ] = None,
     as_: Annotated[
         str | None,

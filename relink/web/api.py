@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from relink import connections as svc
 from relink.directory import viewer_of
-from relink.models import Status
-from relink.web.guards import signed_in
+from relink.models import MAX_ID, Status
+from relink.web.guards import ConnectionId, signed_in
 
 router = APIRouter(prefix="/api", tags=["connections"])
 
@@ -71,7 +71,9 @@ class ConnectionDetail(ConnectionSummary):
 def list_connections(
     request: Request,
     status: Annotated[Status | None, Query(description="Only connections in this status.")] = None,
-    after: Annotated[int, Query(ge=0, description="The last id of the previous page.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_ID, description="The last id of the previous page.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """The connections you may see: all of your account's (admins), else yours and shared ones."""
@@ -91,7 +93,7 @@ def list_connections(
     response_model=ConnectionDetail,
     responses={**ERRORS, 404: {"description": "No such connection, or not visible to you."}},
 )
-def get_connection(request: Request, connection_id: int) -> dict[str, Any]:
+def get_connection(request: Request, connection_id: ConnectionId) -> dict[str, Any]:
     """One connection with its datasets and metrics and their error state."""
     with signed_in(request) as (db, user):
         conn = svc.get_visible(db, viewer_of(user), connection_id)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 from sqlalchemy.orm import Session
 
 from relink.app import Relink
-from relink.models import User
+from relink.models import MAX_ID, User
 from relink.passwords import fingerprint
 from relink.web.sessions import CSRF_FIELD, WebSession
+
+# An id in a URL: a larger number names nothing and SQLite cannot even be asked about it;
+# like any id that is not a number, it is a 404.
+ConnectionId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class LoginRequired(Exception):

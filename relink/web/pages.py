@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
@@ -17,11 +17,12 @@ from relink import connections as svc
 from relink.access import can_reconnect
 from relink.directory import viewer_of
 from relink.errors import InvalidInput, PermissionDenied
-from relink.models import AuditEvent, Connection, Mode, Status, User
+from relink.models import MAX_ID, AuditEvent, Connection, Mode, Status, User
 from relink.passwords import authenticate, fingerprint
 from relink.web import reconnecting, views
 from relink.web.guards import (
     BadRequest,
+    ConnectionId,
     LoginRequired,
     check_csrf,
     current_user,
@@ -104,7 +105,9 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/connections")
-def connections_page(request: Request, status: str | None = None, after: int = 0) -> Response:
+def connections_page(
+    request: Request, status: str | None = None, after: Annotated[int, Query(le=MAX_ID)] = 0
+) -> Response:
     request.state.nav = "data"
     with signed_in(request) as (db, user):
         if status is not None and status not in set(Status):
@@ -148,7 +151,7 @@ def _page_link(status: str | None, after: int | None) -> str:
 
 
 @router.get("/connections/{connection_id}")
-def connection_page(request: Request, connection_id: int) -> Response:
+def connection_page(request: Request, connection_id: ConnectionId) -> Response:
     request.state.nav = "data"
     with signed_in(request) as (db, user):
         conn = svc.get_visible(db, viewer_of(user), connection_id)
@@ -204,7 +207,7 @@ def _reconnectable(db: Session, user: User, connection_id: int) -> Connection:
 
 
 @router.get("/connections/{connection_id}/reconnect")
-def reconnect_page(request: Request, connection_id: int) -> Response:
+def reconnect_page(request: Request, connection_id: ConnectionId) -> Response:
     with signed_in(request) as (db, user):
         conn = _reconnectable(db, user, connection_id)
         return _reconnect_form(request, user, conn)
@@ -239,7 +242,7 @@ def _reconnect_form(
 
 
 @router.post("/connections/{connection_id}/reconnect")
-async def reconnect(request: Request, connection_id: int) -> Response:
+async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
     form_data = await request.form()
     relink = relink_of(request)
 
@@ -306,7 +309,11 @@ async def oauth_callback(
 
     email, user_id = await run_in_threadpool(who)
     if error or not state or not code:
-        reason = f"the provider answered {error!r}" if error else "the answer had no code"
+        reason = (
+            f"the provider answered {error!r}"
+            if error
+            else f"the answer had no {'code' if state else 'state'}"
+        )
         raise BadRequest(
             f"The sign-in at the provider did not complete ({reason[:80]}); nothing was "
             "changed. Open the connection and reconnect again."
