@@ -44,9 +44,10 @@ class Promise:
     def result(self) -> str:
         outcomes = list(self.tests.values())
         failed = sum(o != "passed" for o in outcomes)
+        tests = f"{len(outcomes)} test{'' if len(outcomes) == 1 else 's'}"
         if not failed:
-            return f"kept ({len(outcomes)} tests passed)"
-        return f"**broken**: {failed} of {len(outcomes)} tests failed"
+            return f"kept ({tests} passed)"
+        return f"**broken**: {failed} of {tests} failed"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
