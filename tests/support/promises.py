@@ -96,6 +96,19 @@ class Report:
             return
         self.path.write_text(self.render(session))
 
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """The tally, as the report has it: one block per promise."""
+        if not self.promises:
+            return
+        terminalreporter.section("reliability promises")
+        for promise in self.promises.values():
+            terminalreporter.write_line(
+                f"{promise.result}, {promise.trials:,} trials: {promise.text}"
+            )
+            for note in dict.fromkeys(promise.notes):
+                terminalreporter.write_line(f"    {note}")
+        terminalreporter.write_line(f"written to {self.path}")
+
     def render(self, session: pytest.Session) -> str:
         command = shlex.join(["pytest", *session.config.invocation_params.args])
         lines = [
