@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,40 +22,13 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from bench._common import REPO, make_app
+from bench._common import make_app
 from relink.mailer import SendGridMailer, to_mail
 from relink.notifications import build_email, due_ids, load_due
 from tests.support.emaildata import World
 
 RUN = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 API_KEY = "SG.bench-key"
-
-
-class Endpoint:
-    """The standalone SendGrid endpoint in its own process (its own GIL)."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.sendgrid_endpoint",
-                "--port",
-                "0",
-                "--api-key",
-                API_KEY,
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready, _, self.url = self.proc.stdout.readline().strip().partition(" ")
-        assert ready == "ready", ready
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def raw_post_loop(url: str, bodies: Sequence[bytes], threads: int) -> float:

@@ -21,6 +21,7 @@ from relink.cli._common import reset_app
 from relink.mailer import SendGridMailer
 from relink.notifications import send_due
 from tests.support.emaildata import API_KEY, RUN, World, emails_per_disconnection, read_log
+from tests.support.sendgrid_endpoint import EndpointProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,40 +36,19 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 20) -> str:
     return proc.stdout.readline().strip()
 
 
-class Endpoint:
+class Endpoint(EndpointProcess):
     """The standalone SendGrid endpoint process, logging each delivered email."""
 
     def __init__(self, log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.sendgrid_endpoint",
-                "--port",
-                "0",
-                "--api-key",
-                API_KEY,
-                "--log",
-                str(log),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        ready, _, self.url = read_line(self.proc).partition(" ")
-        assert ready == "ready", ready
+        super().__init__(API_KEY, log)
         self.seen = 0
 
     def new_bodies(self) -> list[dict]:
         """Bodies delivered since the last call (the process outlives one test)."""
+        assert self.log is not None
         bodies = read_log(self.log)
         new, self.seen = bodies[self.seen :], len(bodies)
         return new
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")

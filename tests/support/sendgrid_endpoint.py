@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import secrets
+import selectors
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -645,6 +647,35 @@ class SendGridEndpoint:
 
 
 # ---------------------------------------------------------------------- standalone
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class EndpointProcess:
+    """This endpoint in a process of its own (its own GIL; a process that a test may
+    outlive or kill), started with `--port 0`; `url` once it says it is ready."""
+
+    def __init__(self, api_key: str, log: Path | None = None, timeout: float = 20) -> None:
+        module = "tests.support.sendgrid_endpoint"
+        args = [sys.executable, "-m", module, "--port", "0", "--api-key", api_key]
+        if log is not None:
+            args += ["--log", str(log)]
+        self.log = log
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                self.proc.kill()
+                raise RuntimeError(f"the SendGrid endpoint process said nothing in {timeout} s")
+        ready, _, self.url = self.proc.stdout.readline().strip().partition(" ")
+        if ready != "ready":
+            self.stop()
+            raise RuntimeError(f"the SendGrid endpoint process said {ready!r}, not ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
