@@ -25,11 +25,15 @@ set must reach the database, and two runs must never both spend the same refresh
    check: the provider has rotated the refresh token already, and the answer in hand is
    the only copy of the new one.
 
-Blocking database work runs in worker threads (`asyncio.to_thread`); a `Connection` is
-used by one thread at a time, step after step. Every step is shielded from cancellation
-and the connection is closed (rolling back, which releases the row lock) only after the
-step running in its thread has finished. At most `max_locked` row locks are held by one
-event loop at a time: each one holds a pooled database connection during an HTTP call.
+Blocking database work runs in worker threads (`asyncio.to_thread`). A step that needs
+no row lock checks a pooled connection out and returns it within its thread (a
+connection kept from one step to the next, by many refreshes at once, emptied the pool,
+and the threads waiting for one left none to return them: a 30-second stall). A locked
+row's `Connection` is used by one thread at a time, step after step. Every step is
+shielded from cancellation and that connection is closed (rolling back, which releases
+the row lock) only after the step running in its thread has finished. At most
+`max_locked` row locks are held by one event loop at a time: each one holds a pooled
+database connection during an HTTP call.
 
 Audit: a refresh writes NO audit event. Tokens of busy providers rotate every hour, so
 an event per refresh would drown the connection's history; the bumped `version` and
@@ -168,15 +172,7 @@ class DbTokenStore:
         return self.app.engine.dialect.name != "sqlite"
 
     async def reload(self, connection_id: int) -> tuple[Credentials, int]:
-        def read(conn: sa.Connection) -> tuple[Credentials, int]:
-            with conn.begin():
-                return self._read(conn, connection_id, lock=False)
-
-        db = _ThreadedConnection(self.app.engine)
-        try:
-            return await db.run(read)
-        finally:
-            await db.close()
+        return await self._step(lambda conn: self._read(conn, connection_id, lock=False))
 
     async def refresh(
         self,
@@ -187,29 +183,25 @@ class DbTokenStore:
     ) -> tuple[Credentials, int]:
         async with _connection_lock(self._database, conn.id):
             if not self._row_locks:
-                return await self._refresh(conn, refresh, usable, hold=False)
+                return await self._refresh_unlocked(conn, refresh, usable)
             state = _loop_locks()
             slots = state.row_slots.setdefault(self._database, asyncio.Semaphore(self.max_locked))
             async with slots:
-                return await self._refresh(conn, refresh, usable, hold=True)
+                return await self._refresh_locked(conn, refresh, usable)
 
-    async def _refresh(
+    async def _refresh_locked(
         self,
         spec: ConnectionSpec,
         refresh: Callable[[Credentials], Awaitable[Credentials]],
         usable: Callable[[Credentials], bool],
-        *,
-        hold: bool,
     ) -> tuple[Credentials, int]:
+        """Row locks: the row's transaction stays open, locked, during the grant."""
         db = _ThreadedConnection(self.app.engine)
         try:
 
             def read(conn: sa.Connection) -> tuple[Credentials, int]:
-                if hold:
-                    conn.begin()  # stays open (row locked) until write() or close()
-                    return self._read(conn, spec.id, lock=True)
-                with conn.begin():
-                    return self._read(conn, spec.id, lock=False)
+                conn.begin()  # stays open (row locked) until write() or close()
+                return self._read(conn, spec.id, lock=True)
 
             stored, version = await db.run(read)
             if dict(stored) != dict(spec.credentials) and usable(stored):
@@ -218,8 +210,6 @@ class DbTokenStore:
             fresh = dict(await refresh(stored))
 
             def write(conn: sa.Connection) -> tuple[Credentials, int]:
-                if not hold:
-                    conn.begin()
                 try:
                     result = self._write(conn, spec.id, stored, fresh, version)
                     conn.commit()
@@ -237,6 +227,26 @@ class DbTokenStore:
             await db.close()
         return await self._write_again(spec.id, stored, fresh, version)
 
+    async def _refresh_unlocked(
+        self,
+        spec: ConnectionSpec,
+        refresh: Callable[[Credentials], Awaitable[Credentials]],
+        usable: Callable[[Credentials], bool],
+    ) -> tuple[Credentials, int]:
+        """SQLite: read and write in short transactions of their own, no connection held
+        during the grant; the write's version check protects it."""
+        stored, version = await self._step(lambda conn: self._read(conn, spec.id, lock=False))
+        if dict(stored) != dict(spec.credentials) and usable(stored):
+            return stored, version  # another run refreshed already
+
+        fresh = dict(await refresh(stored))
+        try:
+            return await self._step(lambda conn: self._write(conn, spec.id, stored, fresh, version))
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return await self._write_again(spec.id, stored, fresh, version)
+
     async def _write_again(
         self, connection_id: int, base: Mapping[str, str], fresh: Mapping[str, str], version: int
     ) -> tuple[Credentials, int]:
@@ -246,16 +256,19 @@ class DbTokenStore:
         log.warning(
             "connection %s: database session lost; storing the rotated tokens again", connection_id
         )
+        return await self._step(lambda conn: self._write(conn, connection_id, base, fresh, version))
 
-        def write(conn: sa.Connection) -> tuple[Credentials, int]:
-            with conn.begin():
-                return self._write(conn, connection_id, base, fresh, version)
+    async def _step(self, step: Callable[[sa.Connection], T]) -> T:
+        """`step` in a transaction of its own, in a worker thread that checks a pooled
+        connection out and gives it back before it ends: a thread never waits for a
+        connection that only a step queued behind it would return. Shielded like
+        `_ThreadedConnection.run`: a cancelled caller does not stop a started commit."""
 
-        db = _ThreadedConnection(self.app.engine)
-        try:
-            return await db.run(write)
-        finally:
-            await db.close()
+        def work() -> T:
+            with self.app.engine.begin() as conn:
+                return step(conn)
+
+        return await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(work)))
 
     # --- blocking steps (worker threads) ---------------------------------------------
 

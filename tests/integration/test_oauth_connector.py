@@ -28,6 +28,7 @@ from connectors.base import (
     Unreachable,
 )
 from connectors.oauth2 import OAuth2Connector
+from relink.checks import CheckPolicy, validate_all
 from relink.models import Connection
 from relink.sandbox import SandboxProvider, SandboxServer, demo_records
 from relink.tokens import DbTokenStore
@@ -362,6 +363,49 @@ def test_two_concurrent_checks_refresh_once_and_the_stored_token_works(
     assert first.stored_version == second.stored_version == version == spec.version + 1
     # the stored refresh token is the live one: one more refresh with it works
     assert refresh_at_sandbox(sandbox.url, oauth_client, new["refresh_token"]).status_code == 200
+
+
+def test_many_refreshes_in_one_batch_all_succeed_and_keep_each_its_own_tokens(
+    relink_app, owner, sandbox, provider, oauth_client
+):
+    """24 refreshes at once: none waits for a pooled database connection (on SQLite the
+    pool once ran dry and stalled them for 30 s), and although the checks of a batch
+    share one Authlib client, every rotated token set is stored on the connection whose
+    grant it came from."""
+    store = DbTokenStore(relink_app)
+    ctx = context(token_store=store)
+    users = [f"user-{i}" for i in range(24)]
+    specs = [
+        insert_connection(
+            relink_app,
+            owner,
+            type_="oauth2",
+            settings=oauth_settings(sandbox.url, oauth_client.client_id),
+            credentials=issue(
+                provider, oauth_client, ctx.now, username=user, expires_at=expired(ctx.now)
+            ),
+        )
+        for user in users
+    ]
+    hits = token_hits(provider)
+    policy = CheckPolicy(concurrency=24, per_provider=24, attempts=1)
+
+    checked = asyncio.run(validate_all(specs, lambda: ctx, policy))
+
+    assert [c.result.outcome for c in checked] == [Outcome.OK] * 24, [
+        c.result for c in checked if c.result.outcome is not Outcome.OK
+    ]
+    assert token_hits(provider) == hits + 24
+    for spec, user in zip(specs, users, strict=True):
+        new, _, _ = stored(relink_app, spec.id)
+        for kind in ("access_token", "refresh_token"):
+            answer = httpx.post(
+                f"{sandbox.url}/oauth/introspect",
+                data={"token": new[kind], "token_type_hint": kind},
+                auth=(oauth_client.client_id, oauth_client.client_secret),
+                timeout=5,
+            ).json()
+            assert (answer["active"], answer["username"]) == (True, user), (spec.id, kind)
 
 
 def test_checks_in_two_event_loops_refresh_once_under_the_row_lock(
