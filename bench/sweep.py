@@ -10,8 +10,9 @@ sides made the same calls.
 Variants at the headline size, to see where the time goes:
 
 - raw: one shared `httpx.AsyncClient` (keep-alive), a semaphore of `concurrency`;
-- raw, one client per check: the same, but a new client (a new TCP connection) per
-  check, as the connector does (one `AsyncOAuth2Client` per validation);
+- raw, one client per check: the same, but a new client per check: what the connector
+  saves by sharing one `AsyncOAuth2Client` between the checks of a batch
+  (`connectors.http.SharedClients`);
 - connector: `relink.checks.validate_all` over the decrypted connections (no database,
   no Prefect);
 - core sweep: `relink.checks.sweep` (load, validate, record batch by batch; no Prefect);

@@ -35,9 +35,11 @@ from connectors.base import (
 )
 from connectors.http import (
     INVALID_SETTINGS,
+    POOL_LIMITS,
     classify_exception,
     classify_status,
     json_body,
+    no_cookies,
     parse_query,
     records_to_result,
     resolve_url,
@@ -151,14 +153,26 @@ def _target(conn: ConnectionSpec) -> _Target:
     return _Target(base_url, probe_path, header, key)
 
 
+def _client(ctx: CheckContext) -> httpx.AsyncClient:
+    """No state between requests: the key goes in each request's headers, no cookies."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(ctx.timeout),
+        verify=tls_context(),
+        cookies=no_cookies(),
+        limits=POOL_LIMITS,
+    )
+
+
 async def _get(target: _Target, url: str, ctx: CheckContext) -> httpx.Response:
     """GET with the key; any answer but 2xx, and any failure, raises a CheckError."""
     at = where(url)
     try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(ctx.timeout), verify=tls_context()
-        ) as client:
+        if ctx.clients is not None:
+            client = ctx.clients.get(("api_key", ctx.timeout), lambda: _client(ctx))
             response = await client.get(url, headers=target.headers)
+        else:
+            async with _client(ctx) as client:
+                response = await client.get(url, headers=target.headers)
     except Exception as exc:  # noqa: BLE001 - validate never raises: unknown errors by class
         raise classify_exception(exc, at) from None
     problem = classify_status(response.status_code, at)

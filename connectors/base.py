@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from connectors.http import SharedClients
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -168,6 +171,9 @@ class CheckContext:
     token_store: TokenStore | None = None
     # refresh an OAuth access token that expires within this many seconds
     refresh_window: float = 300.0
+    # HTTP clients shared by the checks of one batch (`relink.checks.validate_all`);
+    # None: an HTTP connector makes a client for the call and closes it afterwards
+    clients: SharedClients | None = None
 
 
 class Connector(abc.ABC):

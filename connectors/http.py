@@ -57,8 +57,10 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import TracebackType
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -110,6 +112,63 @@ def tls_context() -> ssl.SSLContext:
         if _tls_context is None:
             _tls_context = httpx.create_ssl_context()
         return _tls_context
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that keeps nothing: a provider's cookies never reach another request
+    (a shared client serves many connections), and a check needs none. A client's
+    `cookies=` must be the jar itself: httpx copies an `httpx.Cookies` into a new jar
+    that keeps everything."""
+    return CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+
+
+_C = TypeVar("_C", bound=httpx.AsyncClient)
+
+
+class SharedClients:
+    """The HTTP clients of one batch of checks, one per key (kind, client credentials,
+    timeout), closed together when the batch ends.
+
+    A client per check costs more CPU than the check's own request (its setup, the
+    proxy environment read again, a fresh connection pool), and sends every request on a
+    new connection: a new TLS handshake with the same provider each time. Sharing one
+    keeps connections alive between the checks of a batch. What a shared client must not
+    carry from one connection to the next: cookies (`no_cookies`) and credentials (every
+    request passes its own; see `connectors.oauth2` for Authlib's token attribute).
+    Concurrency is bounded by the caller's semaphores, not by the pool.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, make: Callable[[], _C]) -> _C:
+        """The client under `key`, made by `make()` the first time."""
+        client: _C | None = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = make()
+        return client
+
+    def __repr__(self) -> str:  # the keys hold client secrets
+        return f"<SharedClients: {len(self._clients)}>"
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20)
 
 
 # --- classification -------------------------------------------------------------------

@@ -111,9 +111,11 @@ from connectors.base import (
 from connectors.http import (
     BAD_RESPONSE,
     INVALID_SETTINGS,
+    POOL_LIMITS,
     classify_exception,
     classify_status,
     json_body,
+    no_cookies,
     parse_query,
     records_to_result,
     resolve_url,
@@ -245,6 +247,11 @@ class OAuthPlan:
     @property
     def effective_auth_method(self) -> str:
         return self.auth_method if self.client_secret else "none"
+
+    @property
+    def client_key(self) -> tuple[str | None, ...]:
+        """What the client made by `OAuth2Connector.client` depends on."""
+        return (self.token_url, self.client_id, self.client_secret, self.effective_auth_method)
 
 
 # --- small pure helpers -----------------------------------------------------------------
@@ -386,14 +393,20 @@ class _Run:
         self.spent_refresh: str | None = None
         self.plan: OAuthPlan | None = None
         self._client: AsyncOAuth2Client | None = None
+        self._owned: AsyncOAuth2Client | None = None  # made for this run, closed after it
 
     # -- lifecycle --
 
     async def __aenter__(self) -> Self:
-        self.plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
-        if self.plan.client_secret:
-            self.secrets.add(self.plan.client_secret)
-        self._client = self.connector.client(self.plan, self.ctx)
+        plan = self.plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
+        if plan.client_secret:
+            self.secrets.add(plan.client_secret)
+        shared = self.ctx.clients
+        if shared is None:
+            self._client = self._owned = self.connector.client(plan, self.ctx)
+        else:
+            key = (AsyncOAuth2Client, plan.client_key, self.ctx.timeout)
+            self._client = shared.get(key, lambda: self.connector.client(plan, self.ctx))
         return self
 
     async def __aexit__(
@@ -402,8 +415,8 @@ class _Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()
 
     @property
     def client(self) -> AsyncOAuth2Client:
@@ -538,7 +551,8 @@ class _Run:
         response: httpx.Response = await _http(
             self.client.introspect_token(
                 p.introspection_url,
-                token=self.creds.get("access_token"),
+                # never None: Authlib would fall back to the token its client last saw
+                token=self.creds.get("access_token") or "",
                 token_type_hint="access_token",
             ),
             at,
@@ -659,6 +673,12 @@ class OAuth2Connector(Connector):
         )
 
     def client(self, plan: OAuthPlan, ctx: CheckContext) -> AsyncOAuth2Client:
+        """Authlib's client for `plan.client_key`; safe to share between connections.
+
+        Each call passes its connection's token explicitly (`refresh_token=`, `token=`,
+        `withhold_token=True` with our own header), so the token Authlib keeps on the
+        client (set by a grant and returned without an await in between) is never read.
+        """
         client = AsyncOAuth2Client(
             client_id=plan.client_id,
             client_secret=plan.client_secret,
@@ -667,6 +687,8 @@ class OAuth2Connector(Connector):
             timeout=httpx.Timeout(ctx.timeout),
             verify=tls_context(),
             follow_redirects=False,
+            cookies=no_cookies(),
+            limits=POOL_LIMITS,
         )
         hook = _token_response_hook(f"the token endpoint ({where(plan.token_url or '')})")
         client.register_compliance_hook("access_token_response", hook)

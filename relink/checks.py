@@ -7,6 +7,7 @@ per batch. Prefect-free: the check-connections flow and `relink check` both use 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
 from connectors.base import CheckContext, CheckResult, ConnectionSpec, Outcome, TokenStore
+from connectors.http import SharedClients
 from relink import audit
 from relink.app import Relink
 from relink.errors import VaultError
@@ -235,20 +237,26 @@ async def validate_all(
     make_ctx: Callable[[], CheckContext],
     policy: CheckPolicy,
 ) -> list[Checked]:
-    """Validate concurrently under the global and per-provider caps."""
+    """Validate concurrently under the global and per-provider caps, the HTTP clients
+    shared between the checks (`connectors.http.SharedClients`)."""
     everything = asyncio.Semaphore(policy.concurrency)
     providers: dict[str, asyncio.Semaphore] = {}
 
-    async def one(spec: ConnectionSpec) -> Checked:
+    async def one(spec: ConnectionSpec, clients: SharedClients) -> Checked:
         connector = connectors.get(spec.type)
         provider_cap = providers.setdefault(
             connector.provider, asyncio.Semaphore(policy.per_provider)
         )
+
+        def make_shared_ctx() -> CheckContext:
+            return dataclasses.replace(make_ctx(), clients=clients)
+
         async with provider_cap, everything:
-            result = await _validate_with_retries(connector, spec, make_ctx, policy)
+            result = await _validate_with_retries(connector, spec, make_shared_ctx, policy)
         return Checked(spec.id, connector.provider, result, result.stored_version or spec.version)
 
-    return list(await asyncio.gather(*(one(s) for s in specs)))
+    async with SharedClients() as clients:
+        return list(await asyncio.gather(*(one(s, clients) for s in specs)))
 
 
 async def _validate_with_retries(

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import secrets
 import socket
+import threading
 
 import pytest
 
 import connectors
 from connectors.base import CheckResult, ConnectionSpec, Outcome, Unreachable
+from relink.checks import CheckPolicy, validate_all
 from relink.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     assert_no_secret,
@@ -106,3 +109,63 @@ def test_fetch_never_sends_the_key_to_another_host(sandbox, good_key):
         asyncio.run(API_KEY.fetch(conn, "http://other.example/apikey/records", context()))
     assert caught.value.code == "invalid_query"
     assert_no_secret(caught.value.message, [good_key])
+
+
+# --- the checks of a batch share their clients ---------------------------------------------
+
+
+class _CookieSetter(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 (connections kept alive); sets a cookie on every answer and notes, per
+    request, the client's port, the key and any Cookie header it was sent."""
+
+    protocol_version = "HTTP/1.1"
+    server: _KeepAliveSource
+
+    def do_GET(self) -> None:
+        key = self.headers.get("X-API-Key", "")
+        self.server.seen.append((self.client_address[1], key, self.headers["Cookie"]))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Set-Cookie", f"sid={key}; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _KeepAliveSource(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str, str | None]] = []
+        super().__init__(("127.0.0.1", 0), _CookieSetter)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_batch_reuses_connections_and_carries_no_cookie_or_key_between_checks():
+    source = _KeepAliveSource()
+    threading.Thread(target=source.serve_forever, daemon=True).start()
+    try:
+        keys = [f"key-{i}-{secrets.token_hex(4)}" for i in range(40)]
+        specs = [
+            ConnectionSpec(
+                i, "api_key", dict(spec(source.url, k, "X-API-Key").settings), {"api_key": k}
+            )
+            for i, k in enumerate(keys)
+        ]
+        policy = CheckPolicy(concurrency=4, per_provider=4, attempts=1)
+        checked = asyncio.run(validate_all(specs, lambda: context(), policy))
+    finally:
+        source.shutdown()
+        source.server_close()
+
+    assert [c.result for c in checked] == [CheckResult.ok()] * 40
+    assert sorted(key for _, key, _ in source.seen) == sorted(keys)  # each its own key, once
+    assert [cookie for _, _, cookie in source.seen if cookie] == []  # no cookie came back
+    assert len({port for port, _, _ in source.seen}) <= 4  # 4 in flight: 4 connections
