@@ -349,7 +349,8 @@ async def _http(call: Awaitable[Any], at: str, timeout: float, action: str = "th
     """Await one HTTP exchange (Authlib or httpx); every failure becomes a CheckError."""
     backstop = max(timeout * 3, timeout + 5)  # for what httpx's per-phase timeouts miss
     try:
-        return await asyncio.wait_for(call, backstop)
+        async with asyncio.timeout(backstop):  # no task of its own, unlike wait_for
+            return await call
     except CheckError:
         raise
     except OAuthError as exc:
