@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
@@ -316,6 +317,7 @@ def record_batch(
     }
     outcomes: Counter[str] = Counter()
     by_provider: Counter[str] = Counter()
+    plain: list[_Bookkeeping] = []  # rows whose only change is the check's own record
     for item in checked:
         conn = conns.get(item.connection_id)
         if conn is None or conn.version != item.version:
@@ -326,9 +328,11 @@ def record_batch(
         outcomes[outcome] += 1
         by_provider[f"{item.provider}|{outcome}|{item.result.code or ''}"] += 1
         if error:
-            _record_error(conn, item.result.code or ERROR, item.result.message, now)
+            plain.append(_Bookkeeping.error(conn, item.result.code or ERROR, item.result.message))
             continue
-        _apply(session, conn, open_eps.get(conn.id), item.result, now, summary)
+        row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary)
+        if row is not None:
+            plain.append(row)
     for bad in unloadable:
         conn = conns.get(bad.connection_id)
         if conn is None or conn.version != bad.version:
@@ -336,17 +340,74 @@ def record_batch(
             continue
         outcomes[ERROR] += 1
         by_provider[f"{bad.provider}|{ERROR}|{bad.code}"] += 1
-        _record_error(conn, bad.code, bad.message, now)
+        plain.append(_Bookkeeping.error(conn, bad.code, bad.message))
+    _write_bookkeeping(session, plain, now)
     summary.checked = sum(outcomes.values())
     summary.outcomes = dict(outcomes)
     summary.by_provider = dict(by_provider)
     return summary
 
 
-def _record_error(conn: Connection, code: str, message: str, now: datetime) -> None:
-    conn.last_checked_at = now
-    conn.last_error_code = code
-    conn.last_error_message = message[:1000]
+@dataclass(frozen=True, slots=True)
+class _Bookkeeping:
+    """What a check changes on a connection whose status and episode stay as they are."""
+
+    conn: Connection
+    error_code: str | None
+    error_message: str | None
+    invalid_since: datetime | None
+
+    @classmethod
+    def error(cls, conn: Connection, code: str, message: str) -> _Bookkeeping:
+        return cls(conn, code, message[:1000], conn.invalid_since)
+
+
+_CONNECTIONS = Connection.__table__
+# One statement for the whole batch (executemany) instead of an ORM UPDATE per row: the
+# same version check and bump the ORM's version counter makes.
+_BOOKKEEPING_UPDATE = (
+    sa.update(_CONNECTIONS)
+    .where(
+        _CONNECTIONS.c.id == sa.bindparam("b_id"),
+        _CONNECTIONS.c.version == sa.bindparam("b_version"),
+    )
+    .values(
+        last_checked_at=sa.bindparam("b_checked_at"),
+        last_error_code=sa.bindparam("b_error_code"),
+        last_error_message=sa.bindparam("b_error_message"),
+        invalid_since=sa.bindparam("b_invalid_since"),
+        version=_CONNECTIONS.c.version + 1,
+    )
+)
+
+
+def _write_bookkeeping(session: Session, rows: Sequence[_Bookkeeping], now: datetime) -> None:
+    if not rows:
+        return
+    params = [
+        {
+            "b_id": r.conn.id,
+            "b_version": r.conn.version,
+            "b_checked_at": now,
+            "b_error_code": r.error_code,
+            "b_error_message": r.error_message,
+            "b_invalid_since": r.invalid_since,
+        }
+        for r in rows
+    ]
+    connection = session.connection()
+    updated = connection.execute(_BOOKKEEPING_UPDATE, params).rowcount
+    if connection.dialect.supports_sane_multi_rowcount and updated != len(rows):
+        raise StaleDataError(f"{len(rows) - updated} connection(s) changed while being recorded")
+    for r in rows:  # the session's objects as the database now has them
+        for name, value in (
+            ("last_checked_at", now),
+            ("last_error_code", r.error_code),
+            ("last_error_message", r.error_message),
+            ("invalid_since", r.invalid_since),
+            ("version", r.conn.version + 1),
+        ):
+            set_committed_value(r.conn, name, value)
 
 
 def _apply(
@@ -356,17 +417,25 @@ def _apply(
     result: CheckResult,
     now: datetime,
     summary: BatchSummary,
-) -> None:
+) -> _Bookkeeping | None:
+    """Apply the state rules to one result; a change of status or episode is made on the
+    session's object, anything less is returned for the batch's one bookkeeping UPDATE."""
     before = ConnState(conn.status, conn.invalid_since, open_ep is not None)
     decision = decide(before, result.outcome, result.code, result.message, now=now)
+    message = (decision.error_message or None) and decision.error_message[:1000]
+    opens = decision.open_disconnection
+    closes = decision.close_disconnection and open_ep is not None
+    if not (opens or closes or decision.changes_status(before)):
+        return _Bookkeeping(conn, decision.error_code, message, decision.invalid_since)
     conn.last_checked_at = now
     conn.last_error_code = decision.error_code
-    conn.last_error_message = (decision.error_message or None) and decision.error_message[:1000]
+    conn.last_error_message = message
     conn.invalid_since = decision.invalid_since
-    if decision.open_disconnection:
+    if opens:
         session.add(Disconnection(connection_id=conn.id, started_at=now, reason_code=result.code))
         summary.opened += 1
-    if decision.close_disconnection and open_ep is not None:
+    if closes:
+        assert open_ep is not None
         open_ep.ended_at = now
         summary.closed += 1
     if decision.changes_status(before):
@@ -383,6 +452,7 @@ def _apply(
             code=result.code,
             message=result.message,
         )
+    return None
 
 
 # --- entry points ------------------------------------------------------------------------

@@ -144,6 +144,37 @@ def test_reconnect_by_a_shared_user_fixes_the_connection_and_refreshes_the_wareh
     assert new_password not in everything and role.password not in everything
 
 
+def test_reconnecting_a_working_connection_stores_the_credentials_and_its_new_owner(
+    relink_app, pg_admin, shop
+):
+    """Nothing to repair (connected, no episode): the check's record and the new
+    credentials go into the same row, one after the other, in one transaction."""
+    world, role = shop
+    before = connection_view(relink_app, world.connection_id)
+    with relink_app.sessions() as session:
+        version = session.get(Connection, world.connection_id).version
+
+    done = asyncio.run(
+        reconnect_with_secrets(
+            relink_app,
+            world.connection_id,
+            actor=SHARED,
+            secrets={"password": role.password},
+            now=T2,
+            refresh=False,
+        )
+    )
+
+    assert (done.owner, done.disconnection_closed) == (SHARED, False)
+    after = connection_view(relink_app, world.connection_id)
+    assert (before["status"], after["status"]) == ("connected", "connected")
+    assert after["created_by"] == "Cid Shared"
+    with relink_app.sessions() as session:
+        row = session.get(Connection, world.connection_id)
+        assert row.last_checked_at == T2
+        assert row.version > version
+
+
 def test_a_wrong_password_changes_nothing(relink_app, pg_admin, shop):
     world, role = shop
     break_it(relink_app, pg_admin, role, "the-real-new-password")
