@@ -17,7 +17,7 @@ from relink.cli._common import (
     print_table,
     transaction,
 )
-from relink.directory import add_account, add_user
+from relink.directory import add_account, add_user, get_account
 from relink.models import Account, Connection, OAuthState, Role, User
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key, prepend_key_file
@@ -166,7 +166,7 @@ def users_list(
     with transaction() as session:
         query = sa.select(User, Account.name).join(Account).order_by(User.id)
         if account:
-            query = query.where(Account.name == account)
+            query = query.where(User.account_id == get_account(session, account).id)
         rows = [
             {
                 "id": u.id,

@@ -279,6 +279,7 @@ def test_secret_from_environment_variable(cli, account, relink_app):
             None,
             "unknown account 'Nope'",
         ),
+        (["users", "list", "--account", "Nope"], None, "unknown account 'Nope'"),
         (
             ["users", "add", "bob@acme.test", "--name", "Bob 2", "--account", "Acme"],
             None,
