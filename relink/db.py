@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from relink.errors import DatabaseNotMigrated
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for another one's lock
+WAL_RETRY_PAUSE = 0.01
+_pause = time.sleep  # a seam for the test of the retry
 
 
 def make_engine(url: str, **kw: Any) -> sa.Engine:
@@ -26,18 +31,38 @@ def make_engine(url: str, **kw: Any) -> sa.Engine:
         database = url_obj.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url_obj, connect_args={"timeout": 30}, **kw)
+        engine = sa.create_engine(url_obj, connect_args={"timeout": BUSY_TIMEOUT}, **kw)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return sa.create_engine(url_obj, pool_pre_ping=True, **kw)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    cursor = dbapi_conn.cursor()  # busy_timeout: the driver's `timeout` sets it
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        _use_wal(cursor)
+    finally:
+        cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the file in write-ahead-log mode (kept in the file: a no-op once it is).
+
+    The switch needs the file to itself, and while another connection is writing to
+    it (or switching it too) SQLite refuses at once, without waiting out
+    busy_timeout. Two refreshes opening a new warehouse file together failed so; a
+    refused switch is now tried again until it goes through or BUSY_TIMEOUT passes.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        _pause(WAL_RETRY_PAUSE)
 
 
 def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
