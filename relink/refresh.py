@@ -507,6 +507,10 @@ def _swap(engine: sa.Engine, staging: str, live: str) -> None:
                 conn.exec_driver_sql(f"RENAME TABLE {quote(staging)} TO {quote(live)}")
         return
     with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            # The sqlite3 driver opens a transaction only before DML: without this
+            # BEGIN the DROP would be committed on its own, before the RENAME.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(live)}")
         conn.exec_driver_sql(f"ALTER TABLE {quote(staging)} RENAME TO {quote(live)}")
 

@@ -5,6 +5,7 @@ never stops the others."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+from relink import db
 from relink import refresh as refresh_module
 from relink.models import AuditEvent, Dataset
 from relink.refresh import RefreshPolicy, refresh_many, replace_table, safe_column_names
@@ -230,3 +232,36 @@ def test_odd_column_names_are_quoted_and_values_stored_as_text_or_numbers(wareho
     assert set(sa.inspect(warehouse).get_table_names()) == {"ds_5"}
     with warehouse.connect() as conn:
         assert conn.exec_driver_sql('SELECT "only" FROM ds_5').all() == [("x",)]
+
+
+def test_a_reader_during_the_sqlite_swap_sees_the_old_rows(tmp_path):
+    """The default warehouse is SQLite, whose driver runs DDL outside any transaction
+    unless one is opened by hand: the old table was dropped (and committed) before the
+    new one took its name, so a reader in between found no table at all."""
+    path = tmp_path / "warehouse.db"
+    warehouse = db.make_engine(f"sqlite:///{path}", poolclass=sa.pool.NullPool)
+    replace_table(warehouse, 5, ["fruit"], [("apple",), ("pear",)])
+    seen: list[object] = []
+
+    def read_during_rename(conn, cursor, statement, *args):
+        if statement.startswith("ALTER TABLE"):
+            other = sqlite3.connect(path)
+            try:
+                seen.append(other.execute("SELECT fruit FROM ds_5 ORDER BY fruit").fetchall())
+            except sqlite3.OperationalError as exc:
+                seen.append(str(exc))
+            finally:
+                other.close()
+
+    sa.event.listen(warehouse, "before_cursor_execute", read_during_rename)
+    try:
+        replace_table(warehouse, 5, ["fruit"], [("fig",)])
+        sa.event.remove(warehouse, "before_cursor_execute", read_during_rename)
+        # a swap whose rename fails takes its DROP back with it
+        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+            refresh_module._swap(warehouse, "ds_5__new_gone", "ds_5")
+    finally:
+        warehouse.dispose()
+    assert seen == [[("apple",), ("pear",)]]
+    with sqlite3.connect(path) as after:
+        assert after.execute("SELECT fruit FROM ds_5").fetchall() == [("fig",)]
