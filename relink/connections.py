@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +19,7 @@ from relink.directory import get_user, viewer_of
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.health import dataset_error, metric_error
 from relink.models import Connection, ConnectionShare, Dataset, Mode, Role, Status, User
+from relink.names import limit_of, one_line
 from relink.vault import Vault
 
 
@@ -71,9 +71,6 @@ def check_fields(
     return clean_settings, {k: v for k, v in secrets.items() if v}
 
 
-NAME_LENGTH = Connection.__table__.c.name.type.length  # what PostgreSQL would refuse
-
-
 def add_connection(
     session: Session, vault: Vault, new: NewConnection, *, now: datetime, actor: User | None = None
 ) -> Connection:
@@ -83,15 +80,9 @@ def add_connection(
         raise InvalidInput(str(exc)) from None
     if new.mode not in set(Mode):
         raise InvalidInput(f"unknown mode {new.mode!r}; use warehouse or direct")
-    name = new.name.strip()
+    name = one_line(new.name, "a connection name", limit_of(Connection.name))
     if not name:
         raise InvalidInput("a connection needs a name (--name)")
-    if len(name) > NAME_LENGTH or any(unicodedata.category(c) == "Cc" for c in name):
-        shown = name[:40] + ("…" if len(name) > 40 else "")
-        raise InvalidInput(
-            f"a connection name is one line of at most {NAME_LENGTH} characters, "
-            f"without control characters; got {shown!r}"
-        )
     settings, secrets = check_fields(connector, new.settings, new.secrets)
     problem = connector.settings_problem(settings)
     if problem:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from relink import audit
 from relink.errors import Conflict, InvalidInput, NotFound
 from relink.models import Connection, Dataset, DatasetStatus, Metric
+from relink.names import limit_of, one_line
 
 
 def add_dataset(
@@ -19,7 +20,8 @@ def add_dataset(
     conn = session.get(Connection, connection_id)
     if conn is None:
         raise NotFound(f"unknown connection {connection_id}; see `relink connections list`")
-    name, query = name.strip(), query.strip()
+    name = one_line(name, "a dataset name", limit_of(Dataset.name))
+    query = query.strip()
     if not name or not query:
         raise InvalidInput("a dataset needs a --name and a --query")
     exists = sa.select(Dataset.id).where(Dataset.connection_id == conn.id, Dataset.name == name)
@@ -33,7 +35,7 @@ def add_dataset(
 
 
 def add_metric(session: Session, *, name: str, dataset_ids: Sequence[int], now: datetime) -> Metric:
-    name = name.strip()
+    name = one_line(name, "a metric name", limit_of(Metric.name))
     if not name or not dataset_ids:
         raise InvalidInput("a metric needs a --name and at least one --dataset")
     datasets = list(session.scalars(sa.select(Dataset).where(Dataset.id.in_(dataset_ids))))

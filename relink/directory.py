@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session
 from relink.access import Viewer
 from relink.errors import Conflict, InvalidInput, NotFound
 from relink.models import Account, Role, User
+from relink.names import limit_of, one_line
+from relink.notify import valid_address
 
 
 def add_account(session: Session, name: str, *, now: datetime) -> Account:
-    name = name.strip()
+    name = one_line(name, "an account name", limit_of(Account.name))
     if not name:
         raise InvalidInput("an account needs a name")
     if session.scalar(sa.select(Account.id).where(Account.name == name)) is not None:
@@ -35,6 +37,7 @@ def add_user(
     session: Session, *, email: str, name: str, role: str, account: str, now: datetime
 ) -> User:
     email = normalize_email(email)
+    name = one_line(name, "a user's name", limit_of(User.name))
     if role not in set(Role):
         raise InvalidInput(f"unknown role {role!r}; use admin or member")
     owner_account = get_account(session, account)
@@ -43,7 +46,7 @@ def add_user(
     user = User(
         account_id=owner_account.id,
         email=email,
-        name=name.strip() or email,
+        name=name or email,
         role=role,
         created_at=now,
     )
@@ -64,8 +67,8 @@ def viewer_of(user: User) -> Viewer:
 
 
 def normalize_email(email: str) -> str:
+    """Lower-cased and trimmed; InvalidInput unless the mailer could send to it."""
     email = email.strip().lower()
-    local, _, domain = email.partition("@")
-    if not local or "." not in domain or " " in email:
-        raise InvalidInput(f"{email!r} is not an email address")
+    if not valid_address(email):
+        raise InvalidInput(f"{email[:80]!r} is not an email address")
     return email

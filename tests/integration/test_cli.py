@@ -280,6 +280,35 @@ def test_secret_from_environment_variable(cli, account, relink_app):
             "unknown account 'Nope'",
         ),
         (["users", "list", "--account", "Nope"], None, "unknown account 'Nope'"),
+        (["accounts", "add", "A" * 201], None, "an account name is one line of at most 200"),
+        (
+            ["users", "add", "zed@acme.test", "--name", "Zed\nAdmin", "--account", "Acme"],
+            None,
+            "a user's name is one line",
+        ),
+        (
+            [
+                "users",
+                "add",
+                "zed@acme.test\nbcc:eve@other.test",
+                "--name",
+                "Z",
+                "--account",
+                "Acme",
+            ],
+            None,
+            "is not an email address",
+        ),
+        (
+            ["datasets", "add", "--connection", "1", "--name", "Ord\rers", "--query", "SELECT 1"],
+            None,
+            "a dataset name is one line",
+        ),
+        (
+            ["metrics", "add", "--name", "M" * 201, "--dataset", "1"],
+            None,
+            "a metric name is one line of at most 200",
+        ),
         (
             ["users", "add", "bob@acme.test", "--name", "Bob 2", "--account", "Acme"],
             None,
