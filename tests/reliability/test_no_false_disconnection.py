@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,9 +55,11 @@ from tests.support.faulty_sources import (
     slow,
     status,
 )
-from tests.support.pg import temporary_schema
 from tests.support.promises import scale
 from tests.support.reconnect import pg_settings
+
+# The app database on PostgreSQL, as in production.
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 CHECKS = scale(200, 2000)
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # the sweep during the outage
@@ -152,13 +153,6 @@ class Peers:
         self.provider.remove_api_key(self.api_key)
         self.pg_admin.set_password(self.pg_role.name, secrets.token_urlsafe(16))
         self.maria_admin.set_password(self.maria_user.name, secrets.token_urlsafe(16))
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """The app database on PostgreSQL, as in production (overrides the SQLite default)."""
-    with temporary_schema(postgres_url) as url:
-        yield url
 
 
 @pytest.fixture

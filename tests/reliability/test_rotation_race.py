@@ -46,9 +46,11 @@ from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     stored,
     token_hits,
 )
-from tests.support.pg import temporary_schema
 from tests.support.promises import scale
 from tests.support.web import consent
+
+# The app database on PostgreSQL: row locks are what orders the workers.
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 CHECKS = 100
 ROUNDS = scale(1, 5)
@@ -63,13 +65,6 @@ def sandbox_server() -> Iterator[SandboxServer]:
     """Access tokens live 60 s, less than the refresh window: every check refreshes."""
     with SandboxServer(SandboxProvider(access_token_lifetime=60)) as server:
         yield server
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """The app database on PostgreSQL: row locks are what orders the workers."""
-    with temporary_schema(postgres_url) as url:
-        yield url
 
 
 @pytest.fixture
