@@ -35,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help=f"run only this benchmark (repeatable): {', '.join(NAMES)}",
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not rewrite docs/benchmarks.md nor docs/bench-growth.png",
+    )
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(given)
 

@@ -3,7 +3,8 @@
 
 Reuses the sweep's and the email run's measurements when they ran in the same
 invocation (same sizes, same session); otherwise measures flow, raw and `send_due` at
-each size itself. Writes `docs/bench-growth.png` (drawn without plotting libraries).
+each size itself. Draws `bench/results/bench-growth.png` (without plotting libraries),
+which goes to `docs/` with `docs/benchmarks.md` (not with --no-docs).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._common import REPO, Report, table
+from bench._common import GROWTH_PNG, REPO, Report, table
 
 FLAT = 1.25  # per-item time at the largest size / at the smallest: at most this
-PNG = REPO / "docs" / "bench-growth.png"
 
 
 def sizes(large: bool) -> list[int]:
@@ -82,7 +82,7 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
     ]
     drawn = draw(series, wanted)
     if not drawn:
-        report.note("could not write docs/bench-growth.png")
+        report.note(f"could not write {GROWTH_PNG.relative_to(REPO)}")
     report.details = {
         "sizes": wanted,
         "wall_ms_per_item": {
@@ -90,7 +90,7 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
         },
         "cpu_ms_per_item": {k: {str(n): round(v, 4) for n, v in s.items()} for k, s in cpu.items()},
         "flow_task_runs": {str(n): flows[n].extra.get("task_runs") for n in wanted},
-        "png": str(PNG.relative_to(REPO)) if drawn else None,
+        "png": str(GROWTH_PNG.relative_to(REPO)) if drawn else None,
     }
     report.markdown = [
         *table(
@@ -132,7 +132,8 @@ def draw(series: dict[str, dict[int, float]], wanted: list[int]) -> bool:
     try:
         chart = Chart(640, 360)
         chart.plot({k: (colours[k], v) for k, v in series.items()}, wanted)
-        PNG.write_bytes(chart.png())
+        GROWTH_PNG.parent.mkdir(parents=True, exist_ok=True)
+        GROWTH_PNG.write_bytes(chart.png())
         return True
     except OSError:
         return False

@@ -1,13 +1,15 @@
-"""docs/benchmarks.md, regenerated from the latest `bench/results/<name>.json` files."""
+"""docs/benchmarks.md, regenerated from the latest `bench/results/<name>.json` files
+(and the growth plot beside it)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from bench._common import REPO, RESULTS, fmt, table
+from bench._common import GROWTH_PNG, REPO, RESULTS, fmt, table
 
 DOCS = REPO / "docs" / "benchmarks.md"
 ORDER = ("sweep", "due_selection", "emails", "growth")
@@ -100,5 +102,8 @@ def _kept_findings(text: str) -> list[str] | None:
 
 def write(path: Path = DOCS) -> Path:
     old = path.read_text("utf-8") if path.exists() else ""
-    path.write_text(render(latest(), _kept_findings(old)), "utf-8")
+    results = latest()
+    path.write_text(render(results, _kept_findings(old)), "utf-8")
+    if results.get("growth", {}).get("details", {}).get("png") and GROWTH_PNG.exists():
+        shutil.copyfile(GROWTH_PNG, path.parent / GROWTH_PNG.name)
     return path
