@@ -50,6 +50,8 @@ def test_a_new_file_being_written_elsewhere_is_switched_to_wal_once_the_writer_i
 
 
 def test_a_file_that_stays_locked_is_an_error_after_the_busy_timeout(writer, monkeypatch):
+    """The switch is not tried forever: a writer that never finishes is the usual
+    "database is locked" once the busy timeout has passed."""
     path, _ = writer
     monkeypatch.setattr(db, "BUSY_TIMEOUT", 0.0)
     monkeypatch.setattr(db, "_pause", lambda seconds: None)
