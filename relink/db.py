@@ -84,13 +84,43 @@ def _alembic_config(connection: sa.Connection) -> Config:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: sa.Engine, revision: str) -> None:
-    with engine.begin() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
+
+
+@contextmanager
+def _migrating(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection to migrate on, in one transaction.
+
+    On SQLite, with foreign keys off meanwhile, as SQLite's own procedure for altering a
+    table prescribes: a batch migration rebuilds a table (copy, DROP, rename), and with
+    the keys on, the DROP would delete every row that refers to the table (ON DELETE
+    CASCADE). The keys are checked before the commit and turned back on after it."""
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # ignored in a transaction
+            still_on = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+            connection.commit()
+            if still_on:
+                raise RuntimeError("SQLite kept its foreign keys on; not migrating")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise RuntimeError(f"a migration broke a foreign key: {tuple(broken)}")
+        finally:
+            if sqlite:
+                connection.rollback()  # whatever the check above began
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def head_revision() -> str | None:

@@ -31,7 +31,8 @@ class Mode(StrEnum):
 
 class Status(StrEnum):
     CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
+    DISCONNECTED = "disconnected"  # an open disconnection: the owner reconnects
+    MISCONFIGURED = "misconfigured"  # the installation is wrong: an admin fixes it
     UNREACHABLE = "unreachable"
     UNCHECKED = "unchecked"
 

@@ -1,5 +1,7 @@
+import uuid
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -63,3 +65,76 @@ def test_the_due_email_query_is_answered_by_its_own_partial_index(relink_app):
         else:
             plan = "\n".join(r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
             assert "USING INDEX ix_disconnections_due" in plan, plan
+
+
+def _one_of_each(engine: sa.Engine) -> None:
+    """A connection and the rows that refer to it, as the schema at 0006 holds them."""
+    with engine.begin() as conn:
+        for sql in (
+            "INSERT INTO accounts (id, name, created_at) VALUES (1, 'Acme', '2026-01-01')",
+            "INSERT INTO users (id, account_id, email, name, role, active, created_at)"
+            " VALUES (1, 1, 'a@acme.test', 'A', 'admin', true, '2026-01-01')",
+            "INSERT INTO connections (id, account_id, type, name, mode, settings, credentials,"
+            " owner_id, status, version, created_at, updated_at) VALUES (1, 1, 'postgres',"
+            " 'Sales', 'direct', '{}', 'x', 1, 'connected', 1, '2026-01-01', '2026-01-01')",
+            "INSERT INTO datasets (id, connection_id, name, query, status)"
+            " VALUES (1, 1, 'Orders', 'SELECT 1', 'ok')",
+            "INSERT INTO disconnections (id, connection_id, started_at, reason_code)"
+            " VALUES (1, 1, '2026-01-01', '28P01')",
+        ):
+            conn.exec_driver_sql(sql)
+
+
+def _rows(engine: sa.Engine) -> tuple[str, int, int]:
+    with engine.connect() as conn:
+        return (
+            conn.exec_driver_sql("SELECT status FROM connections").scalar_one(),
+            conn.exec_driver_sql("SELECT count(*) FROM datasets").scalar_one(),
+            conn.exec_driver_sql("SELECT count(*) FROM disconnections").scalar_one(),
+        )
+
+
+def _set_status(engine: sa.Engine, status: str) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE connections SET status = '{status}'")
+
+
+def assert_misconfigured_migrates_both_ways(engine: sa.Engine) -> None:
+    db.upgrade(engine, "0006")
+    _one_of_each(engine)
+    db.upgrade(engine)
+    _set_status(engine, "misconfigured")
+    assert _rows(engine) == ("misconfigured", 1, 1)  # the rows that refer to it are kept
+    with pytest.raises(sa.exc.DBAPIError):
+        _set_status(engine, "bogus")
+    db.downgrade(engine, "0006")
+    assert _rows(engine) == ("unreachable", 1, 1)
+    with pytest.raises(sa.exc.DBAPIError):
+        _set_status(engine, "misconfigured")
+    db.upgrade(engine)
+
+
+def test_the_misconfigured_status_migrates_both_ways_and_keeps_every_row(settings):
+    """0007 widens the status CHECK of connections. On SQLite that rebuilds the table,
+    whose DROP would delete every dataset and disconnection with foreign keys on."""
+    app = Relink(settings)
+    try:
+        assert_misconfigured_migrates_both_ways(app.engine)
+    finally:
+        app.close()
+
+
+def test_the_misconfigured_status_migrates_both_ways_on_mariadb(mariadb_url):
+    name = f"relink_migrations_{uuid.uuid4().hex[:8]}"
+    server = sa.create_engine(mariadb_url)
+    with server.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.make_url(mariadb_url).set(database=name)
+    engine = db.make_engine(url.render_as_string(hide_password=False))
+    try:
+        assert_misconfigured_migrates_both_ways(engine)
+    finally:
+        engine.dispose()
+        with server.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        server.dispose()
