@@ -2,9 +2,11 @@
 
 validate: ``GET base_url + probe_path`` (httpx, `ctx.timeout`, no redirects) with the key
 in `header` (``Authorization`` sends ``Bearer <key>``, any other header the key itself).
-2xx -> ok; 401 / 403 -> ``AuthFailed("401" / "403")``; network errors, 5xx, 429 and
-any other status -> `Unreachable` (classification in `connectors.http`). A missing base
-URL or key, or an unusable header name, is ``AuthFailed("invalid_settings")``.
+2xx -> ok; 401 -> ``AuthFailed("401")``; a 403 only when it names ``invalid_token``
+(RFC 6750), else ``Unreachable("http_403")`` (a firewall or rate limit answers so too);
+network errors, 5xx, 429 (its Retry-After kept) and any other status -> `Unreachable`
+(the rows of `connectors.outcomes`, applied in `connectors.http`). A missing base URL
+or key, or an unusable header name, is ``AuthFailed("invalid_settings")``.
 
 fetch: the dataset query format of `connectors.http`,
 ``"<path-or-url> [| <dotted.json.path>]"``, relative to `base_url` (an absolute URL must
@@ -34,10 +36,9 @@ from connectors.base import (
     Field,
 )
 from connectors.http import (
-    INVALID_SETTINGS,
     POOL_LIMITS,
     classify_exception,
-    classify_status,
+    classify_response,
     json_body,
     no_cookies,
     parse_query,
@@ -48,6 +49,7 @@ from connectors.http import (
     url_problem,
     where,
 )
+from connectors.outcomes import INVALID_SETTINGS
 from connectors.registry import register
 
 FIELDS = (
@@ -175,7 +177,7 @@ async def _get(target: _Target, url: str, ctx: CheckContext) -> httpx.Response:
                 response = await client.get(url, headers=target.headers)
     except Exception as exc:  # noqa: BLE001 - validate never raises: unknown errors by class
         raise classify_exception(exc, at) from None
-    problem = classify_status(response.status_code, at)
+    problem = classify_response(response, at, now=ctx.now)
     if problem is not None:
         raise problem
     return response

@@ -35,10 +35,11 @@ class AuthKind(StrEnum):
 
 
 class Outcome(StrEnum):
-    """What one check of a connection found."""
+    """What one check of a connection found (which answer is which: `connectors.outcomes`)."""
 
     OK = "ok"
-    AUTH_FAILED = "auth_failed"  # credentials expired, revoked or changed
+    AUTH_FAILED = "auth_failed"  # credentials expired, revoked or changed: the owner reconnects
+    MISCONFIGURED = "misconfigured"  # the installation is wrong: only an admin can fix it
     UNREACHABLE = "unreachable"  # the source could not be asked: never breaks a connection
 
 
@@ -68,14 +69,18 @@ class Field:
 
 
 class CheckError(Exception):
-    """Base of everything a validation can meet; carries the source's own code."""
+    """Base of everything a validation can meet; carries the source's own code.
+
+    `retry_after`: the seconds the source asked us to wait before asking again
+    (an HTTP ``Retry-After``), when it said."""
 
     outcome: Outcome
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class AuthFailed(CheckError):
@@ -84,10 +89,23 @@ class AuthFailed(CheckError):
     outcome = Outcome.AUTH_FAILED
 
 
+class Misconfigured(CheckError):
+    """The installation is wrong (the OAuth app's client refused, a missing app setting)."""
+
+    outcome = Outcome.MISCONFIGURED
+
+
 class Unreachable(CheckError):
-    """The source could not be asked (refused, DNS, TLS, timeout, 5xx, 429)."""
+    """The source could not be asked (refused, DNS, TLS, timeout, 5xx, 429, a bare 403)."""
 
     outcome = Outcome.UNREACHABLE
+
+
+ERRORS: dict[Outcome, type[CheckError]] = {
+    Outcome.AUTH_FAILED: AuthFailed,
+    Outcome.MISCONFIGURED: Misconfigured,
+    Outcome.UNREACHABLE: Unreachable,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +116,16 @@ class CheckResult:
     # The connection's version after the connector itself stored rotated credentials
     # (through the TokenStore); None when it stored nothing.
     stored_version: int | None = None
+    # Seconds the source asked us to wait before asking again (HTTP Retry-After)
+    retry_after: float | None = None
 
     @classmethod
     def ok(cls, message: str = "credentials valid", **kw: Any) -> CheckResult:
         return cls(Outcome.OK, None, message, **kw)
 
     @classmethod
-    def from_error(cls, error: CheckError) -> CheckResult:
-        return cls(error.outcome, error.code, error.message)
+    def from_error(cls, error: CheckError, **kw: Any) -> CheckResult:
+        return cls(error.outcome, error.code, error.message, retry_after=error.retry_after, **kw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,19 @@ Classification (pure, unit-tested without a server):
   anything else                               Unreachable("error"), named by class only
   ==========================================  ===========================================
 
-* `classify_status(status, where, error=None)`: a response status -> `CheckError` (None for
-  2xx). 401 and 403 are `AuthFailed` (code: `error` when given, else "401"/"403"); 429,
-  5xx and every other status are `Unreachable("http_<status>")`: a 404 or a redirect
-  says the settings point at the wrong place, which waiting will not fix either, but it
-  is not proof that the credentials are bad, and only proof may break a connection.
+* `classify_status(status, where, error=None, ...)`: a response status -> `CheckError`
+  (None for 2xx), by the rows of `connectors.outcomes`: 401 is `AuthFailed` (code:
+  `error` when given, else "401"); a 403 is `AuthFailed` only when the error it names is
+  in the provider's row of `FORBIDDEN_BODIES` (``invalid_token``, Salesforce's
+  ``Bad_OAuth_Token``...), else `Unreachable("http_403")`: firewalls, CDN challenges,
+  IP allow-lists and secondary rate limits answer a bare 403 too. 429, 5xx and every
+  other status are `Unreachable("http_<status>")`: a 404 or a redirect says the settings
+  point at the wrong place, which waiting will not fix either, but it is not proof that
+  the credentials are bad, and only proof may break a connection.
+* `classify_response(response, where, now=...)`: the same for a response in hand, with
+  what it says itself: the error a 403 names (`forbidden_error`) and, for 429 and 503,
+  the wait its ``Retry-After`` asks for (`retry_after`: seconds, or an HTTP-date taken
+  against the response's own ``Date``), carried as `CheckError.retry_after`.
 
 Messages name the host (`where(url)`), never the URL (a query string may carry a key),
 and `scrub` removes every secret as a last line of defence.
@@ -58,6 +66,8 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -65,30 +75,20 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable, one_line
+from connectors.base import AuthFailed, CheckError, FetchResult, Outcome, Unreachable, one_line
+from connectors.outcomes import (
+    BAD_RESPONSE,
+    INVALID_QUERY,
+    INVALID_SETTINGS,
+    UNEXPECTED,
+    forbidden,
+    http_status,
+    network_error,
+)
 
-INVALID_SETTINGS = "invalid_settings"
-INVALID_QUERY = "invalid_query"
-BAD_RESPONSE = "bad_response"
-
-# What the network-level codes mean, worded for the connection's owner (the same words
-# as the SQL connectors use).
-NETWORK_MEANINGS = {
-    "timeout": "no answer within the timeout",
-    "dns": "the host name could not be resolved",
-    "connection_refused": "connection refused; is the server running and is the port correct?",
-    "tls": "TLS negotiation failed",
-    "connection_lost": "the server closed the connection without an answer",
-    "network": "the network could not reach the server",
-}
-
-STATUS_MEANINGS = {
-    401: "the credentials were refused",
-    403: "access is forbidden with these credentials",
-    404: "not found; check the URL settings",
-    408: "the server timed out waiting for the request",
-    429: "rate limited; the source asks to slow down",
-}
+# Statuses whose Retry-After we honour (RFC 9110 §10.2.3; 3xx ones are not followed).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+_ONE_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{2,63}$")
 
 _CODE_CHARS = re.compile(r"[^a-z0-9_.\-]")
 _HEADER_ERROR = re.compile(r"""\berror\s*=\s*(?:"([^"]*)"|([^\s,]+))""", re.IGNORECASE)
@@ -202,10 +202,6 @@ def url_problem(name: str, value: object) -> str | None:
     return f"{name} must be an http(s) URL such as https://api.example.com, got {text[:60]!r}"
 
 
-def network_error(code: str, where: str, detail: str | None = None) -> Unreachable:
-    return Unreachable(code, f"{where}: {detail or NETWORK_MEANINGS[code]}")
-
-
 def _causes(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -242,21 +238,90 @@ def classify_exception(exc: BaseException, where: str) -> CheckError:
     if isinstance(exc, httpx.DecodingError | ValueError):
         return Unreachable(BAD_RESPONSE, f"{where}: the answer could not be read")
     # Never the exception's text: it may hold a URL with a key in its query string.
-    return Unreachable("error", f"{where}: unexpected error ({type(exc).__name__})")
+    return Unreachable(UNEXPECTED, f"{where}: unexpected error ({type(exc).__name__})")
 
 
-def classify_status(status: int, where: str, error: str | None = None) -> CheckError | None:
-    """Pure: a response status -> None for 2xx, else AuthFailed (401/403) or Unreachable."""
+def classify_status(
+    status: int,
+    where: str,
+    error: str | None = None,
+    *,
+    provider: str = "*",
+    retry_after: float | None = None,
+) -> CheckError | None:
+    """Pure: a response status -> None for 2xx, else the `CheckError` its row says.
+
+    `error`: the error the answer names (RFC 6750 / the provider's body); `provider`
+    picks the row of `FORBIDDEN_BODIES` a 403 is judged by."""
     if 200 <= status < 300:
         return None
-    meaning = STATUS_MEANINGS.get(status)
-    if meaning is None:
-        meaning = "server error" if status >= 500 else "unexpected answer"
-    message = f"{where} answered HTTP {status} ({meaning})"
-    if status in (401, 403):
-        code = safe_code(error) or str(status)
-        return AuthFailed(code, message if code == str(status) else f"{message}: {code}")
-    return Unreachable(f"http_{status}", message)
+    code = safe_code(error)
+    judgment = forbidden(provider, code) if status == 403 else http_status(status)
+    message = f"{where} answered HTTP {status} ({judgment.meaning})"
+    if judgment.outcome is Outcome.AUTH_FAILED:  # reported under the error it names
+        code = code or str(status)
+        return judgment.error(code, message if code == str(status) else f"{message}: {code}")
+    return judgment.error(f"http_{status}", message, retry_after=retry_after)
+
+
+def classify_response(
+    response: httpx.Response,
+    where: str,
+    *,
+    now: datetime,
+    provider: str = "*",
+    error: str | None = None,
+) -> CheckError | None:
+    """`classify_status` of a response, with what it says itself: the error a 403 names
+    (unless `error` is given) and the Retry-After of a 429 or 503."""
+    status = response.status_code
+    if status == 403 and error is None:
+        error = forbidden_error(response)
+    wait = retry_after(response, now) if status in RETRY_AFTER_STATUSES else None
+    return classify_status(status, where, error, provider=provider, retry_after=wait)
+
+
+def retry_after(response: httpx.Response, now: datetime) -> float | None:
+    """The seconds a ``Retry-After`` asks to wait: delay-seconds, or an HTTP-date taken
+    against the response's ``Date`` (the server's clock), else against `now`; None when
+    absent or unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    when = _http_date(value)
+    if when is None:
+        return None
+    reference = _http_date(response.headers.get("date", "")) or now
+    return max(0.0, (when - reference).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def forbidden_error(response: httpx.Response) -> str | None:
+    """The error a 403 names: `response_error`, else a JSON ``error.code`` (Microsoft),
+    ``errorCode`` (Salesforce's REST list), or a one-word text body (Salesforce's
+    ``Bad_OAuth_Token``)."""
+    named = response_error(response)
+    if named:
+        return named
+    body = json_or_none(response)
+    if isinstance(body, list) and body and isinstance(body[0], Mapping):
+        body = body[0]
+    if isinstance(body, Mapping):
+        inner = body.get("error")
+        if isinstance(inner, Mapping):
+            return safe_code(inner.get("code"))
+        return safe_code(body.get("errorCode"))
+    text = response.text.strip() if body is None and len(response.content) <= 64 else ""
+    return safe_code(text) if _ONE_WORD.match(text) else None
 
 
 def safe_code(text: object) -> str | None:
@@ -300,7 +365,7 @@ def safe_error(err: CheckError, secrets: Iterable[str | None]) -> CheckError:
     code = scrub(err.code, secrets)
     if message == err.message and code == err.code:
         return err
-    return type(err)(code, message)
+    return type(err)(code, message, retry_after=err.retry_after)
 
 
 # --- dataset queries ------------------------------------------------------------------
@@ -408,7 +473,9 @@ __all__ = [
     "INVALID_QUERY",
     "INVALID_SETTINGS",
     "classify_exception",
+    "classify_response",
     "classify_status",
+    "forbidden_error",
     "json_body",
     "json_or_none",
     "network_error",
@@ -416,6 +483,7 @@ __all__ = [
     "records_to_result",
     "resolve_url",
     "response_error",
+    "retry_after",
     "safe_code",
     "safe_error",
     "scrub",

@@ -1,23 +1,24 @@
 """MySQL / MariaDB through SQLAlchemy + PyMySQL.
 
-Classification (`classify_mysql_error`, pure, unit-tested without a server) works on
-PyMySQL's errno (`args[0]`):
+Classification (`classify_mysql_error`, pure, unit-tested without a server) judges
+PyMySQL's errno (`args[0]`) by its row of `connectors.outcomes.MYSQL_ERRNOS`, and
+reports the errno the server sent as the code (MariaDB answers 1698 where MySQL
+answers 1045 when no password was sent: each is reported as sent):
 
 * 1045 access denied (wrong user or password) -> `AuthFailed("1045")`; so are the
   other "this login is refused" errnos: 1698 (no password given), 1130 (host not
   allowed, MySQL's pg_hba.conf), 1820/1862 (password expired) and 3118/4151 (account
   locked).
-* 1049 unknown database and 1044 access denied to the database -> `AuthFailed` with
-  that errno, for the reasons given in `connectors.postgres` for 3D000/42501: the
-  server answered "no" to this connection's settings; only the owner can fix that,
-  and `auth_failed` is what tells them. (MariaDB even answers 1044, not 1049, for a
-  missing database the user has no rights on.) 1142/1143 (no SELECT on a table or
-  column, met during fetch) are the same kind of problem.
+* 1049 unknown database and 1044 access denied to the database -> `AuthFailed` too,
+  as PostgreSQL's 3D000/42501: the server answered "no" to this connection's database
+  or user, which the owner fixes by entering the right ones when reconnecting. (MariaDB
+  answers 1044, not 1049, for a missing database the user has no rights on.) 1142/1143
+  (no SELECT on a table or column, met during fetch) are the same kind of problem.
 * 2003 can't connect / 2005 unknown host / 2006 gone away / 2013 lost connection /
   2026 TLS / 1040 too many connections / 1053 shutdown / timeouts -> `Unreachable`.
   When PyMySQL kept the socket error (`original_exception` / `__context__`) the code
   says what happened ("connection_refused", "dns", "timeout", "tls"), like PostgreSQL;
-  otherwise it is the errno.
+  otherwise it is the errno (or the row's code: 2005 -> "dns").
 * anything else -> `Unreachable("error")` named by exception class (and errno).
 """
 
@@ -28,14 +29,8 @@ from typing import Any
 
 import pymysql
 
-from connectors.base import (
-    AuthFailed,
-    AuthKind,
-    CheckError,
-    Field,
-    Unreachable,
-    one_line,
-)
+from connectors.base import AuthKind, CheckError, Field, Outcome, Unreachable, one_line
+from connectors.outcomes import MYSQL_ERRNOS, UNEXPECTED
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
@@ -62,48 +57,6 @@ FIELDS = (
 
 SSLMODES = frozenset({"disabled", "preferred", "required"})
 
-AUTH_ERRNOS = {
-    1045: "access denied (wrong user name or password)",
-    1698: "access denied (no password given)",
-    1130: "this host is not allowed to connect",
-    1820: "the password has expired and must be reset",
-    1862: "the password has expired",
-    3118: "the account is locked",
-    4151: "the account is locked",
-    # not outages either: the connection's settings or grants are wrong
-    1044: "access denied to the database",
-    1049: "the database does not exist",
-    1142: "access denied to a table",
-    1143: "access denied to a column",
-}
-UNREACHABLE_ERRNOS = {
-    1040: "too many connections, try again later",
-    1203: "the user has too many connections, try again later",
-    1226: "the user has exceeded a resource limit, try again later",
-    1053: "the server is shutting down",
-    1077: "the server is shutting down",
-    1129: "the host is blocked after too many connection errors",
-    1152: "the connection was aborted",
-    1159: "timeout reading from the network",
-    1161: "timeout writing to the network",
-    1969: "the query exceeded max_statement_time",  # MariaDB
-    3024: "the query exceeded max_execution_time",  # MySQL
-    2002: "could not connect",
-    2003: "could not connect",
-    2005: "the host name could not be resolved",
-    2006: "the server has gone away",
-    2013: "lost the connection to the server",
-    2026: "TLS/SSL negotiation failed",
-    2055: "lost the connection to the server",
-}
-_ERRNO_CODES = {
-    1159: "timeout",
-    1161: "timeout",
-    1969: "timeout",
-    3024: "timeout",
-    2005: "dns",
-    2026: "tls",
-}
 # Below 2000 (and from 3000) the text comes from the server, which never sees the
 # DSN; 2000-2999 are client errors whose text we do not quote.
 _CLIENT_ERRNOS = range(2000, 3000)
@@ -115,7 +68,7 @@ def _errno(exc: pymysql.err.MySQLError) -> int | None:
 
 
 def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError:
-    """Pure: a PyMySQL (or SQLAlchemy-wrapped) exception -> AuthFailed / Unreachable."""
+    """Pure: a PyMySQL (or SQLAlchemy-wrapped) exception -> its `CheckError`."""
     if isinstance(exc, CheckError):
         return exc
     orig = unwrap(exc)
@@ -127,22 +80,21 @@ def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError
     if errno is not None and errno not in _CLIENT_ERRNOS and len(orig.args) > 1:
         server_text = one_line(str(orig.args[1]), 200) or None
 
-    if errno in AUTH_ERRNOS:
-        return AuthFailed(str(errno), f"{where}: {server_text or AUTH_ERRNOS[errno]} ({errno})")
-    if errno in UNREACHABLE_ERRNOS:
-        # The socket error PyMySQL kept says more than the errno (2003 covers refused,
-        # DNS and timeout alike; 2013 is how a read timeout shows).
-        socket_error = getattr(orig, "original_exception", None) or orig.__context__
-        if socket_error is not None:
-            found = classify_os_error(socket_error, where)
-            if found is not None:
-                return Unreachable(found.code, f"{found.message} ({errno})")
-        code = _ERRNO_CODES.get(errno, str(errno))
-        return Unreachable(code, f"{where}: {server_text or UNREACHABLE_ERRNOS[errno]} ({errno})")
+    judgment = MYSQL_ERRNOS.get(errno) if errno is not None else None
+    if judgment is not None:
+        if judgment.outcome is Outcome.UNREACHABLE:
+            # The socket error PyMySQL kept says more than the errno (2003 covers refused,
+            # DNS and timeout alike; 2013 is how a read timeout shows).
+            socket_error = getattr(orig, "original_exception", None) or orig.__context__
+            if socket_error is not None:
+                found = classify_os_error(socket_error, where)
+                if found is not None:
+                    return Unreachable(found.code, f"{found.message} ({errno})")
+        return judgment.error(str(errno), f"{where}: {server_text or judgment.meaning} ({errno})")
     if server_text:
         # A server error we do not classify (e.g. 1146 in a dataset query): the
         # server's own words are safe (it never sees the DSN) and say what to fix.
-        return Unreachable("error", f"{where}: {type(orig).__name__} {errno}: {server_text}")
+        return Unreachable(UNEXPECTED, f"{where}: {type(orig).__name__} {errno}: {server_text}")
     return unexpected(orig, where, str(errno) if errno is not None else None)
 
 

@@ -13,9 +13,9 @@ Settings and where they come from
   else the installation's app, `ctx.app_settings["oauth"][<provider>]`
   (``{"client_id": ..., "client_secret": ...}``, filled from `RELINK_OAUTH__...`).
   Without a client id a refresh cannot be made: that is
-  `Unreachable("oauth_app_not_configured")`, an installation problem that reconnecting
-  cannot fix, so it must not break the owner's connection (the sweep's incident
-  detection shows every connection of the provider failing alike).
+  `Misconfigured("oauth_app_not_configured")`, an installation problem that reconnecting
+  cannot fix, so it never breaks the owner's connection; its message names the settings
+  an admin sets.
 * Client authentication at the token and introspection endpoints: a provider property
   (Salesforce, Google, HubSpot, Microsoft: ``client_secret_post``; QuickBooks and the
   generic provider: ``client_secret_basic``), overridable by the
@@ -30,19 +30,27 @@ validate
    a token store (a dry validation of new credentials) the refresh stays in memory.
    No refresh token: `AuthFailed("no_refresh_token")`.
 2. Verify: RFC 7662 introspection when an introspection URL (and a client secret) is
-   known (``active: false`` -> `AuthFailed("inactive_token")`), else an authenticated GET
-   of the probe URL (401 -> `AuthFailed(<error of WWW-Authenticate or body>` default
-   ``invalid_token``), 403 -> `AuthFailed("insufficient_scope" or "403")`). With neither,
-   the refresh grant itself is the check.
+   known (``active: false`` -> `AuthFailed("inactive_token")`; a 401 there is the client
+   refused, as at the token endpoint), else an authenticated GET of the probe URL (401 ->
+   `AuthFailed(<error of WWW-Authenticate or body>` default ``invalid_token``); a 403 is
+   `AuthFailed` only when it names an error of the provider's row of
+   `connectors.outcomes.FORBIDDEN_BODIES` (``insufficient_scope``, Salesforce's
+   ``Bad_OAuth_Token``...), else `Unreachable("http_403")`). With neither, the refresh
+   grant itself is the check.
    A token rejected here although it looked valid (revoked, expired early, a provider
    that sends no `expires_in`) gets one refresh and one more verification.
-3. `invalid_grant` / `invalid_client` / `unauthorized_client` from the token endpoint ->
-   `AuthFailed(<that code>)`, except after a rotation race: on `invalid_grant` the stored
-   credentials are reloaded, and when their refresh token is not the one we spent,
-   another run rotated first; its token set is used instead.
-4. Network errors, 5xx, 429 -> `Unreachable` (see `connectors.http`); other error codes
-   of the token endpoint (``invalid_request``, ``temporarily_unavailable``...) are
-   `Unreachable(<code>)` too: not proof that the grant is gone.
+3. The token endpoint's error codes are judged by `connectors.outcomes.oauth_error`:
+   `invalid_grant` -> `AuthFailed`, except after a rotation race: the stored credentials
+   are reloaded, and when their refresh token is not the one we spent, another run
+   rotated first; its token set is used instead. `invalid_client` /
+   `unauthorized_client` refuse the OAuth app: `Misconfigured` for the installation's
+   app (the message says which RELINK_OAUTH__ settings to fix; never the secret), but
+   `AuthFailed` for a connection that carries its own client (its `client_id` setting),
+   which its owner fixes by reconnecting.
+4. Network errors, 5xx, 429 -> `Unreachable` (see `connectors.http`; a Retry-After is
+   kept); other error codes of the token endpoint (``invalid_request``,
+   ``temporarily_unavailable``...) are `Unreachable(<code>)` too: not proof that the
+   grant is gone.
 5. `validate` returns a `CheckResult`, never raises for a source problem. Its
    `stored_version` is the connection's version whose credentials the result is about
    whenever that is not `conn.version` (we stored a rotated set, or used one another run
@@ -106,14 +114,14 @@ from connectors.base import (
     Credentials,
     FetchResult,
     Field,
+    Misconfigured,
+    Outcome,
     Unreachable,
 )
 from connectors.http import (
-    BAD_RESPONSE,
-    INVALID_SETTINGS,
     POOL_LIMITS,
     classify_exception,
-    classify_status,
+    classify_response,
     json_body,
     no_cookies,
     parse_query,
@@ -125,6 +133,15 @@ from connectors.http import (
     tls_context,
     url_problem,
     where,
+)
+from connectors.outcomes import (
+    BAD_RESPONSE,
+    CLIENT_REFUSALS,
+    INACTIVE_TOKEN,
+    INVALID_SETTINGS,
+    NO_REFRESH_TOKEN,
+    OAUTH_APP_NOT_CONFIGURED,
+    oauth_error,
 )
 from connectors.registry import register
 
@@ -203,13 +220,8 @@ URL_SETTINGS = (
     "probe_url",
     "api_base_url",
 )
-# Token endpoint errors that prove the grant (or the client) is no longer accepted.
-GRANT_REFUSED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 # Verification answers after which one refresh is worth a try.
-TOKEN_REJECTED = frozenset({"invalid_token", "inactive_token"})
-NOT_CONFIGURED = "oauth_app_not_configured"
-NO_REFRESH_TOKEN = "no_refresh_token"
-INACTIVE_TOKEN = "inactive_token"
+TOKEN_REJECTED = frozenset({"invalid_token", INACTIVE_TOKEN})
 _TOKEN_SET = ("access_token", "refresh_token", "expires_at")
 
 
@@ -243,6 +255,8 @@ class OAuthPlan:
     client_id: str | None
     client_secret: str | None = field(repr=False)
     auth_method: str
+    # the client is the connection's own (its client_id setting), not the installation's
+    own_client: bool = False
 
     @property
     def effective_auth_method(self) -> str:
@@ -337,38 +351,73 @@ def _origin(url: str | None) -> str | None:
     return f"{parsed.scheme}://{parsed.host}{port}"
 
 
-def _oauth_error(exc: OAuthError, at: str, action: str) -> CheckError:
-    code = safe_code(exc.error) or "oauth_error"
-    detail = f" ({str(exc.description)[:200]})" if exc.description else ""
-    if code in GRANT_REFUSED:
-        return AuthFailed(code, f"{at} refused {action}: {code}{detail}; reconnect the connection")
-    return Unreachable(code, f"{at} could not answer {action}: {code}{detail}")
+def app_settings_fix(provider: str) -> str:
+    """Where an admin fixes the installation's OAuth app of `provider` (never its values)."""
+    name = f"RELINK_OAUTH__{provider.upper()}"
+    return f"set {name}__CLIENT_ID and {name}__CLIENT_SECRET to the app's current values"
 
 
-async def _http(call: Awaitable[Any], at: str, timeout: float, action: str = "the request") -> Any:
+_INSTALLATION_FIXES = {
+    "unauthorized_client": "allow the app the refresh-token grant at the provider, or {settings}",
+}
+
+
+def refused(code: str, at: str, action: str, plan: OAuthPlan, detail: str = "") -> CheckError:
+    """An OAuth error code from the provider as its `connectors.outcomes` row judges it."""
+    judgment = oauth_error(code, own_client=plan.own_client)
+    if judgment.outcome is Outcome.MISCONFIGURED:
+        settings = app_settings_fix(plan.provider)
+        fix = _INSTALLATION_FIXES.get(code, "{settings}").format(settings=settings)
+        # the fix before the provider's own description, which may be cut off
+        return judgment.error(
+            code,
+            f"{at} answered {code}: {judgment.meaning}. An admin must {fix}; reconnecting "
+            f"cannot help.{detail}",
+        )
+    if judgment.outcome is Outcome.AUTH_FAILED:
+        fix = "with the right client" if code in CLIENT_REFUSALS else "the connection"
+        return judgment.error(code, f"{at} refused {action}: {code}{detail}; reconnect {fix}")
+    return judgment.error(code, f"{at} could not answer {action}: {code}{detail}")
+
+
+def not_configured(plan: OAuthPlan) -> Misconfigured:
+    return Misconfigured(
+        OAUTH_APP_NOT_CONFIGURED,
+        f"no OAuth app is configured for {plan.provider}: an admin must "
+        f"{app_settings_fix(plan.provider)}; reconnecting cannot help",
+    )
+
+
+async def _http(
+    call: Awaitable[Any], at: str, ctx: CheckContext, plan: OAuthPlan, action: str = "the request"
+) -> Any:
     """Await one HTTP exchange (Authlib or httpx); every failure becomes a CheckError."""
-    backstop = max(timeout * 3, timeout + 5)  # for what httpx's per-phase timeouts miss
+    backstop = max(ctx.timeout * 3, ctx.timeout + 5)  # for what httpx's timeouts miss
     try:
         async with asyncio.timeout(backstop):  # no task of its own, unlike wait_for
             return await call
     except CheckError:
         raise
     except OAuthError as exc:
-        raise _oauth_error(exc, at, action) from None
+        code = safe_code(exc.error) or "oauth_error"
+        detail = f" ({str(exc.description)[:200]})" if exc.description else ""
+        raise refused(code, at, action, plan, detail) from None
     except httpx.HTTPStatusError as exc:  # Authlib: a 5xx or a non-JSON error answer
         status = exc.response.status_code
-        raise (classify_status(status, at) or Unreachable(f"http_{status}", at)) from None
+        problem = classify_response(exc.response, at, now=ctx.now, provider=plan.provider)
+        raise (problem or Unreachable(f"http_{status}", at)) from None
     except Exception as exc:  # noqa: BLE001 - validate never raises: unknown errors by class
         raise classify_exception(exc, at) from None
 
 
-def _token_response_hook(at: str) -> Any:
+def _token_response_hook(at: str, now: datetime) -> Any:
     """Authlib parses a 429's JSON body as an OAuth error: classify by status first."""
 
     def hook(response: httpx.Response) -> httpx.Response:
         status = response.status_code
         if status == 429 or status >= 500:
-            raise classify_status(status, at) or Unreachable(f"http_{status}", at)
+            problem = classify_response(response, at, now=now)
+            raise problem or Unreachable(f"http_{status}", at)
         return response
 
     return hook
@@ -463,17 +512,14 @@ class _Run:
         if not p.token_url:
             raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
         if not p.client_id:
-            raise Unreachable(
-                NOT_CONFIGURED,
-                f"no OAuth client id for {p.provider}: set RELINK_OAUTH__{p.provider.upper()}"
-                "__CLIENT_ID (and __CLIENT_SECRET) or the connection's client_id",
-            )
+            raise not_configured(p)
         self._remember(stored)
         self.spent_refresh = refresh_token
         token = await _http(
             self.client.refresh_token(p.token_url, refresh_token=refresh_token),
             f"the token endpoint ({where(p.token_url)})",
-            self.ctx.timeout,
+            self.ctx,
+            p,
             "the refresh token",
         )
         fresh = token_credentials(stored, token, self.ctx.now)
@@ -557,15 +603,17 @@ class _Run:
                 token_type_hint="access_token",
             ),
             at,
-            self.ctx.timeout,
+            self.ctx,
+            p,
         )
         status = response.status_code
         if status in (400, 401):
+            # RFC 7662 §2.1: the caller (the OAuth app) authenticates; a 401 refuses it
             error = response_error(response)
-            if error in GRANT_REFUSED or status == 401:
-                code = error if error in GRANT_REFUSED else "invalid_client"
-                raise AuthFailed(code, f"{at} refused the client: {code}")
-        problem = classify_status(status, at)
+            if error in CLIENT_REFUSALS or status == 401:
+                code = error if error in CLIENT_REFUSALS else "invalid_client"
+                raise refused(code, at, "the OAuth client", p)
+        problem = classify_response(response, at, now=self.ctx.now, provider=p.provider)
         if problem is not None:
             raise problem
         body = json_body(response, at)
@@ -582,6 +630,7 @@ class _Run:
     async def get(self, url: str) -> httpx.Response:
         """An authenticated GET; a rejected token gets one refresh and one more try."""
         at = where(url)
+        p = self._p()
         while True:
             access = self.creds.get("access_token", "")
             response: httpx.Response = await _http(
@@ -592,7 +641,8 @@ class _Run:
                     withhold_token=True,  # Authlib must not refresh on its own: the store does
                 ),
                 at,
-                self.ctx.timeout,
+                self.ctx,
+                p,
             )
             status = response.status_code
             error: str | None = None
@@ -602,10 +652,9 @@ class _Run:
                     self.retried = True
                     await self.refresh(rejected=access)
                     continue
-            elif status == 403:
-                scope_error = response_error(response) == "insufficient_scope"
-                error = "insufficient_scope" if scope_error else None
-            problem = classify_status(status, at, error)
+            problem = classify_response(
+                response, at, now=self.ctx.now, provider=p.provider, error=error
+            )
             if problem is not None:
                 raise problem
             return response
@@ -671,6 +720,7 @@ class OAuth2Connector(Connector):
             client_secret=_text(credentials.get("client_secret"))
             or _text(_entry(app, "client_secret")),
             auth_method=method,
+            own_client=setting("client_id") is not None,
         )
 
     def client(self, plan: OAuthPlan, ctx: CheckContext) -> AsyncOAuth2Client:
@@ -691,7 +741,7 @@ class OAuth2Connector(Connector):
             cookies=no_cookies(),
             limits=POOL_LIMITS,
         )
-        hook = _token_response_hook(f"the token endpoint ({where(plan.token_url or '')})")
+        hook = _token_response_hook(f"the token endpoint ({where(plan.token_url or '')})", ctx.now)
         client.register_compliance_hook("access_token_response", hook)
         client.register_compliance_hook("refresh_token_response", hook)
         return client
@@ -705,8 +755,7 @@ class OAuth2Connector(Connector):
                 await run.ensure_fresh()
                 await run.verify()
         except CheckError as err:
-            safe = run.safe(err)
-            return CheckResult(safe.outcome, safe.code, safe.message, stored_version=run.version)
+            return CheckResult.from_error(run.safe(err), stored_version=run.version)
         return CheckResult.ok(stored_version=run.version)
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
@@ -737,7 +786,7 @@ class OAuth2Connector(Connector):
         if not plan.authorize_url:
             raise AuthFailed(INVALID_SETTINGS, "the connection has no authorize_url")
         if not plan.client_id:
-            raise Unreachable(NOT_CONFIGURED, f"no OAuth client id for {self.provider}")
+            raise not_configured(plan)
         client = _ProtocolClient(
             None,
             client_id=plan.client_id,
@@ -773,7 +822,7 @@ class OAuth2Connector(Connector):
             if not plan.token_url:
                 raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
             if not plan.client_id:
-                raise Unreachable(NOT_CONFIGURED, f"no OAuth client id for {self.provider}")
+                raise not_configured(plan)
             async with self.client(plan, ctx) as client:
                 token = await _http(
                     client.fetch_token(
@@ -784,7 +833,8 @@ class OAuth2Connector(Connector):
                         code_verifier=code_verifier,
                     ),
                     f"the token endpoint ({where(plan.token_url)})",
-                    ctx.timeout,
+                    ctx,
+                    plan,
                     "the authorization code",
                 )
             return token_credentials({}, token, ctx.now)

@@ -1,18 +1,16 @@
 """PostgreSQL through SQLAlchemy + psycopg.
 
-Classification (`classify_postgres_error`, pure, unit-tested without a server):
+Classification (`classify_postgres_error`, pure, unit-tested without a server) judges
+the SQLSTATE the server sent by its row of `connectors.outcomes.POSTGRES_SQLSTATES`
+(and `POSTGRES_CLASSES`), and reports that SQLSTATE as the code:
 
 * 28P01 invalid_password, 28000 invalid_authorization_specification (role missing,
-  not allowed to log in, no pg_hba.conf entry) -> `AuthFailed` with that code.
-* 3D000 "database does not exist" and 42501 "permission denied for database" ->
-  `AuthFailed` with that code too. They are not outages: the server answered, and
-  answered "no" to *this connection's* settings; waiting will not fix them, the owner
-  (or the source's DBA) must. Reporting them as `unreachable` would leave a connection
-  that can never work looking healthy forever and nobody would be told, whereas
-  `auth_failed` opens a disconnection, emails the owner after 24 hours and is closed by
-  a reconnect, which is the path that fixes them. The code keeps them distinguishable
-  from a wrong password. 42501 met during fetch (no SELECT on a table) is the same
-  kind of problem: the role lacks a privilege the dataset needs.
+  not allowed to log in, no pg_hba.conf entry) -> `AuthFailed`.
+* 3D000 "database does not exist" and 42501 "permission denied" -> `AuthFailed` too:
+  the server answered "no" to this connection's database or user, which waiting will
+  not fix and the owner does, by entering the right database, user or password when
+  reconnecting (or having the privilege granted). 42501 met during fetch (no SELECT on
+  a table) is the same kind of problem: the role lacks a privilege the dataset needs.
 * connection refused, DNS failure, TLS failure, timeout (connect timeout, 57014 the
   statement timeout of fetch), server shutting down or starting up (57P01, 57P02,
   57P03), too many connections (53300), other class 08/53/57/58 errors ->
@@ -35,20 +33,19 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import text
 
-from connectors.base import (
-    AuthFailed,
-    AuthKind,
-    CheckError,
-    Field,
-    Unreachable,
-    one_line,
+from connectors.base import AuthKind, CheckError, Field, Unreachable, one_line
+from connectors.outcomes import (
+    NETWORK,
+    POSTGRES_SQLSTATES,
+    UNEXPECTED,
+    network_error,
+    postgres_sqlstate,
 )
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
     SqlTarget,
     classify_os_error,
-    network_error,
     unexpected,
     unwrap,
     whole_seconds,
@@ -71,27 +68,11 @@ DATABASE_FIELDS = (
 
 SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
-# SQLSTATE -> what it means, for the ones that say "this connection is wrong".
-AUTH_SQLSTATES = {
-    "28P01": "password authentication failed",
-    "28000": "the server does not accept this user from here",
-    "3D000": "the database does not exist",
-    "42501": "permission denied",
-}
-# SQLSTATE -> (code, meaning) for the ones that say "the server cannot answer now".
-UNREACHABLE_SQLSTATES = {
-    "53300": ("53300", "too many connections, try again later"),
-    "57P01": ("57P01", "the server is shutting down"),
-    "57P02": ("57P02", "the server is restarting after a crash"),
-    "57P03": ("57P03", "the server is not accepting connections now"),
-    "57014": ("timeout", "the query was cancelled (statement timeout)"),
-}
-UNREACHABLE_CLASSES = ("08", "53", "57", "58")
-
-# Connection-attempt messages (no SQLSTATE available), most specific first.
-# Auth-like patterns are tried before network ones: if one attempt of several (::1,
-# 127.0.0.1) reached the server and was refused a login, that is the answer.
-_AUTH_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+# Connection-attempt messages (no SQLSTATE available) -> the SQLSTATE (or network code)
+# the server meant, most specific first. Login refusals are tried before outages: if one
+# attempt of several (::1, 127.0.0.1) reached the server and was refused a login, that
+# is the answer.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(p), code)
     for p, code in (
         (r"password authentication failed", "28P01"),
@@ -103,11 +84,6 @@ _AUTH_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"authentication failed for user", "28000"),  # ident, peer, ldap, cert ...
         (r'database ".*" does not exist', "3D000"),
         (r"permission denied for database", "42501"),
-    )
-)
-_OUTAGE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p), code)
-    for p, code in (
         (r"too many clients|too many connections|connection slots are reserved", "53300"),
         (r"terminating connection due to administrator command", "57P01"),
         (r"the database system is (shutting down|starting up|in recovery mode|not .*accepting)"
@@ -141,7 +117,7 @@ def _with_detail(where: str, meaning: str, code: str, detail: str | None) -> str
 
 
 def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> CheckError:
-    """Pure: a psycopg (or SQLAlchemy-wrapped) exception -> AuthFailed / Unreachable.
+    """Pure: a psycopg (or SQLAlchemy-wrapped) exception -> its `CheckError`.
 
     `where` names the server in the message ("PostgreSQL at db:5432/sales"); the
     message never quotes the DSN, and quotes only the server's own error text.
@@ -156,19 +132,13 @@ def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> Ch
     if sqlstate:
         detail = orig.diag.message_primary
         detail = one_line(detail, 200) if detail else None
-        if sqlstate in AUTH_SQLSTATES or sqlstate.startswith("28"):
-            meaning = AUTH_SQLSTATES.get(sqlstate, "the server refused the login")
-            return AuthFailed(sqlstate, _with_detail(where, meaning, sqlstate, detail))
-        if sqlstate in UNREACHABLE_SQLSTATES:
-            code, meaning = UNREACHABLE_SQLSTATES[sqlstate]
-            return Unreachable(code, _with_detail(where, meaning, sqlstate, detail))
-        if sqlstate[:2] in UNREACHABLE_CLASSES:
-            meaning = "the server could not serve the request"
-            return Unreachable(sqlstate, _with_detail(where, meaning, sqlstate, detail))
+        judgment = postgres_sqlstate(sqlstate)
+        if judgment is not None:
+            return judgment.error(sqlstate, _with_detail(where, judgment.meaning, sqlstate, detail))
         # A server error we do not classify (e.g. 42P01 in a dataset query): the
         # server's own words are safe (it never sees the DSN) and say what to fix.
         return Unreachable(
-            "error",
+            UNEXPECTED,
             f"{where}: {type(orig).__name__} {sqlstate}" + (f": {detail}" if detail else ""),
         )
 
@@ -180,15 +150,12 @@ def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> Ch
     message = str(orig)
     lowered = message.lower()
     server_text = _server_text(message)
-    for pattern, code in _AUTH_PATTERNS:
-        if pattern.search(lowered):
-            return AuthFailed(code, _with_detail(where, AUTH_SQLSTATES[code], code, server_text))
-    for pattern, code in _OUTAGE_PATTERNS:
+    for pattern, code in _PATTERNS:
         if not pattern.search(lowered):
             continue
-        if code in UNREACHABLE_SQLSTATES:
-            meaning = UNREACHABLE_SQLSTATES[code][1]
-            return Unreachable(code, _with_detail(where, meaning, code, server_text))
+        if code not in NETWORK:
+            judgment = POSTGRES_SQLSTATES[code]
+            return judgment.error(code, _with_detail(where, judgment.meaning, code, server_text))
         detail = server_text
         if code == "tls" and detail is None:
             # libpq's reason says which setting to change ("server does not support

@@ -57,10 +57,9 @@ from connectors.base import (
     Unreachable,
     one_line,
 )
+from connectors.outcomes import INVALID_SETTINGS, UNEXPECTED, network_error
 
 T = TypeVar("T")
-
-INVALID_SETTINGS = "invalid_settings"
 # Threads for blocking driver work: wider than the checks a sweep has in flight at once
 # (`CheckPolicy.concurrency`), so a check never waits for a thread; made as needed.
 DRIVER_THREADS = 256
@@ -100,8 +99,8 @@ def parse_target(
     * `validate` must never raise for a problem of the connection itself, and an
       exception would abort a whole check batch (or show a traceback on reconnect);
     * it is not an outage: retrying will never make port "abc" work, only the owner
-      editing the connection will, which is exactly what `auth_failed` leads to (the
-      connection shows as broken, the owner is told, reconnecting fixes it);
+      entering the right settings will, which is what `auth_failed` leads to (the
+      connection shows as broken, the owner is told, and reconnects with them);
     * the distinct code and a message naming the field keep it apart from a refused
       password.
     """
@@ -145,21 +144,6 @@ def scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-# What the network-level codes mean, worded for the connection's owner.
-NETWORK_MEANINGS = {
-    "timeout": "no answer within the timeout",
-    "dns": "the host name could not be resolved",
-    "connection_refused": "connection refused; is the server running and is the port correct?",
-    "tls": "TLS/SSL negotiation failed",
-    "connection_lost": "the server closed the connection unexpectedly",
-    "network": "the network could not reach the server",
-}
-
-
-def network_error(code: str, where: str, detail: str | None = None) -> Unreachable:
-    return Unreachable(code, f"{where}: {detail or NETWORK_MEANINGS[code]}")
-
-
 def classify_os_error(exc: BaseException, where: str) -> CheckError | None:
     """A network-level exception (possibly the driver's `__context__`), or None."""
     if isinstance(exc, TimeoutError):
@@ -183,7 +167,7 @@ def unexpected(exc: BaseException, where: str, code: str | None = None) -> Unrea
     The raw message of an unknown exception could echo a DSN, so it is not used.
     """
     detail = type(exc).__name__ + (f" {code}" if code else "")
-    return Unreachable("error", f"{where}: unexpected error ({detail})")
+    return Unreachable(UNEXPECTED, f"{where}: unexpected error ({detail})")
 
 
 def unwrap(exc: BaseException) -> BaseException:

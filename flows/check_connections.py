@@ -1,5 +1,9 @@
 """check-connections: validate every connection's credentials and record what broke.
 
+Installation problems (misconfigured results: the OAuth app's client refused, a missing
+app setting) are logged at WARNING and published as an artifact of their own naming the
+providers and the fix; they break no connection, and the run still completes.
+
 A small sweep runs here, batch by batch. A large one (more than one shard of
 `shard_size` connections, run as a deployment) fans out: one check-connections-shard
 flow run per shard, so the work pool's workers share the sweep; each shard is claimed
@@ -143,6 +147,14 @@ async def check_connections(
     )
     for incident in summary.incidents:
         logger.warning("provider incident: %s", incident.describe())
+    for problem in summary.installation_problems:
+        logger.warning("installation problem (an admin fixes it): %s", problem.describe())
+    if summary.installation_problems:
+        await acreate_markdown_artifact(
+            summary.installation_markdown(),
+            key="check-connections-installation",
+            description="Installation problems: only an admin can fix these",
+        )
     markdown = summary.markdown()
     if fan_out:
         markdown += f"\nFanned out over {len(shards)} shard(s) of {shard_size} connections.\n"

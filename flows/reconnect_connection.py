@@ -1,5 +1,6 @@
 """reconnect-connection: check a broken connection's stored credentials again; refresh
-its datasets when they work, else hand its owner the reconnect link."""
+its datasets when they work, else hand its owner the reconnect link (unless Relink's own
+setup is what fails: that waits for an admin, and no owner is emailed)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ async def reconnect_connection(
             description=f"Reconnect connection {connection_id}",
         )
         return {"connection": checked, "refresh": refreshed, "reconnect_url": None}
+    if checked["status"] == "misconfigured":
+        logger.warning(
+            "connection %d (%s) waits for an admin to fix the installation: %s",
+            connection_id,
+            name,
+            checked["message"] or checked["code"],
+        )
+        await acreate_markdown_artifact(
+            f"# Connection {connection_id} ({_md(name)}) waits for an administrator\n\n"
+            "Relink's own setup for this source is wrong; reconnecting cannot help, and its "
+            f"owner is not emailed.\n\n{_md(checked['message'] or checked['code'])}\n",
+            key="reconnect-connection",
+            description=f"Reconnect connection {connection_id}",
+        )
+        return {"connection": checked, "refresh": None, "reconnect_url": None, "emailed": None}
 
     link = checked["reconnect_url"]
     logger.warning(

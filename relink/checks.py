@@ -1,7 +1,12 @@
 """The credential sweep: load connections in keyset batches, validate each batch
 concurrently (a global cap and a per-provider cap, retries with backoff for
-outages), and write the results back through the state rules, one transaction
+outages, or after the wait a source asks for with Retry-After, within each check's
+time budget), and write the results back through the state rules, one transaction
 per batch. Prefect-free: the check-connections flow and `relink check` both use it.
+
+A sweep's summary lists the installation problems it met (`misconfigured` results by
+provider and code, with the message that says what an admin fixes) apart from the
+provider incidents (most connections of a provider failing alike).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +46,13 @@ class CheckPolicy:
     backoff: float = 0.5  # seconds before the first retry, doubled after each
     timeout: float = 10.0  # seconds per request to a source
     refresh_window: float = 300.0
+    # seconds one check may last in all, waits included: a source asking (Retry-After)
+    # for a longer wait than is left is not asked again, and the check is unreachable
+    budget: float = 30.0
+
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,8 @@ class BatchSummary:
     skipped: int = 0  # changed by someone else (a reconnect) during the check
     # "provider|outcome|code" -> count, for incident detection across batches
     by_provider: dict[str, int] = field(default_factory=dict)
+    # "provider|code" -> the message of a misconfigured result (what an admin fixes)
+    installation: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +87,28 @@ class BatchSummary:
             "status_changes": self.status_changes,
             "skipped": self.skipped,
             "by_provider": self.by_provider,
+            "installation": self.installation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InstallationProblem:
+    """Connections of one provider that the installation fails alike (`misconfigured`)."""
+
+    provider: str
+    code: str | None
+    connections: int
+    fix: str  # the checks' message: what is wrong and what an admin sets (never a secret)
+
+    def describe(self) -> str:
+        return f"{self.provider}: {self.connections} connection(s), {self.code}: {self.fix}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "code": self.code,
+            "connections": self.connections,
+            "fix": self.fix,
         }
 
 
@@ -86,6 +122,7 @@ class SweepSummary:
     skipped: int
     batches: int
     incidents: list[Incident]
+    installation_problems: list[InstallationProblem]
     duration_s: float
 
     @classmethod
@@ -93,15 +130,22 @@ class SweepSummary:
         outcomes: Counter[str] = Counter()
         by_provider: Counter[str] = Counter()
         totals: Counter[str] = Counter()
+        fixes: dict[str, str] = {}
         for batch in batches:
             outcomes.update(batch["outcomes"])
             by_provider.update(batch["by_provider"])
+            for key, fix in batch.get("installation", {}).items():
+                fixes.setdefault(key, fix)
             for key in ("checked", "opened", "closed", "status_changes", "skipped"):
                 totals[key] += batch[key]
         results = []
-        for key, count in by_provider.items():
+        problems = []
+        for key, count in sorted(by_provider.items()):
             provider, outcome, code = key.split("|", 2)
             results.extend([(provider, outcome, code or None)] * count)
+            if outcome == Outcome.MISCONFIGURED:
+                fix = fixes.get(f"{provider}|{code}", "")
+                problems.append(InstallationProblem(provider, code or None, count, fix))
         return cls(
             checked=totals["checked"],
             outcomes={k: outcomes.get(k, 0) for k in (*Outcome, ERROR)},
@@ -111,6 +155,7 @@ class SweepSummary:
             skipped=totals["skipped"],
             batches=len(batches),
             incidents=detect_incidents(results),
+            installation_problems=problems,
             duration_s=round(duration_s, 3),
         )
 
@@ -124,6 +169,7 @@ class SweepSummary:
             "skipped": self.skipped,
             "batches": self.batches,
             "incidents": [i.describe() for i in self.incidents],
+            "installation_problems": [p.as_dict() for p in self.installation_problems],
             "duration_s": self.duration_s,
         }
 
@@ -141,7 +187,30 @@ class SweepSummary:
         if self.incidents:
             lines += ["", "## Provider incidents", ""]
             lines += [f"- {i.describe()}" for i in self.incidents]
+        if self.installation_problems:
+            lines += ["", self.installation_markdown()]
         return "\n".join(lines) + "\n"
+
+    def installation_markdown(self) -> str:
+        """The installation problems, for the admins who fix them."""
+        lines = [
+            "## Installation problems",
+            "",
+            "Only an admin can fix these; no connection is disconnected and no owner is "
+            "emailed for them.",
+            "",
+            "| provider | code | connections | what to fix |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {p.provider} | {p.code or ''} | {p.connections} | {_cell(p.fix)} |"
+            for p in self.installation_problems
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 # --- planning ------------------------------------------------------------------------
@@ -237,9 +306,13 @@ async def validate_all(
     specs: Sequence[ConnectionSpec],
     make_ctx: Callable[[], CheckContext],
     policy: CheckPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = time.monotonic,
 ) -> list[Checked]:
     """Validate concurrently under the global and per-provider caps, the HTTP clients
-    shared between the checks (`connectors.http.SharedClients`)."""
+    shared between the checks (`connectors.http.SharedClients`). `sleep` and `clock`
+    are how a check waits between attempts and measures its budget."""
     everything = asyncio.Semaphore(policy.concurrency)
     providers: dict[str, asyncio.Semaphore] = {}
 
@@ -253,7 +326,9 @@ async def validate_all(
             return dataclasses.replace(make_ctx(), clients=clients)
 
         async with provider_cap, everything:
-            result = await _validate_with_retries(connector, spec, make_shared_ctx, policy)
+            result = await _validate_with_retries(
+                connector, spec, make_shared_ctx, policy, sleep=sleep, clock=clock
+            )
         return Checked(spec.id, connector.provider, result, result.stored_version or spec.version)
 
     async with SharedClients() as clients:
@@ -265,13 +340,29 @@ async def _validate_with_retries(
     spec: ConnectionSpec,
     make_ctx: Callable[[], CheckContext],
     policy: CheckPolicy,
+    *,
+    sleep: Sleep,
+    clock: Clock,
 ) -> CheckResult:
+    """Ask again while the source is unreachable: after the wait it asked for (its
+    Retry-After), else after the backoff; never past the check's time budget."""
+    started = clock()
     delay = policy.backoff
     result = CheckResult(Outcome.UNREACHABLE, "not_checked", "")
     stored_version: int | None = None
     for attempt in range(policy.attempts):
         if attempt:
-            await asyncio.sleep(delay)
+            asked = result.retry_after
+            wait = delay if asked is None else asked
+            if clock() - started + wait > policy.budget:
+                if asked is not None:
+                    result = dataclasses.replace(
+                        result,
+                        message=f"{result.message}; it asked for {asked:g} s before the next "
+                        f"request, more than is left of this check's {policy.budget:g} s",
+                    )
+                break
+            await sleep(wait)
             delay *= 2
         try:
             result = await connector.validate(spec, make_ctx())
@@ -285,7 +376,7 @@ async def _validate_with_retries(
         if result.outcome is not Outcome.UNREACHABLE:
             break
     if stored_version and not result.stored_version:
-        result = CheckResult(result.outcome, result.code, result.message, stored_version)
+        result = dataclasses.replace(result, stored_version=stored_version)
     return result
 
 
@@ -330,6 +421,9 @@ def record_batch(
         if error:
             plain.append(_Bookkeeping.error(conn, item.result.code or ERROR, item.result.message))
             continue
+        if item.result.outcome is Outcome.MISCONFIGURED:
+            key = f"{item.provider}|{item.result.code or ''}"
+            summary.installation.setdefault(key, item.result.message)
         row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary)
         if row is not None:
             plain.append(row)
@@ -420,7 +514,13 @@ def _apply(
 ) -> _Bookkeeping | None:
     """Apply the state rules to one result; a change of status or episode is made on the
     session's object, anything less is returned for the batch's one bookkeeping UPDATE."""
-    before = ConnState(conn.status, conn.invalid_since, open_ep is not None)
+    before = ConnState(
+        conn.status,
+        conn.invalid_since,
+        open_ep is not None,
+        conn.last_error_code,
+        conn.last_error_message,
+    )
     decision = decide(before, result.outcome, result.code, result.message, now=now)
     message = (decision.error_message or None) and decision.error_message[:1000]
     opens = decision.open_disconnection

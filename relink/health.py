@@ -30,6 +30,11 @@ def dataset_error(
     if connection_status == Status.DISCONNECTED or connection_invalid_since is not None:
         reason = connection_error or "credentials no longer valid"
         return f"connection {connection_name!r} is disconnected: {reason}; reconnect it"
+    if connection_status == Status.MISCONFIGURED:
+        return (
+            f"connection {connection_name!r} is waiting for an administrator: Relink's setup "
+            "for its source needs fixing"
+        )
     if dataset_status == DatasetStatus.ERROR:
         return dataset_error or "the last refresh failed"
     return None

@@ -15,6 +15,7 @@ What a reconnect does:
 2. The new credentials are validated with the connector (no token store: nothing is
    persisted by the validation, so an OAuth token that has not expired is not
    refreshed: that would spend the new refresh token). Refused -> `CredentialsRefused`;
+   the installation is wrong (the OAuth app refused) -> `InstallationMisconfigured`;
    the source could not be asked -> `SourceUnreachable`. Either way nothing changes.
 3. One transaction: the check's state rules record an `ok` outcome
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
@@ -50,14 +51,12 @@ from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
 from connectors.base import (
-    AuthFailed,
     AuthKind,
     CheckError,
     CheckResult,
     ConnectionSpec,
     Connector,
     Outcome,
-    Unreachable,
 )
 from relink import audit
 from relink.access import can_reconnect
@@ -101,6 +100,10 @@ class SourceUnreachable(ReconnectFailed):
     """The source could not be asked whether the new credentials work (an outage)."""
 
 
+class InstallationMisconfigured(ReconnectFailed):
+    """The installation is wrong (the OAuth app refused): no credentials can help."""
+
+
 class OAuthStateRefused(RelinkError):
     """An OAuth callback whose state is unknown, foreign, already used or expired."""
 
@@ -114,6 +117,12 @@ def _failed(error: CheckError | CheckResult, connection_id: int) -> ReconnectFai
     if error.outcome is Outcome.AUTH_FAILED:
         return CredentialsRefused(
             f"connection {connection_id}: the source refused the new credentials "
+            f"({error.message}); nothing was changed",
+            code=code,
+        )
+    if error.outcome is Outcome.MISCONFIGURED:
+        return InstallationMisconfigured(
+            f"connection {connection_id}: Relink's own setup for this source is wrong "
             f"({error.message}); nothing was changed",
             code=code,
         )
@@ -607,7 +616,7 @@ async def finish_oauth(
             claimed.code_verifier,
             credentials=target.credentials,  # a per-connection client_secret
         )
-    except (AuthFailed, Unreachable) as exc:
+    except CheckError as exc:  # refused, misconfigured or unreachable: nothing changes
         raise _failed(exc, claimed.connection_id) from None
 
     def build(current: _Target) -> dict[str, str]:
@@ -649,7 +658,8 @@ async def recheck(
     with app.sessions() as session:
         conn = session.get(Connection, connection_id)
         assert conn is not None
-        broken = conn.status != Status.CONNECTED
+        # a misconfigured installation is no owner's to fix: no reconnect link for it
+        broken = conn.status not in (Status.CONNECTED, Status.MISCONFIGURED)
         return Rechecked(
             connection_id=conn.id,
             connection=conn.name,

@@ -38,7 +38,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import connectors
-from connectors.base import AuthFailed, CheckError, ConnectionSpec, FetchResult, Unreachable
+from connectors.base import (
+    AuthFailed,
+    CheckError,
+    ConnectionSpec,
+    FetchResult,
+    Misconfigured,
+    Unreachable,
+)
 from relink import audit, db
 from relink.app import Relink
 from relink.checks import CheckPolicy, make_context_factory
@@ -228,7 +235,7 @@ async def _fetch_with_retries(
         attempts += 1
         try:
             return await connector.fetch(job.spec, job.query, make_ctx()), attempts
-        except AuthFailed as exc:
+        except (AuthFailed, Misconfigured) as exc:  # asking again will not help
             return exc, attempts
         except Unreachable as exc:
             outcome = exc

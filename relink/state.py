@@ -8,7 +8,11 @@ rules decide:
 - `ok` (or a reconnect) closes the open Disconnection; a failure after that is a
   new Disconnection;
 - `unreachable` never opens a Disconnection and never moves `invalid_since`; one
-  already open stays open (an outage never starts the 24-hour clock).
+  already open stays open (an outage never starts the 24-hour clock);
+- `misconfigured` (the installation is wrong) never opens, closes or moves anything
+  either: the connection shows `misconfigured` until an admin fixes the installation,
+  except that one with an open Disconnection stays `disconnected` with the error that
+  broke it (what its owner is told).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class ConnState:
     status: str
     invalid_since: datetime | None
     has_open_disconnection: bool
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,17 @@ def decide(
             error_code=code,
             error_message=message,
         )
+    if outcome is Outcome.MISCONFIGURED and state.has_open_disconnection:
+        return Decision(
+            status=Status.DISCONNECTED,
+            invalid_since=state.invalid_since,
+            open_disconnection=False,
+            close_disconnection=False,
+            error_code=state.error_code,
+            error_message=state.error_message,
+        )
     return Decision(
-        status=Status.UNREACHABLE,
+        status=Status.MISCONFIGURED if outcome is Outcome.MISCONFIGURED else Status.UNREACHABLE,
         invalid_since=state.invalid_since,
         open_disconnection=False,
         close_disconnection=False,
@@ -103,12 +118,14 @@ def detect_incidents(
     `results` holds (provider, outcome, code) per checked connection. A provider
     with at least `min_connections` checked, more than `share` of which failed with
     one (outcome, code), is flagged; the state rules still apply per connection.
+    `misconfigured` results are no incident of the provider: they are the
+    installation's problem and reported as such, however few (`installation_problems`).
     """
     checked: Counter[str] = Counter()
     failed: Counter[tuple[str, str, str | None]] = Counter()
     for provider, outcome, code in results:
         checked[provider] += 1
-        if outcome != Outcome.OK:
+        if outcome not in (Outcome.OK, Outcome.MISCONFIGURED):
             failed[(provider, outcome, code)] += 1
     incidents = [
         Incident(provider, outcome, code, count, checked[provider])

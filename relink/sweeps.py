@@ -152,15 +152,19 @@ def merge_batches(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
     totals: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     by_provider: Counter[str] = Counter()
+    installation: dict[str, str] = {}
     for batch in batches:
         for key in COUNT_KEYS:
             totals[key] += batch.get(key, 0)
         outcomes.update(batch.get("outcomes", {}))
         by_provider.update(batch.get("by_provider", {}))
+        for key, fix in batch.get("installation", {}).items():
+            installation.setdefault(key, fix)
     return {
         **{key: totals[key] for key in COUNT_KEYS},
         "outcomes": dict(outcomes),
         "by_provider": dict(by_provider),
+        "installation": installation,
     }
 
 

@@ -28,7 +28,7 @@ from relink.cli._common import (
 )
 from relink.connections import get_visible, visible_filter
 from relink.directory import get_user, viewer_of
-from relink.models import MAX_ID, AuditEvent, Connection, Role, User
+from relink.models import MAX_ID, AuditEvent, Connection, Role, Status, User
 from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
 from relink.timeutil import utcnow
 
@@ -313,6 +313,11 @@ def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
         )
         assert refreshed is not None
         _print_refresh(refreshed)
+    if checked.status == Status.MISCONFIGURED:
+        raise fail(
+            f"connection {connection_id} ({checked.connection!r}) waits for an admin to fix "
+            f"the installation ({checked.message or checked.outcome})"
+        )
     if not checked.connected:
         raise fail(
             f"connection {connection_id} ({checked.connection!r}) is still {checked.status} "

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -59,7 +59,7 @@ __all__ = [
     "seed_demo",
 ]
 
-FaultMode = Literal["ok", "error500", "rate_limit", "slow", "drop"]
+FaultMode = Literal["ok", "error500", "rate_limit", "slow", "drop", "answer"]
 FAULT_MODES: frozenset[str] = frozenset(get_args(FaultMode))
 TokenKind = Literal["access_token", "refresh_token"]
 
@@ -74,6 +74,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _STATE_VERSION = 1
 _RECORDS_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 _CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+_GRANT_TYPES = ["authorization_code", "refresh_token"]
 
 # --------------------------------------------------------------------------- models
 
@@ -105,6 +106,8 @@ class SandboxClient(ClientMixin):
     redirect_uris: list[str]
     scope: str = DEFAULT_SCOPE
     allow_loopback_redirects: bool = False
+    # the grants the client may use; one left out answers unauthorized_client
+    grant_types: list[str] = field(default_factory=lambda: list(_GRANT_TYPES))
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -135,7 +138,7 @@ class SandboxClient(ClientMixin):
         return response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in {"authorization_code", "refresh_token"}
+        return grant_type in self.grant_types
 
 
 @dataclass
@@ -240,6 +243,10 @@ class _Fault:
     path_prefix: str = "/"
     delay: float = 0.0
     times: int | None = None
+    # mode "answer": this status, body and headers instead of the real answer
+    status: int = 200
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path_prefix) and not path.startswith(ADMIN_PREFIX)
@@ -455,10 +462,16 @@ class SandboxProvider:
         scope: str = DEFAULT_SCOPE,
         *,
         allow_loopback_redirects: bool = False,
+        grant_types: Iterable[str] = _GRANT_TYPES,
     ) -> SandboxClient:
-        """Register (or replace) a confidential client."""
+        """Register (or replace: a new secret refuses the old one) a confidential client."""
         client = SandboxClient(
-            client_id, client_secret, list(redirect_uris), scope, allow_loopback_redirects
+            client_id,
+            client_secret,
+            list(redirect_uris),
+            scope,
+            allow_loopback_redirects,
+            list(grant_types),
         )
         with self._lock:
             self._clients[client_id] = client
@@ -560,14 +573,23 @@ class SandboxProvider:
         path_prefix: str = "/",
         delay: float = 0.0,
         times: int | None = None,
+        status: int = 200,
+        body: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Inject a fault for requests under ``path_prefix`` (``"ok"`` clears)."""
+        """Inject a fault for requests under ``path_prefix`` (``"ok"`` clears).
+
+        ``"answer"`` answers with `status`, `body` and `headers` (a 403 with a provider's
+        body, a 429 with a Retry-After ...) instead of the real answer."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; expected one of {sorted(FAULT_MODES)}")
         if delay < 0 or (times is not None and times < 1):
             raise ValueError("delay must be >= 0 and times >= 1 (or None)")
+        if not 100 <= status <= 599:
+            raise ValueError("status must be an HTTP status (100-599)")
+        fault = _Fault(mode, path_prefix, delay, times, status, body, dict(headers or {}))
         with self._lock:
-            self._fault = None if mode == "ok" else _Fault(mode, path_prefix, delay, times)
+            self._fault = None if mode == "ok" else fault
 
     def clear_fault(self) -> None:
         """Back to normal answers."""
@@ -788,6 +810,9 @@ class _FaultMiddleware:
         if fault.mode == "rate_limit":
             resp = _json_response({"error": "rate_limited"}, 429, {"Retry-After": "1"})
             return resp(environ, start_response)
+        if fault.mode == "answer":
+            answer = Response(fault.body, status=fault.status, headers=fault.headers)
+            return answer(environ, start_response)
         return self._app(environ, start_response)  # "slow": answer normally
 
 
@@ -986,6 +1011,7 @@ def _add_admin_routes(app: Flask, provider: SandboxProvider) -> None:
                 [str(u) for u in body.get("redirect_uris", [])],
                 str(body.get("scope", DEFAULT_SCOPE)),
                 allow_loopback_redirects=bool(body.get("allow_loopback_redirects", False)),
+                grant_types=[str(g) for g in body.get("grant_types", _GRANT_TYPES)],
             )
         except KeyError as exc:
             raise _BadAdminRequest(f"missing {exc.args[0]}") from exc
@@ -1036,12 +1062,18 @@ def _add_admin_routes(app: Flask, provider: SandboxProvider) -> None:
     def admin_fault() -> Any:
         body = _admin_body()
         times = body.get("times")
+        headers = body.get("headers") or {}
         try:
+            if not isinstance(headers, dict):
+                raise ValueError("headers must be an object")
             provider.set_fault(
                 body.get("mode", "ok"),
                 path_prefix=str(body.get("path_prefix", "/")),
                 delay=float(body.get("delay", 0.0)),
                 times=int(times) if times is not None else None,
+                status=int(body.get("status", 200)),
+                body=str(body.get("body", "")),
+                headers={str(k): str(v) for k, v in headers.items()},
             )
         except (TypeError, ValueError) as exc:
             raise _BadAdminRequest(str(exc)) from exc

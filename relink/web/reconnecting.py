@@ -140,7 +140,11 @@ async def finish_oauth(
 
 
 def _failed(exc: service.ReconnectFailed) -> Outcome:
-    kind = "auth_failed" if isinstance(exc, service.CredentialsRefused) else "unreachable"
+    kind = "unreachable"
+    if isinstance(exc, service.CredentialsRefused):
+        kind = "auth_failed"
+    elif isinstance(exc, service.InstallationMisconfigured):
+        kind = "misconfigured"
     return Outcome(False, str(exc), kind)
 
 

@@ -8,6 +8,7 @@ tokens, and the fault a test injects is cleared when it ends.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -188,6 +189,20 @@ def refresh_at_sandbox(base_url: str, client: OAuthClient, refresh_token: str) -
 
 def token_hits(provider: SandboxProvider) -> int:
     return provider.stats().get("/oauth/token", 0)
+
+
+class RecordedWaits:
+    """How a check waits between attempts (`validate_all(sleep=, clock=)`), without
+    sleeping: each wait is recorded and moves the check's clock on by as much."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+
+    def clock(self) -> float:
+        return time.monotonic() + sum(self.asked)
 
 
 def assert_no_secret(result: CheckResult | str, secrets: Iterable[str | None]) -> None:

@@ -8,6 +8,8 @@ import http.server
 import secrets
 import socket
 import threading
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 
@@ -16,6 +18,7 @@ from connectors.base import CheckResult, ConnectionSpec, Outcome, Unreachable
 from relink.checks import CheckPolicy, validate_all
 from relink.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
+    RecordedWaits,
     assert_no_secret,
     context,
     provider,
@@ -58,11 +61,23 @@ def test_an_unknown_key_is_auth_failed_401(sandbox):
     assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "401")
 
 
-def test_a_forbidden_key_is_auth_failed_403(sandbox, provider):
+def test_a_bare_403_is_unreachable_not_proof_the_key_is_bad(sandbox, provider):
+    """A WAF, an IP allow-list or a secondary rate limit answers 403 as well."""
     key = f"forbidden-{secrets.token_urlsafe(12)}"
     provider.forbid_api_key(key)
     result = check(spec(sandbox.url, key, "X-API-Key"))
-    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "403")
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "http_403")
+
+
+def test_a_403_that_says_the_token_is_invalid_is_auth_failed(sandbox, provider, good_key):
+    provider.set_fault(
+        "answer",
+        path_prefix="/apikey/",
+        status=403,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+    result = check(spec(sandbox.url, good_key))
+    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "invalid_token")
 
 
 def test_a_closed_port_is_unreachable_connection_refused(good_key):
@@ -86,6 +101,84 @@ def test_source_faults_are_unreachable(sandbox, provider, good_key, mode, option
     provider.set_fault(mode, path_prefix="/apikey/", **options)
     result = check(spec(sandbox.url, good_key), timeout=0.5)
     assert (result.outcome, result.code) == (Outcome.UNREACHABLE, code)
+
+
+# --- Retry-After -------------------------------------------------------------------------
+
+
+def check_with_retries(conn: ConnectionSpec, waits: RecordedWaits, **policy) -> CheckResult:
+    """The sweep's check of one connection: attempts, waits and budget of `CheckPolicy`."""
+    checked = asyncio.run(
+        validate_all(
+            [conn],
+            lambda: context(),
+            CheckPolicy(**policy),
+            sleep=waits.sleep,
+            clock=waits.clock,
+        )
+    )
+    return checked[0].result
+
+
+def in_seconds(seconds: int) -> str:
+    """An HTTP-date that many seconds from now (the sandbox sends its own Date)."""
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "wait"),
+    [
+        (429, lambda: "7", 7.0),
+        (503, lambda: in_seconds(20), pytest.approx(20, abs=1)),  # dated when the test runs
+    ],
+    ids=["429-seconds", "503-http-date"],
+)
+def test_a_source_asking_to_wait_is_asked_again_after_that_wait(
+    sandbox, provider, good_key, status, retry_after, wait
+):
+    headers = {"Retry-After": retry_after()}
+    provider.set_fault("answer", path_prefix="/apikey/", status=status, headers=headers, times=1)
+    waits = RecordedWaits()
+
+    result = check_with_retries(spec(sandbox.url, good_key), waits)
+
+    assert result == CheckResult.ok()
+    assert waits.asked == [wait]  # the wait it asked for, not the backoff
+
+
+def test_a_wait_past_the_checks_budget_is_not_waited_and_the_check_is_unreachable(
+    sandbox, provider, good_key
+):
+    provider.set_fault("answer", path_prefix="/apikey/", status=429, headers={"Retry-After": "120"})
+    waits = RecordedWaits()
+
+    result = check_with_retries(spec(sandbox.url, good_key), waits, budget=60.0)
+
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "http_429")
+    assert waits.asked == []
+    assert "120 s" in result.message and "60 s" in result.message
+
+
+def test_the_waits_of_one_check_add_up_to_its_budget_at_most(sandbox, provider, good_key):
+    provider.set_fault("answer", path_prefix="/apikey/", status=503, headers={"Retry-After": "25"})
+    waits = RecordedWaits()
+
+    result = check_with_retries(spec(sandbox.url, good_key), waits, attempts=5, budget=60.0)
+
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "http_503")
+    assert waits.asked == [25.0, 25.0]  # a third wait would end past 60 s
+
+
+def test_without_a_retry_after_an_outage_is_asked_again_after_the_backoff(
+    sandbox, provider, good_key
+):
+    provider.set_fault("error500", path_prefix="/apikey/")
+    waits = RecordedWaits()
+
+    result = check_with_retries(spec(sandbox.url, good_key), waits, attempts=3, backoff=0.5)
+
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "http_500")
+    assert waits.asked == [0.5, 1.0]
 
 
 def test_a_bad_base_url_is_auth_failed_invalid_settings(good_key):

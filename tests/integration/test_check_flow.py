@@ -1,22 +1,34 @@
 """The check-connections flow on a real (temporary) Prefect server: one task run per
-batch, a summary result and a markdown artifact, no secret in any of them."""
+batch, a summary result and a markdown artifact, no secret in any of them; an
+installation problem warns the admins and completes the run."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
+)
+from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
 
 from flows.check_connections import check_connections
 from relink.app import set_app
 from relink.directory import add_account, add_user
-from relink.models import Connection
+from relink.models import Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.settings import OAuthApp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "api-key-marker-7f3a"
@@ -66,7 +78,13 @@ def test_flow_checks_in_batches_and_publishes_a_summary(app_with_connections):
     state = asyncio.run(check_connections(batch_size=100, return_state=True))
     summary = state.result()
     assert summary["checked"] == 450
-    assert summary["outcomes"] == {"ok": 430, "auth_failed": 20, "unreachable": 0, "error": 0}
+    assert summary["outcomes"] == {
+        "ok": 430,
+        "auth_failed": 20,
+        "misconfigured": 0,
+        "unreachable": 0,
+        "error": 0,
+    }
     assert summary["batches"] == 5
     with app_with_connections.sessions() as session:
         assert (
@@ -98,3 +116,86 @@ def test_flow_checks_in_batches_and_publishes_a_summary(app_with_connections):
         ]
     )
     assert SECRET not in everything
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_rotated_app_secret_completes_the_run_and_warns_the_admins(relink_app):
+    """The operators rotated the Salesforce app's secret and forgot the setting: the run
+    completes, breaks no connection, and tells the admins (an artifact of its own, a
+    WARNING line) which provider fails and which settings fix it."""
+    app_id, old_secret = "relink-salesforce-app", secrets.token_urlsafe(18)
+    provider = SandboxProvider()
+    provider.register_client(app_id, old_secret, ["http://127.0.0.1:9/oauth/callback"])
+    relink_app.settings.oauth = {
+        "salesforce": OAuthApp(client_id=app_id, client_secret=SecretStr(old_secret))
+    }
+    tokens = [provider.issue_token(app_id, f"user{i}", "api") for i in range(6)]
+    with SandboxServer(provider) as sandbox:
+        with relink_app.transaction() as session:
+            add_account(session, "Acme", now=T0)
+            owner = add_user(
+                session, email="o@acme.test", name="O", role="member", account="Acme", now=T0
+            )
+            for i, token in enumerate(tokens):
+                credentials = {k: token[k] for k in ("access_token", "refresh_token")}
+                session.add(
+                    Connection(
+                        account_id=1,
+                        type="salesforce",
+                        name=f"sf{i}",
+                        mode="direct",
+                        settings={
+                            "token_url": f"{sandbox.url}/oauth/token",
+                            "introspection_url": f"{sandbox.url}/oauth/introspect",
+                        },
+                        credentials=relink_app.vault.encrypt(credentials),
+                        owner=owner,
+                        status="connected",
+                        created_at=T0,
+                        updated_at=T0,
+                    )
+                )
+        new_secret = secrets.token_urlsafe(18)
+        provider.register_client(app_id, new_secret, ["http://127.0.0.1:9/oauth/callback"])
+        set_app(relink_app)
+        try:
+            state = asyncio.run(check_connections(return_state=True))
+        finally:
+            set_app(None)
+
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["outcomes"]["misconfigured"] == 6 and summary["opened"] == 0
+    (problem,) = summary["installation_problems"]
+    assert (problem["provider"], problem["code"], problem["connections"]) == (
+        "salesforce",
+        "invalid_client",
+        6,
+    )
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_SECRET" in problem["fix"]
+    with relink_app.sessions() as session:
+        assert set(session.scalars(sa.select(Connection.status))) == {"misconfigured"}
+        assert session.scalar(sa.select(sa.func.count(Disconnection.id))) == 0
+    APILogHandler().flush()
+
+    async def read_back():
+        async with get_client() as client:
+            artifacts = await client.read_artifacts()
+            warnings = await client.read_logs(
+                LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                    level=LogFilterLevel(ge_=logging.WARNING),
+                )
+            )
+        mine = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+        return {a.key: a.data for a in mine}, [log.message for log in warnings]
+
+    artifacts, warnings = asyncio.run(read_back())
+    installation = artifacts["check-connections-installation"]
+    assert "| salesforce | invalid_client | 6 |" in installation
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_ID" in installation
+    assert "## Installation problems" in artifacts["check-connections-summary"]
+    assert any("installation problem" in w and "salesforce" in w for w in warnings), warnings
+    everything = json.dumps([artifacts, warnings, summary])
+    for secret in [old_secret, new_secret, *(t["refresh_token"] for t in tokens)]:
+        assert secret not in everything

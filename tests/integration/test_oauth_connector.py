@@ -36,6 +36,7 @@ from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,
     OAuthClient,
     Owner,
+    RecordedWaits,
     assert_no_secret,
     context,
     insert_connection,
@@ -53,6 +54,7 @@ from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
 )
 
 OAUTH = connectors.get("oauth2")
+SALESFORCE = connectors.get("salesforce")
 assert isinstance(OAUTH, OAuth2Connector)
 
 
@@ -120,7 +122,11 @@ def test_client_credentials_come_from_the_installation_and_post_auth_works(sandb
     assert_no_secret(result, secrets_of(creds, client=client))
 
 
-def test_a_wrong_client_secret_is_auth_failed_invalid_client(sandbox, provider, oauth_client):
+def test_a_wrong_secret_of_the_connections_own_client_is_auth_failed_invalid_client(
+    sandbox, provider, oauth_client
+):
+    """The connection carries its own client (its client_id setting): its owner entered
+    it and fixes it by reconnecting."""
     ctx = context()
     creds = issue(provider, oauth_client, ctx.now, expires_at=expired(ctx.now))
     creds["client_secret"] = "not-the-secret-at-all"
@@ -245,7 +251,7 @@ def test_an_expired_token_without_refresh_token_is_auth_failed(sandbox, provider
     assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "no_refresh_token")
 
 
-def test_a_refresh_without_any_client_id_is_unreachable_not_configured(
+def test_a_refresh_without_any_client_id_is_misconfigured_and_names_the_setting(
     sandbox, provider, oauth_client
 ):
     """An installation without the provider's OAuth app must not break connections."""
@@ -255,7 +261,86 @@ def test_a_refresh_without_any_client_id_is_unreachable_not_configured(
 
     result = run(OAUTH.validate(spec, ctx))
 
-    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "oauth_app_not_configured")
+    assert (result.outcome, result.code) == (Outcome.MISCONFIGURED, "oauth_app_not_configured")
+    assert "RELINK_OAUTH__OAUTH2__CLIENT_ID" in result.message
+
+
+# --- the installation's OAuth app ----------------------------------------------------------
+
+
+def installation_app(provider: SandboxProvider, **options) -> tuple[OAuthClient, dict]:
+    """A client registered at the sandbox as the installation's Salesforce app, and the
+    app settings (RELINK_OAUTH__SALESFORCE__...) a check gets."""
+    client = OAuthClient(f"app-{secrets.token_hex(4)}", secrets.token_urlsafe(16))
+    provider.register_client(client.client_id, client.client_secret, [REDIRECT_URI], **options)
+    app = {"client_id": client.client_id, "client_secret": client.client_secret}
+    return client, {"oauth": {"salesforce": app}}
+
+
+@pytest.mark.parametrize("endpoint", ["token", "introspection"])
+def test_a_rotated_app_secret_is_misconfigured_and_says_which_settings_to_fix(
+    sandbox, provider, endpoint
+):
+    """The operators rotated the app's secret at the provider and kept the old one in the
+    settings: every connection through the app is refused alike, and only an admin can
+    fix it. Neither the old secret nor the owner's tokens appear in the message."""
+    client, app_settings = installation_app(provider)
+    ctx = context(app_settings=app_settings)
+    expiry = expired(ctx.now) if endpoint == "token" else None
+    creds = issue(provider, client, ctx.now, expires_at=expiry)
+    del creds["client_secret"]  # the installation's app, not the connection's own client
+    spec = ConnectionSpec(1, "salesforce", oauth_settings(sandbox.url), creds)
+    provider.register_client(client.client_id, secrets.token_urlsafe(16), [REDIRECT_URI])
+
+    result = run(SALESFORCE.validate(spec, ctx))
+
+    assert (result.outcome, result.code) == (Outcome.MISCONFIGURED, "invalid_client")
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_ID" in result.message
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_SECRET" in result.message
+    assert_no_secret(result, secrets_of(creds, client=client))
+
+
+def test_an_app_not_allowed_to_refresh_is_misconfigured_unauthorized_client(sandbox, provider):
+    client, app_settings = installation_app(provider, grant_types=["authorization_code"])
+    ctx = context(app_settings=app_settings)
+    creds = issue(provider, client, ctx.now, expires_at=expired(ctx.now))
+    del creds["client_secret"]
+    spec = ConnectionSpec(1, "salesforce", oauth_settings(sandbox.url), creds)
+
+    result = run(SALESFORCE.validate(spec, ctx))
+
+    assert (result.outcome, result.code) == (Outcome.MISCONFIGURED, "unauthorized_client")
+    assert "refresh-token grant" in result.message
+    assert_no_secret(result, secrets_of(creds, client=client))
+
+
+# --- a 403 at the probe ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_", "body", "expected"),
+    [
+        ("salesforce", "Bad_OAuth_Token", (Outcome.AUTH_FAILED, "bad_oauth_token")),
+        ("salesforce", "<html>Request blocked.</html>", (Outcome.UNREACHABLE, "http_403")),
+        ("microsoft_graph", "", (Outcome.UNREACHABLE, "http_403")),
+        ("oauth2", "Bad_OAuth_Token", (Outcome.UNREACHABLE, "http_403")),  # not its word
+    ],
+    ids=["salesforce-bad-token", "salesforce-waf", "graph-bare", "generic-foreign-word"],
+)
+def test_a_403_breaks_a_connection_only_with_its_providers_documented_body(
+    sandbox, provider, oauth_client, type_, body, expected
+):
+    ctx = context()
+    creds = issue(provider, oauth_client, ctx.now)
+    del creds["client_secret"]  # no introspection: the probe URL is the check
+    settings = oauth_settings(sandbox.url, oauth_client.client_id, introspection=False)
+    spec = ConnectionSpec(1, type_, settings, creds)
+    provider.set_fault("answer", path_prefix="/api/me", status=403, body=body)
+
+    result = run(connectors.get(type_).validate(spec, ctx))
+
+    assert (result.outcome, result.code) == expected
+    assert_no_secret(result, secrets_of(creds))
 
 
 def test_without_a_token_store_a_refresh_stays_in_memory(sandbox, provider, oauth_client):
@@ -310,6 +395,27 @@ def test_provider_faults_are_unreachable(
 
     assert (result.outcome, result.code) == (Outcome.UNREACHABLE, code)
     assert_no_secret(result, secrets_of(creds, client=oauth_client))
+
+
+def test_a_token_endpoint_asking_to_wait_is_asked_again_after_that_wait(
+    sandbox, provider, oauth_client
+):
+    ctx = context()
+    creds = issue(provider, oauth_client, ctx.now, expires_at=expired(ctx.now))
+    spec = ConnectionSpec(1, "oauth2", oauth_settings(sandbox.url, oauth_client.client_id), creds)
+    limited = {"Retry-After": "3", "Content-Type": "application/json"}
+    provider.set_fault(
+        "answer", path_prefix="/oauth/token", status=429, body='{"error": "slow_down"}',
+        headers=limited, times=1,
+    )  # fmt: skip
+    waits = RecordedWaits()
+
+    (checked,) = run(
+        validate_all([spec], lambda: ctx, CheckPolicy(), sleep=waits.sleep, clock=waits.clock)
+    )
+
+    assert checked.result.outcome is Outcome.OK, checked.result
+    assert waits.asked == [3.0]
 
 
 def test_a_failed_refresh_leaves_the_stored_credentials_alone(

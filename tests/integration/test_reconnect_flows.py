@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from pydantic import SecretStr
 
 from flows.reconnect_connection import reconnect_connection
 from flows.refresh_datasets import refresh_datasets
 from relink.app import set_app
 from relink.checks import sweep
+from relink.connections import NewConnection, add_connection
+from relink.sandbox import SandboxProvider, SandboxServer
+from relink.settings import OAuthApp
 from tests.conftest import APP_BACKENDS
 from tests.support.reconnect import (
     ADMIN,
@@ -108,6 +112,50 @@ def test_still_invalid_credentials_give_the_owner_the_reconnect_link_and_no_secr
     for secret in (role.password, "changed-at-source-marker"):
         assert secret not in everything
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
+
+
+def test_a_misconfigured_installation_waits_for_an_admin_and_emails_no_owner(relink_app):
+    """The installation's Salesforce app was refused: the re-check says an admin must fix
+    it, hands out no reconnect link and emails nobody, even when asked to."""
+    provider = SandboxProvider()
+    provider.register_client("sf-app", "the-rotated-secret", ["http://127.0.0.1:9/cb"])
+    relink_app.settings.oauth = {
+        "salesforce": OAuthApp(client_id="sf-app", client_secret=SecretStr("an-old-secret"))
+    }
+    add_people(relink_app)
+    token = provider.issue_token("sf-app", "bob", "api")
+    with SandboxServer(provider) as sandbox:
+        with relink_app.transaction() as session:
+            connection_id = add_connection(
+                session,
+                relink_app.vault,
+                NewConnection(
+                    type="salesforce",
+                    name="Sales",
+                    owner=OWNER,
+                    settings={"introspection_url": f"{sandbox.url}/oauth/introspect"},
+                    secrets={k: token[k] for k in ("access_token", "refresh_token")},
+                ),
+                now=T0,
+            ).id
+        set_app(relink_app)
+        try:
+            state = asyncio.run(
+                reconnect_connection(
+                    connection_id, requested_by=ADMIN, notify_owner=True, return_state=True
+                )
+            )
+        finally:
+            set_app(None)
+    result = state.result()
+
+    assert result["connection"]["status"] == "misconfigured"
+    assert result["reconnect_url"] is None and result["emailed"] is None
+    assert list((relink_app.settings.data_dir / "outbox").glob("*.eml")) == []
+    _, _, (artifact,) = run_record(state)
+    assert "waits for an administrator" in artifact.data
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_SECRET" in artifact.data
+    assert "an-old-secret" not in json.dumps([artifact.data, result])
 
 
 def test_credentials_fixed_at_the_source_close_the_disconnection_and_refresh(

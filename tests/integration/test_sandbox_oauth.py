@@ -335,6 +335,39 @@ def test_fault_drop_closes_connection(http: httpx.Client, provider: SandboxProvi
     assert http.get("/api/me").status_code == 401  # fault used up, server still alive
 
 
+def test_fault_answer_sends_the_given_status_body_and_headers(http: httpx.Client) -> None:
+    fault = {
+        "mode": "answer",
+        "path_prefix": "/api/",
+        "status": 403,
+        "body": "Bad_OAuth_Token",
+        "headers": {"Content-Type": "text/plain"},
+        "times": 1,
+    }
+    assert http.post("/_sandbox/fault", json=fault).status_code == 200
+    answer = http.get("/api/me")
+    assert (answer.status_code, answer.text) == (403, "Bad_OAuth_Token")
+    assert answer.headers["content-type"] == "text/plain"
+    assert http.get("/api/me").status_code == 401  # used up: the real answer again
+    bad = {"mode": "answer", "status": 1000}
+    assert http.post("/_sandbox/fault", json=bad).status_code == 400
+
+
+def test_a_client_without_the_refresh_grant_is_refused_unauthorized_client(
+    http: httpx.Client, provider: SandboxProvider
+) -> None:
+    client = {"client_id": "no-refresh", "client_secret": "s3cret-no-refresh"}
+    created = http.post("/_sandbox/clients", json={**client, "grant_types": ["authorization_code"]})
+    assert created.status_code == 201
+    token = provider.issue_token("no-refresh")
+    refused = http.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+        auth=("no-refresh", "s3cret-no-refresh"),
+    )
+    assert (refused.status_code, refused.json()["error"]) == (400, "unauthorized_client")
+
+
 def test_unknown_fault_mode_is_rejected(provider: SandboxProvider) -> None:
     with pytest.raises(ValueError):
         provider.set_fault("explode")  # type: ignore[arg-type]

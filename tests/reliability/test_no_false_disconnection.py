@@ -13,6 +13,12 @@ peers, and one more sweep must find every connection broken.
 A quarter of the connections were broken before the outage (an open disconnection
 since SINCE, with credentials that really are dead): their `invalid_since` must not
 move through either sweep.
+
+An installation fault is no proof either: when the operators rotate the secret of the
+installation's OAuth app and forget the setting (or remove the setting), every
+connection through the app is `misconfigured`; no disconnection opens, none moves, and
+the daily email run, a day later, emails nobody. Once the setting is right, the next
+sweep finds each connection as it really is.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from relink.app import Relink
 from relink.checks import CheckPolicy, sweep
-from relink.models import Connection, Disconnection
+from relink.models import Connection, Disconnection, Notification
+from relink.notifications import send_due
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.settings import OAuthApp
 from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
+    REDIRECT_URI,
     OAuthClient,
     Owner,
     issue,
@@ -336,7 +346,13 @@ def test_outages_break_nothing_and_revocations_are_all_found_in_one_sweep(
         after = asyncio.run(sweep(relink_app, now=T1, policy=POLICY))
 
     seen = fleet.seen()
-    assert after.outcomes == {"ok": 0, "auth_failed": CHECKS, "unreachable": 0, "error": 0}
+    assert after.outcomes == {
+        "ok": 0,
+        "auth_failed": CHECKS,
+        "misconfigured": 0,
+        "unreachable": 0,
+        "error": 0,
+    }
     assert [s.name for s in seen if s.status != "disconnected"] == []
     moved = [s.name for s in seen if s.invalid_since != (SINCE if s.broken_before else T1)]
     assert moved == []
@@ -349,4 +365,147 @@ def test_outages_break_nothing_and_revocations_are_all_found_in_one_sweep(
         f"{CHECKS} checks under {len(HTTP_OUTAGES) + len(DB_OUTAGES)} kinds of outage "
         "(and slow answers in time): 0 newly disconnected, 0 invalid_since moved; after "
         f"revocation, {CHECKS} of {CHECKS} disconnected by one sweep",
+    )
+
+
+# --- an installation fault ---------------------------------------------------------------
+
+FLEET = scale(40, 400)
+
+
+def installation_fleet(app: Relink, owner: Owner, provider: SandboxProvider, url: str):
+    """Salesforce connections through the installation's app (RELINK_OAUTH__SALESFORCE__):
+    half checked at the token endpoint (an expired access token), half by introspection;
+    every fourth broken since SINCE (its grant revoked at the provider, an open
+    disconnection). Returns the app's client."""
+    app_client = OAuthClient(f"app-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18))
+    provider.register_client(app_client.client_id, app_client.client_secret, [REDIRECT_URI])
+    rows = []
+    for i in range(FLEET):
+        by_token, broken = i % 2 == 0, i % 4 == 1
+        expiry = T0 - timedelta(minutes=1) if by_token else T0 + timedelta(days=7)
+        creds = issue(provider, app_client, T0, username=f"u{i}", expires_at=expiry.timestamp())
+        del creds["client_secret"]  # the installation's app, not a client of its own
+        if broken:
+            provider.revoke_token(creds["refresh_token"])
+        state = (
+            dict(status="disconnected", invalid_since=SINCE, last_error_code="invalid_grant")
+            if broken
+            else dict(status="connected")
+        )
+        rows.append(
+            dict(
+                account_id=owner.account_id,
+                type="salesforce",
+                name=f"sf {i:04d}",
+                mode="direct",
+                settings={
+                    "token_url": f"{url}/oauth/token",
+                    "introspection_url": f"{url}/oauth/introspect",
+                    "probe_url": f"{url}/api/me",  # without the app: no introspection
+                },
+                credentials=app.vault.encrypt(creds),
+                owner_id=owner.user_id,
+                version=1,
+                created_at=SINCE - timedelta(days=30),
+                updated_at=SINCE,
+                **state,
+            )
+        )
+    with app.transaction() as session:
+        session.execute(sa.insert(Connection), rows)
+        broken = session.scalars(
+            sa.select(Connection.id).where(Connection.status == "disconnected")
+        ).all()
+        session.execute(
+            sa.insert(Disconnection),
+            [dict(connection_id=i, started_at=SINCE, reason_code="invalid_grant") for i in broken],
+        )
+    return app_client
+
+
+def use_app(app: Relink, client_id: str | None, secret: str = "") -> None:
+    """RELINK_OAUTH__SALESFORCE__CLIENT_ID / __CLIENT_SECRET (None: not set at all)."""
+    entry = OAuthApp(client_id=client_id, client_secret=SecretStr(secret)) if client_id else None
+    app.settings.oauth = {"salesforce": entry} if entry else {}
+
+
+def states(app: Relink) -> dict[str, tuple[str, datetime | None, str | None]]:
+    with app.sessions() as session:
+        rows = session.execute(
+            sa.select(
+                Connection.name,
+                Connection.status,
+                Connection.invalid_since,
+                Connection.last_error_code,
+            )
+        ).all()
+    return {name: (status, since, code) for name, status, since, code in rows}
+
+
+def emails(app: Relink) -> int:
+    with app.sessions() as session:
+        return session.scalar(sa.select(sa.func.count(Notification.id))) or 0
+
+
+@pytest.mark.promise(
+    "A rotated or missing OAuth app secret opens no disconnection, moves no "
+    "invalid_since and emails nobody; once the setting is right, one sweep finds every "
+    "connection as it is"
+)
+def test_a_rotated_app_secret_breaks_nothing_and_emails_nobody(
+    relink_app, owner, provider, sandbox, record_property
+):
+    app_client = installation_fleet(relink_app, owner, provider, sandbox.url)
+    use_app(relink_app, app_client.client_id, app_client.client_secret)
+    send_due(relink_app, now=T0 - timedelta(hours=1))  # the broken ones' one email
+    emailed, broken_before = emails(relink_app), disconnections(relink_app)
+    before = states(relink_app)
+    assert emailed == len(broken_before) == FLEET // 4
+
+    rotated = secrets.token_urlsafe(18)  # at the provider; the setting keeps the old one
+    provider.register_client(app_client.client_id, rotated, [REDIRECT_URI])
+    first = asyncio.run(sweep(relink_app, now=T0, policy=POLICY))
+
+    assert first.outcomes["misconfigured"] == FLEET and (first.opened, first.closed) == (0, 0)
+    assert [(p.code, p.connections) for p in first.installation_problems] == [
+        ("invalid_client", FLEET)
+    ]
+    after = states(relink_app)
+    was_broken = {name for name, state in before.items() if state[0] == "disconnected"}
+    # the broken ones stay as their owners were told; the others wait for an admin
+    assert {name: after[name] for name in was_broken} == {n: before[n] for n in was_broken}
+    assert {after[name][:2] for name in before.keys() - was_broken} == {("misconfigured", None)}
+
+    # An admin removes the setting: the refreshes (half the fleet) cannot be made, which
+    # is the installation's fault again; a live access token is still checked (the probe).
+    use_app(relink_app, None)
+    second = asyncio.run(sweep(relink_app, now=T1, policy=POLICY))
+    send_due(relink_app, now=T1 + timedelta(hours=1))  # 25 h after the first fault
+
+    assert [(p.code, p.connections) for p in second.installation_problems] == [
+        ("oauth_app_not_configured", FLEET // 2)
+    ]
+    assert (second.opened, second.closed) == (0, 0)
+    assert disconnections(relink_app) == broken_before
+    assert emails(relink_app) == emailed  # nobody emailed for the installation's fault
+    assert {states(relink_app)[name][:2] for name in was_broken} == {("disconnected", SINCE)}
+
+    use_app(relink_app, app_client.client_id, rotated)  # the admin sets the new secret
+    fixed = asyncio.run(sweep(relink_app, now=T1 + timedelta(hours=2), policy=POLICY))
+
+    broken = FLEET // 4
+    assert fixed.outcomes["ok"] == FLEET - broken and fixed.outcomes["auth_failed"] == broken
+    assert (fixed.opened, fixed.closed) == (0, 0)
+    assert disconnections(relink_app) == broken_before
+    final = states(relink_app)
+    assert {final[name][:2] for name in was_broken} == {("disconnected", SINCE)}
+    assert {final[name][0] for name in before.keys() - was_broken} == {"connected"}
+    record_property("trials", 3 * FLEET)
+    record_property(
+        "outcome",
+        f"{FLEET} connections through the app, {broken} of them broken before: a rotated "
+        "secret, then no setting at all, 25 h apart: 0 disconnections opened or moved, 0 "
+        f"emails; with the new secret, {FLEET - broken} connected and {broken} still "
+        "disconnected since before",
     )

@@ -309,6 +309,7 @@ def run_flows(world: World) -> None:
     assert swept["outcomes"] == {
         "ok": len(GOOD),
         "auth_failed": len(BROKEN),
+        "misconfigured": 0,
         "unreachable": 0,
         "error": 0,
     }

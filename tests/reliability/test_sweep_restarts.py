@@ -157,7 +157,13 @@ def test_killing_the_app_database_sessions_mid_sweep_breaks_nothing(
         started = utcnow()
         after = asyncio.run(check_connections(batch_size=BATCH, return_state=True))
         summary = after.result()
-        assert summary["outcomes"] == {"ok": fleet, "auth_failed": 0, "unreachable": 0, "error": 0}
+        assert summary["outcomes"] == {
+            "ok": fleet,
+            "auth_failed": 0,
+            "misconfigured": 0,
+            "unreachable": 0,
+            "error": 0,
+        }
         assert broken(relink_app) == []
         with relink_app.sessions() as session:
             stale = session.scalars(

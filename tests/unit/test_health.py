@@ -36,3 +36,9 @@ def test_failed_refresh_is_the_datasets_own_error():
 def test_metric_errors_while_any_dataset_errors():
     assert metric_error([None, "boom", "later"]) == "boom"
     assert metric_error([None, None]) is None
+
+
+def test_dataset_on_a_misconfigured_connection_waits_for_an_administrator():
+    message = error_of(status="misconfigured", conn_err="invalid_client: set RELINK_OAUTH__X")
+    assert "waiting for an administrator" in message
+    assert "reconnect" not in message and "RELINK_OAUTH" not in message

@@ -18,17 +18,21 @@ import pytest
 from connectors.base import CheckError, Outcome, Unreachable
 from connectors.http import (
     classify_exception,
+    classify_response,
     classify_status,
+    forbidden_error,
     parse_query,
     records_to_result,
     resolve_url,
     response_error,
+    retry_after,
     safe_code,
     safe_error,
     scrub,
     where,
 )
 from connectors.oauth2 import needs_refresh, token_credentials
+from connectors.outcomes import oauth_error
 
 AT = "api.example.com"
 
@@ -114,7 +118,9 @@ def test_exceptions_are_classified(exc, expected):
     ("status", "error", "expected"),
     [
         (401, None, (Outcome.AUTH_FAILED, "401")),
-        (403, None, (Outcome.AUTH_FAILED, "403")),
+        (403, None, (Outcome.UNREACHABLE, "http_403")),
+        (403, "forbidden", (Outcome.UNREACHABLE, "http_403")),
+        (403, "invalid_token", (Outcome.AUTH_FAILED, "invalid_token")),
         (401, "invalid_token", (Outcome.AUTH_FAILED, "invalid_token")),
         (403, "insufficient_scope", (Outcome.AUTH_FAILED, "insufficient_scope")),
         (429, None, (Outcome.UNREACHABLE, "http_429")),
@@ -134,6 +140,108 @@ def test_statuses_are_classified(status, error, expected):
 @pytest.mark.parametrize("status", [200, 201, 204])
 def test_success_is_no_error(status):
     assert classify_status(status, AT) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "named", "expected"),
+    [
+        ("salesforce", "bad_oauth_token", (Outcome.AUTH_FAILED, "bad_oauth_token")),
+        ("hubspot", "bad_oauth_token", (Outcome.UNREACHABLE, "http_403")),
+        ("microsoft_graph", "insufficient_claims", (Outcome.AUTH_FAILED, "insufficient_claims")),
+        ("salesforce", "request_limit_exceeded", (Outcome.UNREACHABLE, "http_403")),
+        ("api_key", "insufficient_scope", (Outcome.AUTH_FAILED, "insufficient_scope")),
+    ],
+)
+def test_a_403_breaks_a_connection_only_when_its_provider_documents_the_body(
+    provider, named, expected
+):
+    """A WAF, a CDN challenge, an IP allow-list or a secondary rate limit answers 403 too."""
+    assert outcome(classify_status(403, AT, named, provider=provider)) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"Content-Type": "text/plain"}, b"Bad_OAuth_Token", "bad_oauth_token"),  # Salesforce
+        ({}, b'{"error": {"code": "Authorization_RequestDenied"}}', "authorization_requestdenied"),
+        ({}, b'[{"errorCode": "REQUEST_LIMIT_EXCEEDED"}]', "request_limit_exceeded"),
+        ({"WWW-Authenticate": 'Bearer error="insufficient_claims"'}, b"", "insufficient_claims"),
+        ({"Content-Type": "text/html"}, b"<html><body>Access denied</body></html>", None),
+        ({}, b"Attention Required! | Cloudflare", None),
+        ({}, b"", None),
+    ],
+)
+def test_the_error_a_403_names(headers, body, expected):
+    assert forbidden_error(httpx.Response(403, headers=headers, content=body)) == expected
+
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "0"}, 0.0),
+        # an HTTP-date is taken against the server's own clock (its Date header) ...
+        (
+            {
+                "Retry-After": "Mon, 02 Mar 2026 12:00:30 GMT",
+                "Date": "Mon, 02 Mar 2026 12:00:00 GMT",
+            },
+            30.0,
+        ),
+        # ... else against the check's time
+        ({"Retry-After": "Mon, 02 Mar 2026 09:02:00 GMT"}, 120.0),
+        ({"Retry-After": "Mon, 02 Mar 2026 08:00:00 GMT"}, 0.0),  # already past
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-5"}, None),
+        ({}, None),
+    ],
+)
+def test_the_wait_a_retry_after_asks_for(headers, expected):
+    assert retry_after(httpx.Response(429, headers=headers), NOW) == expected
+
+
+@pytest.mark.parametrize(("status", "wait"), [(429, 12.0), (503, 12.0), (500, None)])
+def test_a_429_or_503_carries_its_retry_after_and_stays_unreachable(status, wait):
+    response = httpx.Response(status, headers={"Retry-After": "12"})
+    error = classify_response(response, AT, now=NOW)
+    assert outcome(error) == (Outcome.UNREACHABLE, f"http_{status}")
+    assert error.retry_after == wait
+
+
+def test_a_403_response_is_judged_by_its_body_and_provider():
+    bad_token = httpx.Response(403, content=b"Bad_OAuth_Token")
+    assert outcome(classify_response(bad_token, AT, now=NOW, provider="salesforce")) == (
+        Outcome.AUTH_FAILED,
+        "bad_oauth_token",
+    )
+    waf = httpx.Response(403, content=b"<html>Request blocked</html>")
+    assert outcome(classify_response(waf, AT, now=NOW, provider="salesforce")) == (
+        Outcome.UNREACHABLE,
+        "http_403",
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "own_client", "expected"),
+    [
+        ("invalid_grant", False, Outcome.AUTH_FAILED),
+        ("invalid_client", False, Outcome.MISCONFIGURED),
+        ("unauthorized_client", False, Outcome.MISCONFIGURED),
+        ("oauth_app_not_configured", False, Outcome.MISCONFIGURED),
+        ("invalid_client", True, Outcome.AUTH_FAILED),  # the owner entered that client
+        ("unauthorized_client", True, Outcome.AUTH_FAILED),
+        ("invalid_grant", True, Outcome.AUTH_FAILED),
+        ("temporarily_unavailable", False, Outcome.UNREACHABLE),
+        ("invalid_request", False, Outcome.UNREACHABLE),
+    ],
+)
+def test_token_endpoint_errors_by_whose_client_it_is(code, own_client, expected):
+    judgment = oauth_error(code, own_client=own_client)
+    assert judgment.outcome is expected
+    assert judgment.reason  # every row says why
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,34 @@ def test_few_connections_or_mixed_codes_are_no_incident():
     assert detect_incidents([("x", "auth_failed", "invalid_grant")] * 4) == []
     mixed = [("x", "unreachable", "timeout")] * 3 + [("x", "unreachable", "http_500")] * 3
     assert detect_incidents(mixed) == []
+
+
+def test_a_misconfigured_installation_never_opens_a_disconnection():
+    d = decide(healthy, Outcome.MISCONFIGURED, "invalid_client", "app refused", now=T0)
+    assert d.status == "misconfigured"
+    assert d.invalid_since is None
+    assert not d.open_disconnection and not d.close_disconnection
+    assert (d.error_code, d.error_message) == ("invalid_client", "app refused")
+
+
+def test_a_misconfigured_installation_keeps_an_open_disconnection_as_it_was():
+    """The owner's connection stays Disconnected since T0, with the error that broke it
+    (what the owner's email says), neither closed nor moved by the installation's fault."""
+    broken = ConnState("disconnected", T0, True, "invalid_grant", "token revoked")
+    later = T0 + timedelta(hours=30)
+    d = decide(broken, Outcome.MISCONFIGURED, "invalid_client", "app refused", now=later)
+    assert d.status == "disconnected" and d.invalid_since == T0
+    assert not d.open_disconnection and not d.close_disconnection
+    assert (d.error_code, d.error_message) == ("invalid_grant", "token revoked")
+
+
+def test_once_the_installation_is_fixed_the_next_check_decides_as_usual():
+    misconfigured = ConnState("misconfigured", None, False, "invalid_client", "app refused")
+    assert decide(misconfigured, Outcome.OK, None, "", now=T0).status == "connected"
+    d = decide(misconfigured, Outcome.AUTH_FAILED, "invalid_grant", "revoked", now=T0)
+    assert d.status == "disconnected" and d.open_disconnection and d.invalid_since == T0
+
+
+def test_a_misconfigured_provider_is_an_installation_problem_not_an_incident():
+    results = [("salesforce", "misconfigured", "invalid_client")] * 10
+    assert detect_incidents(results) == []

@@ -1,0 +1,353 @@
+"""Which answer of a source is which outcome of a check, and why: the one table.
+
+Every connector classifies what it meets through these rows; none keeps a table of its
+own. A row says what the answer means (in the words the messages use) and why it is
+that outcome. The rule the rows follow: only proof breaks a connection.
+
+* `auth_failed`: the source proved that the connection's credentials or settings no
+  longer work, and the owner can fix that by reconnecting (a new password, a new
+  consent, the right database). It opens a disconnection and, after 24 hours, emails
+  the owner.
+* `misconfigured`: the installation is wrong (the OAuth app's client refused, a missing
+  app setting). Every connection through it fails alike and reconnecting cannot help;
+  only an admin can fix it, so it never opens a disconnection nor emails an owner.
+* `unreachable`: the source could not be asked, or answered without proof (an outage,
+  a rate limit, a bare 403 from a firewall). It never breaks a connection.
+
+Codes are the source's own (``invalid_grant``, ``28P01``, ``1045``) so that an engineer
+on call can look them up in the provider's documentation; network failures and our own
+findings have plain names (``timeout``, ``invalid_settings``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connectors.base import ERRORS, CheckError, Outcome
+
+AUTH_FAILED, MISCONFIGURED, UNREACHABLE = (
+    Outcome.AUTH_FAILED,
+    Outcome.MISCONFIGURED,
+    Outcome.UNREACHABLE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """One row: the outcome, what the answer means, and why it is that outcome."""
+
+    outcome: Outcome
+    meaning: str
+    reason: str
+    code: str | None = None  # report under this code instead of the source's (57014 -> timeout)
+
+    def error(self, code: str, message: str, *, retry_after: float | None = None) -> CheckError:
+        """The `CheckError` of this outcome, under `self.code` when the row names one."""
+        return ERRORS[self.outcome](self.code or code, message, retry_after=retry_after)
+
+
+def _row(outcome: Outcome, meaning: str, reason: str, code: str | None = None) -> Judgment:
+    return Judgment(outcome, meaning, reason, code)
+
+
+_OUTAGE = "an outage or overload of the source: asking again later works"
+
+# --- what any connector finds itself ---------------------------------------------------
+
+NETWORK: dict[str, Judgment] = {
+    "timeout": _row(UNREACHABLE, "no answer within the timeout", _OUTAGE),
+    "dns": _row(UNREACHABLE, "the host name could not be resolved", "DNS can fail for a while"),
+    "connection_refused": _row(
+        UNREACHABLE,
+        "connection refused; is the server running and is the port correct?",
+        "a server restarting refuses too; a wrong port shows as a lasting outage, never as "
+        "broken credentials",
+    ),
+    "tls": _row(UNREACHABLE, "TLS negotiation failed", "certificates and proxies change"),
+    "connection_lost": _row(
+        UNREACHABLE, "the server closed the connection without an answer", _OUTAGE
+    ),
+    "network": _row(UNREACHABLE, "the network could not reach the server", _OUTAGE),
+}
+
+INVALID_SETTINGS = "invalid_settings"
+INVALID_QUERY = "invalid_query"
+BAD_RESPONSE = "bad_response"
+UNEXPECTED = "error"
+
+FINDINGS: dict[str, Judgment] = {
+    INVALID_SETTINGS: _row(
+        AUTH_FAILED,
+        "the connection's settings cannot work (no host, port 'abc', no token URL)",
+        "no answer of the source will make them work; the owner fixes them when reconnecting",
+    ),
+    INVALID_QUERY: _row(
+        UNREACHABLE,
+        "the dataset's query cannot be answered as written",
+        "a dataset's problem, never the credentials'",
+    ),
+    BAD_RESPONSE: _row(UNREACHABLE, "the answer could not be read", "not proof of anything"),
+    UNEXPECTED: _row(
+        UNREACHABLE,
+        "an error we do not classify",
+        "only proof breaks a connection, so whatever we cannot classify does not",
+    ),
+}
+
+# --- HTTP (the oauth2 and api_key connectors) ------------------------------------------
+
+HTTP_STATUSES: dict[int, Judgment] = {
+    401: _row(
+        AUTH_FAILED,
+        "the credentials were refused",
+        "RFC 9110: the request lacks valid credentials for the resource",
+    ),
+    403: _row(
+        UNREACHABLE,
+        "forbidden",
+        "a bare 403 is also what a WAF, a CDN challenge, an IP allow-list or a secondary "
+        "rate limit answers; it breaks a connection only when the body says the token is "
+        "invalid (FORBIDDEN_BODIES)",
+    ),
+    404: _row(
+        UNREACHABLE,
+        "not found; check the URL settings",
+        "the settings point at the wrong place, which is not proof the credentials are bad",
+    ),
+    408: _row(UNREACHABLE, "the server timed out waiting for the request", _OUTAGE),
+    429: _row(
+        UNREACHABLE,
+        "rate limited; the source asks to slow down",
+        "asked again after the Retry-After the source sends",
+    ),
+    503: _row(
+        UNREACHABLE,
+        "the service is unavailable",
+        "asked again after the Retry-After the source sends",
+    ),
+}
+_SERVER_ERROR = _row(UNREACHABLE, "server error", _OUTAGE)
+_OTHER_STATUS = _row(
+    UNREACHABLE,
+    "unexpected answer",
+    "a redirect or another 4xx says the settings point at the wrong place; not proof",
+)
+
+
+def http_status(status: int) -> Judgment:
+    """The row of an HTTP status that is not 2xx."""
+    found = HTTP_STATUSES.get(status)
+    if found is not None:
+        return found
+    return _SERVER_ERROR if status >= 500 else _OTHER_STATUS
+
+
+# The 403 answers that do prove the token is bad: by provider, keyed by the error the
+# response names (RFC 6750 WWW-Authenticate `error`, a JSON `error` / `error.code` /
+# `errorCode`, or a one-word text body), lower case. "*" applies to every provider.
+FORBIDDEN_BODIES: dict[str, dict[str, Judgment]] = {
+    "*": {
+        "invalid_token": _row(
+            AUTH_FAILED,
+            "the access token is invalid (expired, revoked or malformed)",
+            "RFC 6750 §3.1: the provider says so itself",
+        ),
+        "insufficient_scope": _row(
+            AUTH_FAILED,
+            "the token lacks a scope the check needs",
+            "RFC 6750 §3.1: the grant as given cannot work; a new consent grants the scope",
+        ),
+    },
+    "salesforce": {
+        "bad_oauth_token": _row(
+            AUTH_FAILED,
+            "the access token is not valid",
+            "Salesforce's identity and userinfo URLs answer 403 Bad_OAuth_Token for an "
+            "expired or revoked token",
+        ),
+    },
+    "microsoft_graph": {
+        "insufficient_claims": _row(
+            AUTH_FAILED,
+            "a conditional access policy requires signing in again",
+            "Microsoft Graph answers 403 error=insufficient_claims when the token does not "
+            "satisfy the tenant's conditional access; only a new sign-in does",
+        ),
+    },
+}
+
+
+def forbidden(provider: str, named: str | None) -> Judgment:
+    """A 403 naming the error `named`: proof only when the table says so."""
+    if named:
+        for key in (provider, "*"):
+            found = FORBIDDEN_BODIES.get(key, {}).get(named)
+            if found is not None:
+                return found
+    return HTTP_STATUSES[403]
+
+
+# --- OAuth 2.0: the token and introspection endpoints ------------------------------------
+
+NO_REFRESH_TOKEN = "no_refresh_token"
+INACTIVE_TOKEN = "inactive_token"
+OAUTH_APP_NOT_CONFIGURED = "oauth_app_not_configured"
+
+OAUTH_ERRORS: dict[str, Judgment] = {
+    "invalid_grant": _row(
+        AUTH_FAILED,
+        "the refresh token is expired or revoked",
+        "RFC 6749 §5.2: the grant itself is refused; a new consent makes a new one",
+    ),
+    "invalid_client": _row(
+        MISCONFIGURED,
+        "the provider refused the installation's OAuth app",
+        "the app's credentials are wrong, e.g. a rotated secret not yet in the settings; "
+        "every connection through the app fails alike and a reconnect through the same "
+        "app cannot help",
+    ),
+    "unauthorized_client": _row(
+        MISCONFIGURED,
+        "the installation's OAuth app is not allowed this grant",
+        "an app setting at the provider (allowed grant types, refresh tokens) only its "
+        "admin can change",
+    ),
+    OAUTH_APP_NOT_CONFIGURED: _row(
+        MISCONFIGURED,
+        "no OAuth app is configured for this provider",
+        "a missing installation setting; no reconnect can supply it",
+    ),
+    NO_REFRESH_TOKEN: _row(
+        AUTH_FAILED,
+        "the access token is missing or expired and there is no refresh token",
+        "nothing left to renew the grant with; a new consent makes one",
+    ),
+    INACTIVE_TOKEN: _row(
+        AUTH_FAILED,
+        "the provider reports the access token as inactive (expired or revoked)",
+        "RFC 7662 introspection `active: false`, after one refresh",
+    ),
+}
+
+# A connection that carries its own OAuth client (its `client_id` setting) entered that
+# client itself, and the reconnect form changes it: its refusal is the owner's to fix.
+OWN_CLIENT_ERRORS: dict[str, Judgment] = {
+    "invalid_client": _row(
+        AUTH_FAILED,
+        "the provider refused the connection's own OAuth client (client id or secret)",
+        "the connection's own client, not the installation's: the owner reconnects with "
+        "the right one",
+    ),
+    "unauthorized_client": _row(
+        AUTH_FAILED,
+        "the connection's own OAuth client is not allowed this grant",
+        "the connection's own client, not the installation's: the owner fixes it",
+    ),
+}
+_OTHER_OAUTH_ERROR = _row(
+    UNREACHABLE,
+    "the token endpoint could not answer",
+    "invalid_request, temporarily_unavailable and the rest are not proof the grant is gone",
+)
+
+
+# The codes by which the provider refuses the OAuth client itself (not the grant).
+CLIENT_REFUSALS = frozenset(OWN_CLIENT_ERRORS)
+
+
+def oauth_error(code: str, *, own_client: bool = False) -> Judgment:
+    """The row of an OAuth error code (RFC 6749 §5.2, or one of our own findings)."""
+    if own_client and code in OWN_CLIENT_ERRORS:
+        return OWN_CLIENT_ERRORS[code]
+    return OAUTH_ERRORS.get(code, _OTHER_OAUTH_ERROR)
+
+
+# --- PostgreSQL: SQLSTATE --------------------------------------------------------------
+
+_OWNER_SETTING = (
+    "the server answered no to this connection's settings; waiting will not fix it, the "
+    "owner does on the reconnect form"
+)
+
+POSTGRES_SQLSTATES: dict[str, Judgment] = {
+    "28P01": _row(
+        AUTH_FAILED,
+        "password authentication failed",
+        "the password is wrong or was changed; the owner enters the current one",
+    ),
+    "28000": _row(
+        AUTH_FAILED,
+        "the server does not accept this user from here",
+        "the role is missing, may not log in, or has no pg_hba.conf entry: " + _OWNER_SETTING,
+    ),
+    "3D000": _row(AUTH_FAILED, "the database does not exist", _OWNER_SETTING),
+    "42501": _row(
+        AUTH_FAILED,
+        "permission denied",
+        "the user lacks a privilege (CONNECT on the database, SELECT on a table): "
+        + _OWNER_SETTING,
+    ),
+    "53300": _row(UNREACHABLE, "too many connections, try again later", _OUTAGE),
+    "57P01": _row(UNREACHABLE, "the server is shutting down", _OUTAGE),
+    "57P02": _row(UNREACHABLE, "the server is restarting after a crash", _OUTAGE),
+    "57P03": _row(UNREACHABLE, "the server is not accepting connections now", _OUTAGE),
+    "57014": _row(
+        UNREACHABLE, "the query was cancelled (statement timeout)", _OUTAGE, code="timeout"
+    ),
+}
+POSTGRES_CLASSES: dict[str, Judgment] = {
+    "28": _row(AUTH_FAILED, "the server refused the login", "class 28: invalid authorization"),
+    **{
+        cls: _row(UNREACHABLE, "the server could not serve the request", _OUTAGE)
+        for cls in ("08", "53", "57", "58")  # connection, resources, operator, system
+    },
+}
+
+
+def postgres_sqlstate(sqlstate: str) -> Judgment | None:
+    """The row of a SQLSTATE; None for a server error we do not classify (42P01 ...)."""
+    return POSTGRES_SQLSTATES.get(sqlstate) or POSTGRES_CLASSES.get(sqlstate[:2])
+
+
+# --- MySQL / MariaDB: errno ------------------------------------------------------------
+
+_LOGIN = "the server refused this login; the owner reconnects with one it accepts"
+
+MYSQL_ERRNOS: dict[int, Judgment] = {
+    1045: _row(AUTH_FAILED, "access denied (wrong user name or password)", _LOGIN),
+    # MariaDB answers 1698, not 1045, when no password was sent (a reconnect without one)
+    1698: _row(AUTH_FAILED, "access denied (no password given)", _LOGIN),
+    1130: _row(AUTH_FAILED, "this host is not allowed to connect", _LOGIN),
+    1820: _row(AUTH_FAILED, "the password has expired and must be reset", _LOGIN),
+    1862: _row(AUTH_FAILED, "the password has expired", _LOGIN),
+    3118: _row(AUTH_FAILED, "the account is locked", _LOGIN),
+    4151: _row(AUTH_FAILED, "the account is locked", _LOGIN),
+    # MariaDB answers 1044, not 1049, for a missing database the user has no rights on
+    1044: _row(AUTH_FAILED, "access denied to the database", _OWNER_SETTING),
+    1049: _row(AUTH_FAILED, "the database does not exist", _OWNER_SETTING),
+    1142: _row(AUTH_FAILED, "access denied to a table", _OWNER_SETTING),
+    1143: _row(AUTH_FAILED, "access denied to a column", _OWNER_SETTING),
+    1040: _row(UNREACHABLE, "too many connections, try again later", _OUTAGE),
+    1203: _row(UNREACHABLE, "the user has too many connections, try again later", _OUTAGE),
+    1226: _row(UNREACHABLE, "the user has exceeded a resource limit, try again later", _OUTAGE),
+    1053: _row(UNREACHABLE, "the server is shutting down", _OUTAGE),
+    1077: _row(UNREACHABLE, "the server is shutting down", _OUTAGE),
+    1129: _row(UNREACHABLE, "the host is blocked after too many connection errors", _OUTAGE),
+    1152: _row(UNREACHABLE, "the connection was aborted", _OUTAGE),
+    1159: _row(UNREACHABLE, "timeout reading from the network", _OUTAGE, code="timeout"),
+    1161: _row(UNREACHABLE, "timeout writing to the network", _OUTAGE, code="timeout"),
+    1969: _row(UNREACHABLE, "the query exceeded max_statement_time", _OUTAGE, code="timeout"),
+    3024: _row(UNREACHABLE, "the query exceeded max_execution_time", _OUTAGE, code="timeout"),
+    2002: _row(UNREACHABLE, "could not connect", _OUTAGE),
+    2003: _row(UNREACHABLE, "could not connect", _OUTAGE),
+    2005: _row(UNREACHABLE, "the host name could not be resolved", _OUTAGE, code="dns"),
+    2006: _row(UNREACHABLE, "the server has gone away", _OUTAGE),
+    2013: _row(UNREACHABLE, "lost the connection to the server", _OUTAGE),
+    2026: _row(UNREACHABLE, "TLS/SSL negotiation failed", _OUTAGE, code="tls"),
+    2055: _row(UNREACHABLE, "lost the connection to the server", _OUTAGE),
+}
+
+
+def network_error(code: str, where: str, detail: str | None = None) -> CheckError:
+    """A network-level failure (a `NETWORK` code) at `where`, in the row's words."""
+    return NETWORK[code].error(code, f"{where}: {detail or NETWORK[code].meaning}")
