@@ -64,6 +64,13 @@ def check(
     )
     for incident in summary.incidents:
         console.print(f"provider incident: {incident.describe()}", style="bold red")
+    for problem in summary.installation_problems:
+        console.print(
+            f"installation problem (an admin fixes it): {problem.describe()}",
+            style="bold yellow",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _require_connections(relink: Relink, ids: Sequence[int]) -> None:

@@ -1,5 +1,5 @@
-"""`relink status`: how the connections are, what the next email run will send, and how
-the last check sweep went."""
+"""`relink status`: how the connections are, what only an admin can fix (installation
+problems), what the next email run will send, and how the last check sweep went."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sqlalchemy as sa
 import typer
 from sqlalchemy.orm import Session
 
+import connectors
+from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.models import Connection, Disconnection, Status
 from relink.notifications import due_ids
@@ -35,6 +37,32 @@ def next_email_run(now: datetime) -> datetime:
     return run.astimezone(now.tzinfo)
 
 
+def installation_problems(session: Session) -> list[InstallationProblem]:
+    """The misconfigured connections by provider and code, with what an admin fixes."""
+    rows = session.execute(
+        sa.select(
+            Connection.type,
+            Connection.last_error_code,
+            sa.func.count(Connection.id),
+            sa.func.min(Connection.last_error_message),
+        )
+        .where(Connection.status == Status.MISCONFIGURED)
+        .group_by(Connection.type, Connection.last_error_code)
+        .order_by(Connection.type, Connection.last_error_code)
+    ).all()
+    return [
+        InstallationProblem(_provider(type_), code, count, fix or "")
+        for type_, code, count, fix in rows
+    ]
+
+
+def _provider(type_: str) -> str:
+    try:
+        return connectors.get(type_).provider
+    except connectors.UnknownConnector:
+        return type_
+
+
 def collect(session: Session, now: datetime) -> dict[str, Any]:
     counts = dict(
         session.execute(
@@ -50,6 +78,7 @@ def collect(session: Session, now: datetime) -> dict[str, Any]:
         "at": now.isoformat(),
         "connections": {"total": sum(by_status.values()), "by_status": by_status},
         "open_disconnections": int(open_count or 0),
+        "installation_problems": [p.as_dict() for p in installation_problems(session)],
         "emails": {"next_run": run_at.isoformat(), "due": len(due_ids(session, now=run_at))},
         "last_sweep": last_sweep(session),
     }
@@ -59,8 +88,9 @@ def collect(session: Session, now: datetime) -> dict[str, Any]:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Connections by status, open disconnections, emails due at the next 07:00 MST run,
-    and the last check sweep."""
+    """Connections by status, open disconnections, installation problems (what only an
+    admin can fix, and how), emails due at the next 07:00 MST run, and the last check
+    sweep."""
     now = utcnow()
     with transaction() as session:
         data = collect(session, now)
@@ -73,6 +103,23 @@ def status(
         list(data["connections"]["by_status"].items()),
     )
     console.print(f"open disconnections: {data['open_disconnections']}", highlight=False)
+    problems = data["installation_problems"]
+    if not problems:
+        console.print("installation problems: none", highlight=False)
+    else:
+        console.print(
+            "installation problems (only an admin can fix these; they disconnect no "
+            "connection and email no owner):",
+            style="bold yellow",
+            highlight=False,
+        )
+        for problem in problems:
+            console.print(
+                f"  {problem['provider']}: {problem['connections']} connection(s), "
+                f"{problem['code']}: {problem['fix']}",
+                highlight=False,
+                soft_wrap=True,
+            )
     console.print(
         f"emails due at the next run ({data['emails']['next_run']}, 07:00 MST): "
         f"{data['emails']['due']}",

@@ -18,6 +18,7 @@ from relink.web.sessions import CSRF_FIELD
 STATUS_LABELS = {
     Status.CONNECTED: "Connected",
     Status.DISCONNECTED: "Disconnected",
+    Status.MISCONFIGURED: "Needs an admin",
     Status.UNREACHABLE: "Unreachable",
     Status.UNCHECKED: "Unchecked",
 }
@@ -28,6 +29,7 @@ DATASET_LABELS = {"ok": "OK", "pending": "Not refreshed yet", "error": "Error"}
 FILTERS = (
     (None, "All"),
     (Status.DISCONNECTED, "Broken"),
+    (Status.MISCONFIGURED, "Needs an admin"),
     (Status.UNREACHABLE, "Unreachable"),
     (Status.CONNECTED, "Connected"),
     (Status.UNCHECKED, "Unchecked"),

@@ -7,20 +7,26 @@ skip on a developer's machine and fail under CI=true.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from relink.app import Relink
+from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.models import Connection, Status
 from relink.sandbox import SandboxServer, seed_demo
+from relink.settings import OAuthApp
 from relink.web import create_app
 from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
 from tests.support.web import (
@@ -71,6 +77,7 @@ class Site:
     relink: Relink
     ids: dict[str, int]
     new_db_password: str
+    sandbox: SandboxServer
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +116,7 @@ def site(
         new_password = role.password + "-new"
         admin.set_password(role.name, new_password)  # the stored password stops working
         served = ServedApp(create_app(relink), port).start()
-        yield Site(url, relink, world.ids, new_password)
+        yield Site(url, relink, world.ids, new_password, sandbox)
     finally:
         if served is not None:
             served.stop()
@@ -268,3 +275,62 @@ def test_reconnect_postgres_with_a_new_password(page, site: Site) -> None:
     assert page.inner_text("#fact-created-by").startswith("Sam Shared")
     assert site.new_db_password not in page.content()
     assert owner_of(site, conn_id) == EMAILS["shared"]
+
+
+# --- an installation problem -----------------------------------------------------------------
+
+
+def test_a_misconfigured_connection_tells_admins_what_to_fix_and_members_to_wait(
+    page, site: Site
+) -> None:
+    """The installation's Salesforce app secret was rotated at the provider, not in the
+    settings: a real check finds it; the admin is told which settings to fix, the owner
+    (a member) that the connection waits for an administrator."""
+    provider, app_id = site.sandbox.provider, "relink-salesforce-app"
+    provider.register_client(app_id, "the-rotated-app-secret", [f"{site.url}/oauth/callback"])
+    token = provider.issue_token(app_id, "erin", "api")
+    with site.relink.transaction() as s:
+        conn_id = add_connection(
+            s,
+            site.relink.vault,
+            NewConnection(
+                type="salesforce",
+                name="Forecasts",
+                owner=EMAILS["owner"],
+                settings={
+                    "token_url": f"{site.sandbox.url}/oauth/token",
+                    "introspection_url": f"{site.sandbox.url}/oauth/introspect",
+                },
+                secrets={k: token[k] for k in ("access_token", "refresh_token")},
+            ),
+            now=T0,
+        ).id
+    old = OAuthApp(client_id=app_id, client_secret=SecretStr("the-old-app-secret"))
+    site.relink.settings.oauth = {"salesforce": old}
+    try:
+        check = sweep(site.relink, now=datetime.now(UTC), connection_ids=[conn_id])
+        with ThreadPoolExecutor(1) as elsewhere:  # Playwright's loop runs in this thread
+            checked = elsewhere.submit(asyncio.run, check).result()
+        assert checked.outcomes["misconfigured"] == 1 and checked.opened == 0
+
+        sign_in(page, site, "admin")
+        page.goto(f"{site.url}/connections/{conn_id}")
+        assert page.inner_text("#connection-status") == "Needs an admin"
+        advice = page.inner_text("#misconfigured")
+        assert "needs an administrator: you" in advice and "reconnecting cannot help" in advice
+        assert "RELINK_OAUTH__SALESFORCE__CLIENT_SECRET" in advice
+        assert "the-old-app-secret" not in page.content()
+        page.click("#sign-out")
+        page.wait_for_url(re.compile(r".*/login$"))
+
+        sign_in(page, site, "owner")
+        page.goto(f"{site.url}/connections/{conn_id}")
+        waiting = page.inner_text("#misconfigured")
+        assert "Waiting for an administrator." in waiting and "nothing for you to do" in waiting
+        assert "RELINK_OAUTH" not in waiting
+        assert "waiting for an administrator" in page.inner_text("#fact-last-error")
+        assert page.inner_text("#fact-invalid-since") == "—"  # not disconnected
+    finally:
+        site.relink.settings.oauth = {}
+        with site.relink.transaction() as s:  # the other tests' lists stay as they were
+            s.delete(s.get(Connection, conn_id))

@@ -1,5 +1,6 @@
-"""`relink status`: connections by status, open disconnections, emails due at the next
-07:00 MST run (the notify rule at that instant), and the last sweep."""
+"""`relink status`: connections by status, open disconnections, installation problems,
+emails due at the next 07:00 MST run (the notify rule at that instant), and the last
+sweep."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import sqlalchemy as sa
 
 from relink import demo
 from relink.cli.status import collect, next_email_run
+from relink.connections import NewConnection, add_connection
+from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
+from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweeps import record_sweep
 from tests.support.reconnect import Cli
 
@@ -100,3 +104,61 @@ def test_relink_check_records_its_sweep(relink_app, settings):
     assert data["last_sweep"]["source"] == "relink check"
     assert data["last_sweep"]["summary"]["checked"] == 0
     assert data["connections"]["total"] == 0
+
+
+def test_an_installation_problem_is_listed_with_its_fix_and_breaks_nothing(relink_app, settings):
+    """The Salesforce app's secret was rotated at the provider and RELINK_OAUTH__SALESFORCE__
+    CLIENT_SECRET still holds the old one: `relink check` and `relink status` say which
+    provider fails and which settings an admin fixes; no connection is disconnected and
+    no email is due."""
+    app_id, old_secret = "relink-salesforce-app", "the-old-app-secret"
+    provider = SandboxProvider()
+    provider.register_client(app_id, "the-rotated-app-secret", ["http://127.0.0.1:9/cb"])
+    with SandboxServer(provider) as sandbox:
+        with relink_app.transaction() as session:
+            add_account(session, "Acme", now=NOW)
+            add_user(session, email="o@acme.test", name="O", role="member", account="Acme", now=NOW)
+            for i in range(3):
+                token = provider.issue_token(app_id, f"user{i}", "api")
+                add_connection(
+                    session,
+                    relink_app.vault,
+                    NewConnection(
+                        type="salesforce",
+                        name=f"Sales {i}",
+                        owner="o@acme.test",
+                        settings={
+                            "token_url": f"{sandbox.url}/oauth/token",
+                            "introspection_url": f"{sandbox.url}/oauth/introspect",
+                        },
+                        secrets={k: token[k] for k in ("access_token", "refresh_token")},
+                    ),
+                    now=NOW,
+                )
+        cli = Cli(settings)
+        cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_ID"] = app_id
+        cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_SECRET"] = old_secret
+        checked = cli.ok("check", "--json").stdout
+
+    swept = json.loads(checked)
+    assert swept["outcomes"]["misconfigured"] == 3 and swept["opened"] == 0
+    (problem,) = swept["installation_problems"]
+    assert (problem["provider"], problem["code"], problem["connections"]) == (
+        "salesforce",
+        "invalid_client",
+        3,
+    )
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_SECRET" in problem["fix"]
+    data = json.loads(cli.ok("status", "--json").stdout)
+    assert data["installation_problems"] == [problem]
+    assert data["connections"]["by_status"]["misconfigured"] == 3
+    assert data["open_disconnections"] == 0 and data["emails"]["due"] == 0
+    text = cli.ok("status").stdout
+    assert "installation problems" in text
+    assert "salesforce: 3 connection(s), invalid_client:" in text
+    assert "RELINK_OAUTH__SALESFORCE__CLIENT_ID" in text
+    assert old_secret not in text + checked
+
+
+def test_without_installation_problems_status_says_so(relink_app, settings):
+    assert "installation problems: none" in Cli(settings).ok("status").stdout
