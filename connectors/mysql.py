@@ -2,8 +2,8 @@
 
 Classification (`classify_mysql_error`, pure, unit-tested without a server) judges
 PyMySQL's errno (`args[0]`) by its row of `connectors.outcomes.MYSQL_ERRNOS`, and
-reports the errno the server sent as the code (MariaDB answers 1698 where MySQL
-answers 1045 when no password was sent: each is reported as sent):
+reports the errno the server sent as the code (MariaDB answers 1698 instead of 1045
+to some refused logins, e.g. without a password: each is reported as sent):
 
 * 1045 access denied (wrong user or password) -> `AuthFailed("1045")`; so are the
   other "this login is refused" errnos: 1698 (no password given), 1130 (host not

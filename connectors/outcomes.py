@@ -315,7 +315,7 @@ _LOGIN = "the server refused this login; the owner reconnects with one it accept
 
 MYSQL_ERRNOS: dict[int, Judgment] = {
     1045: _row(AUTH_FAILED, "access denied (wrong user name or password)", _LOGIN),
-    # MariaDB answers 1698, not 1045, when no password was sent (a reconnect without one)
+    # MariaDB answers 1698 instead of 1045 to some refused logins (without a password)
     1698: _row(AUTH_FAILED, "access denied (no password given)", _LOGIN),
     1130: _row(AUTH_FAILED, "this host is not allowed to connect", _LOGIN),
     1820: _row(AUTH_FAILED, "the password has expired and must be reset", _LOGIN),
