@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from relink.app import Relink
 from relink.checks import sweep
@@ -26,9 +25,9 @@ from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.models import Connection, Status
 from relink.sandbox import SandboxServer, seed_demo
-from relink.settings import OAuthApp
 from relink.web import create_app
 from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
+from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.web import (
     EMAILS,
     PASSWORD,
@@ -288,25 +287,16 @@ def test_a_misconfigured_connection_tells_admins_what_to_fix_and_members_to_wait
     (a member) that the connection waits for an administrator."""
     provider, app_id = site.sandbox.provider, "relink-salesforce-app"
     provider.register_client(app_id, "the-rotated-app-secret", [f"{site.url}/oauth/callback"])
-    token = provider.issue_token(app_id, "erin", "api")
-    with site.relink.transaction() as s:
-        conn_id = add_connection(
-            s,
-            site.relink.vault,
-            NewConnection(
-                type="salesforce",
-                name="Forecasts",
-                owner=EMAILS["owner"],
-                settings={
-                    "token_url": f"{site.sandbox.url}/oauth/token",
-                    "introspection_url": f"{site.sandbox.url}/oauth/introspect",
-                },
-                secrets={k: token[k] for k in ("access_token", "refresh_token")},
-            ),
-            now=T0,
-        ).id
-    old = OAuthApp(client_id=app_id, client_secret=SecretStr("the-old-app-secret"))
-    site.relink.settings.oauth = {"salesforce": old}
+    (conn_id,) = add_app_connections(
+        site.relink,
+        provider,
+        site.sandbox.url,
+        app_id=app_id,
+        owner=EMAILS["owner"],
+        names=["Forecasts"],
+        now=T0,
+    )
+    site.relink.settings.oauth = installation_app(app_id, "the-old-app-secret")
     try:
         check = sweep(site.relink, now=datetime.now(UTC), connection_ids=[conn_id])
         with ThreadPoolExecutor(1) as elsewhere:  # Playwright's loop runs in this thread

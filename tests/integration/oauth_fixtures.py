@@ -18,12 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from connectors.base import CheckContext, CheckResult, ConnectionSpec
 from relink.app import Relink
+from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
 from relink.models import Connection
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.settings import OAuthApp
 
 REDIRECT_URI = "http://127.0.0.1:9/oauth/callback"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -189,6 +192,43 @@ def refresh_at_sandbox(base_url: str, client: OAuthClient, refresh_token: str) -
 
 def token_hits(provider: SandboxProvider) -> int:
     return provider.stats().get("/oauth/token", 0)
+
+
+def installation_app(app_id: str, secret: str) -> dict[str, OAuthApp]:
+    """`Settings.oauth` with the installation's Salesforce app, as
+    RELINK_OAUTH__SALESFORCE__CLIENT_ID / __CLIENT_SECRET set it."""
+    return {"salesforce": OAuthApp(client_id=app_id, client_secret=SecretStr(secret))}
+
+
+def add_app_connections(
+    app: Relink,
+    provider: SandboxProvider,
+    sandbox_url: str,
+    *,
+    app_id: str,
+    owner: str,
+    names: Iterable[str],
+    now: datetime,
+) -> list[int]:
+    """Salesforce connections of `owner` through the installation's app `app_id` (no
+    client of their own), each with a fresh token set of the sandbox, checked there by
+    introspection; their ids."""
+    ids = []
+    with app.transaction() as session:
+        for name in names:
+            token = provider.issue_token(app_id, "user", "api")
+            new = NewConnection(
+                type="salesforce",
+                name=name,
+                owner=owner,
+                settings={
+                    "token_url": f"{sandbox_url}/oauth/token",
+                    "introspection_url": f"{sandbox_url}/oauth/introspect",
+                },
+                secrets={k: token[k] for k in ("access_token", "refresh_token")},
+            )
+            ids.append(add_connection(session, app.vault, new, now=now).id)
+    return ids
 
 
 class RecordedWaits:

@@ -21,14 +21,18 @@ from prefect.client.schemas.filters import (
     LogFilterLevel,
 )
 from prefect.logging.handlers import APILogHandler
-from pydantic import SecretStr
 
 from flows.check_connections import check_connections
 from relink.app import set_app
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
-from relink.settings import OAuthApp
+from tests.integration.oauth_fixtures import (
+    REDIRECT_URI,
+    add_app_connections,
+    installation_app,
+    stored,
+)
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SECRET = "api-key-marker-7f3a"
@@ -125,38 +129,24 @@ def test_a_rotated_app_secret_completes_the_run_and_warns_the_admins(relink_app)
     WARNING line) which provider fails and which settings fix it."""
     app_id, old_secret = "relink-salesforce-app", secrets.token_urlsafe(18)
     provider = SandboxProvider()
-    provider.register_client(app_id, old_secret, ["http://127.0.0.1:9/oauth/callback"])
-    relink_app.settings.oauth = {
-        "salesforce": OAuthApp(client_id=app_id, client_secret=SecretStr(old_secret))
-    }
-    tokens = [provider.issue_token(app_id, f"user{i}", "api") for i in range(6)]
+    provider.register_client(app_id, old_secret, [REDIRECT_URI])
+    relink_app.settings.oauth = installation_app(app_id, old_secret)
     with SandboxServer(provider) as sandbox:
         with relink_app.transaction() as session:
             add_account(session, "Acme", now=T0)
-            owner = add_user(
-                session, email="o@acme.test", name="O", role="member", account="Acme", now=T0
-            )
-            for i, token in enumerate(tokens):
-                credentials = {k: token[k] for k in ("access_token", "refresh_token")}
-                session.add(
-                    Connection(
-                        account_id=1,
-                        type="salesforce",
-                        name=f"sf{i}",
-                        mode="direct",
-                        settings={
-                            "token_url": f"{sandbox.url}/oauth/token",
-                            "introspection_url": f"{sandbox.url}/oauth/introspect",
-                        },
-                        credentials=relink_app.vault.encrypt(credentials),
-                        owner=owner,
-                        status="connected",
-                        created_at=T0,
-                        updated_at=T0,
-                    )
-                )
+            add_user(session, email="o@acme.test", name="O", role="member", account="Acme", now=T0)
+        ids = add_app_connections(
+            relink_app,
+            provider,
+            sandbox.url,
+            app_id=app_id,
+            owner="o@acme.test",
+            names=[f"sf{i}" for i in range(6)],
+            now=T0,
+        )
+        tokens = [stored(relink_app, i)[0] for i in ids]
         new_secret = secrets.token_urlsafe(18)
-        provider.register_client(app_id, new_secret, ["http://127.0.0.1:9/oauth/callback"])
+        provider.register_client(app_id, new_secret, [REDIRECT_URI])
         set_app(relink_app)
         try:
             state = asyncio.run(check_connections(return_state=True))

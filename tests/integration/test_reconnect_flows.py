@@ -11,16 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from pydantic import SecretStr
 
 from flows.reconnect_connection import reconnect_connection
 from flows.refresh_datasets import refresh_datasets
 from relink.app import set_app
 from relink.checks import sweep
-from relink.connections import NewConnection, add_connection
 from relink.sandbox import SandboxProvider, SandboxServer
-from relink.settings import OAuthApp
 from tests.conftest import APP_BACKENDS
+from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.reconnect import (
     ADMIN,
     FAST_CHECKS,
@@ -119,25 +117,12 @@ def test_a_misconfigured_installation_waits_for_an_admin_and_emails_no_owner(rel
     it, hands out no reconnect link and emails nobody, even when asked to."""
     provider = SandboxProvider()
     provider.register_client("sf-app", "the-rotated-secret", ["http://127.0.0.1:9/cb"])
-    relink_app.settings.oauth = {
-        "salesforce": OAuthApp(client_id="sf-app", client_secret=SecretStr("an-old-secret"))
-    }
+    relink_app.settings.oauth = installation_app("sf-app", "an-old-secret")
     add_people(relink_app)
-    token = provider.issue_token("sf-app", "bob", "api")
     with SandboxServer(provider) as sandbox:
-        with relink_app.transaction() as session:
-            connection_id = add_connection(
-                session,
-                relink_app.vault,
-                NewConnection(
-                    type="salesforce",
-                    name="Sales",
-                    owner=OWNER,
-                    settings={"introspection_url": f"{sandbox.url}/oauth/introspect"},
-                    secrets={k: token[k] for k in ("access_token", "refresh_token")},
-                ),
-                now=T0,
-            ).id
+        (connection_id,) = add_app_connections(
+            relink_app, provider, sandbox.url, app_id="sf-app", owner=OWNER, names=["Sales"], now=T0
+        )
         set_app(relink_app)
         try:
             state = asyncio.run(

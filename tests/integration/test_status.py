@@ -12,11 +12,11 @@ import sqlalchemy as sa
 
 from relink import demo
 from relink.cli.status import collect, next_email_run
-from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweeps import record_sweep
+from tests.integration.oauth_fixtures import add_app_connections
 from tests.support.reconnect import Cli
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)  # 05:00 MST: the next run is 14:00 UTC today
@@ -118,23 +118,15 @@ def test_an_installation_problem_is_listed_with_its_fix_and_breaks_nothing(relin
         with relink_app.transaction() as session:
             add_account(session, "Acme", now=NOW)
             add_user(session, email="o@acme.test", name="O", role="member", account="Acme", now=NOW)
-            for i in range(3):
-                token = provider.issue_token(app_id, f"user{i}", "api")
-                add_connection(
-                    session,
-                    relink_app.vault,
-                    NewConnection(
-                        type="salesforce",
-                        name=f"Sales {i}",
-                        owner="o@acme.test",
-                        settings={
-                            "token_url": f"{sandbox.url}/oauth/token",
-                            "introspection_url": f"{sandbox.url}/oauth/introspect",
-                        },
-                        secrets={k: token[k] for k in ("access_token", "refresh_token")},
-                    ),
-                    now=NOW,
-                )
+        add_app_connections(
+            relink_app,
+            provider,
+            sandbox.url,
+            app_id=app_id,
+            owner="o@acme.test",
+            names=["Sales 0", "Sales 1", "Sales 2"],
+            now=NOW,
+        )
         cli = Cli(settings)
         cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_ID"] = app_id
         cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_SECRET"] = old_secret
