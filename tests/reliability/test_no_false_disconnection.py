@@ -32,19 +32,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from relink.app import Relink
 from relink.checks import CheckPolicy, sweep
 from relink.models import Connection, Disconnection, Notification
 from relink.notifications import send_due
 from relink.sandbox import SandboxProvider, SandboxServer
-from relink.settings import OAuthApp
 from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,
     OAuthClient,
     Owner,
+    installation_app,
     issue,
     oauth_client,
     oauth_settings,
@@ -426,8 +425,7 @@ def installation_fleet(app: Relink, owner: Owner, provider: SandboxProvider, url
 
 def use_app(app: Relink, client_id: str | None, secret: str = "") -> None:
     """RELINK_OAUTH__SALESFORCE__CLIENT_ID / __CLIENT_SECRET (None: not set at all)."""
-    entry = OAuthApp(client_id=client_id, client_secret=SecretStr(secret)) if client_id else None
-    app.settings.oauth = {"salesforce": entry} if entry else {}
+    app.settings.oauth = installation_app(client_id, secret) if client_id else {}
 
 
 def states(app: Relink) -> dict[str, tuple[str, datetime | None, str | None]]:
