@@ -53,7 +53,7 @@ from connectors.outcomes import INVALID_SETTINGS
 from connectors.registry import register
 
 FIELDS = (
-    Field("base_url", "Base URL", help="e.g. https://api.example.com"),
+    Field("base_url", "Base URL", help="e.g. https://api.example.com", reconnect=True),
     Field(
         "probe_path",
         "Probe path",
@@ -68,7 +68,7 @@ FIELDS = (
         default="Authorization",
         help="Header carrying the key; 'Authorization' sends 'Bearer <key>'",
     ),
-    Field("api_key", "API key", secret=True, help="The key itself"),
+    Field("api_key", "API key", secret=True, help="The key itself", reconnect=True),
 )
 
 

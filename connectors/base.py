@@ -1,9 +1,10 @@
 """What every connector declares and what a check can meet.
 
 A connector knows one kind of source: which fields a connection needs (its
-*connection requirements*), how to validate credentials against the source and
-how to fetch a dataset through it. Connectors only report outcomes; the core's
-state rules decide what an outcome does to a connection.
+*connection requirements*) and which of them a reconnect may change, how to
+validate credentials against the source and how to fetch a dataset through it.
+Connectors only report outcomes; the core's state rules decide what an outcome
+does to a connection.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Field:
     required: bool = True
     default: str | None = None
     help: str = ""
+    # A reconnect asks for it: a setting shown with its current value, or a secret entered
+    # anew. What the connection's owner can fix (a user name, a moved host), never what
+    # only an admin can (the installation's OAuth app).
+    reconnect: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +67,7 @@ class Field:
             "required": self.required,
             "default": self.default,
             "help": self.help,
+            "reconnect": self.reconnect,
         }
 
 
@@ -217,6 +223,11 @@ class Connector(abc.ABC):
 
     def field(self, name: str) -> Field | None:
         return next((f for f in self.fields if f.name == name), None)
+
+    def reconnect_fields(self, settings: Mapping[str, Any]) -> tuple[Field, ...]:
+        """What a reconnect of a connection with these settings asks for: the settings it
+        may change (shown with their current values) and the secrets entered anew."""
+        return tuple(f for f in self.fields if f.reconnect)
 
     def describe(self) -> dict[str, Any]:
         return {

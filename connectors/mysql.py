@@ -41,11 +41,23 @@ from connectors.sql import (
 )
 
 FIELDS = (
-    Field("host", "Host", help="Server name or address"),
-    Field("port", "Port", default="3306", help="TCP port"),
-    Field("database", "Database", help="Database (schema) name"),
-    Field("username", "Username", help="A user that may connect and read the tables"),
-    Field("password", "Password", secret=True, help="The user's password"),
+    Field("host", "Host", help="Server name or address", reconnect=True),
+    Field("port", "Port", default="3306", help="TCP port", reconnect=True),
+    Field("database", "Database", help="Database (schema) name", reconnect=True),
+    Field(
+        "username",
+        "Username",
+        help="A user that may connect and read the tables",
+        reconnect=True,
+    ),
+    Field(
+        "password",
+        "Password",
+        secret=True,
+        required=False,  # MariaDB/MySQL accounts may have none (root on a developer machine)
+        help="The user's password; empty for a user without one",
+        reconnect=True,
+    ),
     Field(
         "sslmode",
         "SSL mode",

@@ -74,6 +74,11 @@ Reconnect helpers
 provider's scope and extra parameters such as Google's ``access_type=offline``);
 `OAuth2Connector.exchange_code(...)` swaps the code for a token set (credentials dict).
 
+A reconnect may change (`Field.reconnect`, `OAuth2Connector.reconnect_fields`) the
+connection's own client (`client_id`, `client_secret`) when it carries one, and for the
+generic provider its endpoints and scope too; a named provider's endpoints and the
+installation's app are not the owner's to change.
+
 Authlib and httpx2
 ------------------
 Authlib 1.9.10's httpx integration (`authlib/integrations/httpx_client/_compat.py`)
@@ -220,6 +225,10 @@ URL_SETTINGS = (
     "probe_url",
     "api_base_url",
 )
+# What a reconnect may change besides the consent: the connection's own client, and for
+# the generic provider (whose endpoints are the connection's own) those endpoints too.
+CLIENT_FIELDS = frozenset({"client_id", "client_secret"})
+GENERIC_RECONNECT_FIELDS = frozenset({*URL_SETTINGS, "scope"})
 # Verification answers after which one refresh is worth a try.
 TOKEN_REJECTED = frozenset({"invalid_token", INACTIVE_TOKEN})
 _TOKEN_SET = ("access_token", "refresh_token", "expires_at")
@@ -681,8 +690,21 @@ class OAuth2Connector(Connector):
         self.display_name = display_name
         self.provider = type_
         self.endpoints = endpoints
+        changeable = CLIENT_FIELDS | (GENERIC_RECONNECT_FIELDS if endpoints is None else set())
+        self.fields = tuple(
+            dataclasses.replace(f, reconnect=f.name in changeable) for f in TOKEN_FIELDS
+        )
 
     # -- configuration --
+
+    def reconnect_fields(self, settings: Mapping[str, Any]) -> tuple[Field, ...]:
+        """Besides the consent: the client only when the connection carries its own."""
+        own_client = _text(settings.get("client_id")) is not None
+        return tuple(
+            f
+            for f in super().reconnect_fields(settings)
+            if own_client or f.name not in CLIENT_FIELDS
+        )
 
     def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
         problem = _auth_method_problem(_text(settings.get("token_endpoint_auth_method")))

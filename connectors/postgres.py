@@ -52,11 +52,16 @@ from connectors.sql import (
 )
 
 DATABASE_FIELDS = (
-    Field("host", "Host", help="Server name or address"),
-    Field("port", "Port", default="5432", help="TCP port"),
-    Field("database", "Database", help="Database name"),
-    Field("username", "Username", help="A role that may connect and read the tables"),
-    Field("password", "Password", secret=True, help="The role's password"),
+    Field("host", "Host", help="Server name or address", reconnect=True),
+    Field("port", "Port", default="5432", help="TCP port", reconnect=True),
+    Field("database", "Database", help="Database name", reconnect=True),
+    Field(
+        "username",
+        "Username",
+        help="A role that may connect and read the tables",
+        reconnect=True,
+    ),
+    Field("password", "Password", secret=True, help="The role's password", reconnect=True),
     Field(
         "sslmode",
         "SSL mode",

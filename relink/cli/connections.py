@@ -284,13 +284,14 @@ def connectors_show(
         return
     print_table(
         f"{info['display_name']} ({info['type']}, {info['auth_kind']}) — connection requirements",
-        ["field", "label", "secret", "required", "default", "help"],
+        ["field", "label", "secret", "required", "reconnect", "default", "help"],
         [
             (
                 f["name"],
                 f["label"],
                 "yes" if f["secret"] else "",
                 "yes" if f["required"] else "",
+                "yes" if f["reconnect"] else "",
                 f["default"],
                 f["help"],
             )

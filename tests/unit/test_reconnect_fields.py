@@ -1,0 +1,44 @@
+"""What each connector lets a reconnect change (its declaration, `Field.reconnect`)."""
+
+import pytest
+
+import connectors
+
+
+def asked(type_: str, **settings: str) -> list[str]:
+    return [f.name for f in connectors.get(type_).reconnect_fields(settings)]
+
+
+@pytest.mark.parametrize("type_", ["postgres", "mysql"])
+def test_a_database_reconnect_may_change_where_and_as_whom_it_signs_in(type_):
+    assert asked(type_) == ["host", "port", "database", "username", "password"]
+
+
+def test_an_api_key_reconnect_may_change_the_key_and_the_base_url():
+    assert asked("api_key") == ["base_url", "api_key"]
+
+
+def test_a_named_oauth_provider_is_the_consent_only_unless_the_connection_has_its_own_client():
+    assert asked("salesforce") == []
+    assert asked("salesforce", client_id="ours") == ["client_id", "client_secret"]
+
+
+def test_the_generic_oauth_provider_may_change_its_endpoints_and_its_own_client():
+    endpoints = [
+        "authorize_url",
+        "token_url",
+        "introspection_url",
+        "revocation_url",
+        "probe_url",
+        "api_base_url",
+        "scope",
+    ]
+    assert asked("oauth2") == endpoints
+    assert asked("oauth2", client_id="ours") == ["client_id", "client_secret", *endpoints]
+
+
+def test_the_declaration_is_part_of_the_connection_requirements():
+    fields = {f["name"]: f for f in connectors.get("mysql").describe()["fields"]}
+    assert fields["username"]["reconnect"] is True
+    assert fields["sslmode"]["reconnect"] is False
+    assert fields["password"]["required"] is False  # MariaDB users may have no password
