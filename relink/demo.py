@@ -3,7 +3,9 @@
 Against the sandbox provider and the loopback databases, the demo connections show
 each outcome of a check: the PostgreSQL warehouse and "Sales" (OAuth) are healthy,
 "Support" (OAuth) has a revoked token, "Finance" (MariaDB) has a user that does not
-exist (1045). The sandbox learns the demo's OAuth tokens from `sandbox_tokens`
+exist (access denied: 1045, or 1698 on some servers): its owner fixes it on its page
+by reconnecting with the loopback MariaDB's own user (`FINANCE_FIX`, printed by
+`relink run`). The sandbox learns the demo's OAuth tokens from `sandbox_tokens`
 (`relink run` writes them into the sandbox's state file before starting it).
 """
 
@@ -30,6 +32,10 @@ SANDBOX_URL = "http://127.0.0.1:8765"
 HEALTHY_OAUTH = "Sales (Salesforce sandbox)"
 REVOKED_OAUTH = "Support (Salesforce sandbox)"
 DEMO_PASSWORD = "relink-demo-password"  # a public demo sign-in, printed by `relink run`
+FINANCE = "Finance (MariaDB)"
+# What a reconnect of "Finance" enters to fix it: the loopback MariaDB's root user, which
+# has no password there (as on every development and CI machine).
+FINANCE_FIX = {"username": "root", "password": ""}
 
 
 def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[str, str]]]]:
@@ -74,7 +80,7 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
         (
             NewConnection(
                 type="mysql",
-                name="Finance (MariaDB)",
+                name=FINANCE,
                 owner=MEMBER[0],
                 mode="direct",
                 settings={

@@ -311,8 +311,9 @@ class AuditEvent(Base):
 class OAuthState(Base):
     """A pending OAuth reconnect: bound to a connection and the user who started it.
 
-    Only a SHA-256 of the `state` value is stored, and the PKCE code_verifier is
-    encrypted with the vault. Single use: `used_at` is set by a conditional UPDATE.
+    Only a SHA-256 of the `state` value is stored; the PKCE code_verifier, and the
+    changes the reconnect proposes (settings, a new client secret), are encrypted with
+    the vault in `code_verifier`. Single use: `used_at` is set by a conditional UPDATE.
     """
 
     __tablename__ = "oauth_states"
@@ -323,7 +324,7 @@ class OAuthState(Base):
         sa.ForeignKey("connections.id", ondelete="CASCADE"), index=True
     )
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
-    code_verifier: Mapped[str] = mapped_column(sa.Text)  # vault ciphertext
+    code_verifier: Mapped[str] = mapped_column(sa.Text)  # vault ciphertext (see above)
     redirect_uri: Mapped[str] = mapped_column(sa.String(2000))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]

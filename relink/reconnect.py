@@ -1,8 +1,10 @@
-"""Reconnect: new credentials for a broken (or any) connection, validated before they
-replace the old ones. Prefect-free: the CLI, the reconnect-connection flow and the
-web pages use it.
+"""Reconnect: new credentials, and new values for the settings the owner can fix, for a
+broken (or any) connection, validated together before they replace the old ones.
+Prefect-free: the CLI, the reconnect-connection flow and the web pages use it.
 
-    reconnect_with_secrets(app, 7, actor="max@acme.test", secrets={"password": ...})
+    form = reconnect_form(app, 7, actor="max@acme.test")  # what to ask, current values
+    reconnect_with_secrets(app, 7, actor=..., secrets={"password": ...},
+                           settings={"username": "reader"})
     start = start_oauth(app, 7, actor=..., redirect_uri=...)   # -> start.url
     finish_oauth(app, state=..., code=..., actor=..., connection_id=7)
     recheck(app, 7, requested_by=...)   # the stored credentials, checked again
@@ -12,26 +14,36 @@ What a reconnect does:
 1. Access: admins, the owner and users the connection is shared with
    (`access.can_reconnect`). Someone who cannot see the connection gets NotFound (no
    hint it exists); someone who can see but not reconnect gets PermissionDenied.
-2. The new credentials are validated with the connector (no token store: nothing is
-   persisted by the validation, so an OAuth token that has not expired is not
-   refreshed: that would spend the new refresh token). Refused -> `CredentialsRefused`;
-   the installation is wrong (the OAuth app refused) -> `InstallationMisconfigured`;
-   the source could not be asked -> `SourceUnreachable`. Either way nothing changes.
-3. One transaction: the check's state rules record an `ok` outcome
+2. What may change is the connector's declaration (`Connector.reconnect_fields`: for a
+   database the host, port, database, username and password; for an API key the key
+   and base URL; for OAuth the consent, plus the connection's own client and the
+   generic provider's endpoints). Anything else, an empty required value or settings
+   the connector calls unusable are `InvalidInput` before the source is asked.
+3. The new settings and credentials are validated together with the connector (no
+   token store: nothing is persisted by the validation, and an OAuth token that has
+   not expired is not refreshed, which would spend the new refresh token). Refused ->
+   `CredentialsRefused`; the installation is wrong (the OAuth app refused) ->
+   `InstallationMisconfigured`; the source could not be asked -> `SourceUnreachable`.
+   Either way nothing changes but the audit trail, which records
+   `connection.reconnect_failed` (who, the outcome and code, which settings were to
+   change and which secrets were entered: names, never secret values).
+4. One transaction: the check's state rules record an `ok` outcome
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
-   open Disconnection closed, `connection.status_changed`), the credentials are
-   replaced (encrypted), the reconnecting user becomes the owner ("Created By") when
-   different, and `connection.reconnected` names who and the previous owner. The
-   connection's version must be the one validated against; when someone changed it
-   meanwhile the credentials are validated again once, then `Conflict`.
-4. The connection's datasets are refreshed (`relink.refresh`).
+   open Disconnection closed, `connection.status_changed`), the settings and the
+   credentials (encrypted) are replaced, the reconnecting user becomes the owner
+   ("Created By") when different, and `connection.reconnected` names who, the previous
+   owner and the changed settings. The connection's version must be the one validated
+   against; when someone changed it meanwhile the credentials are validated again
+   once, then `Conflict`.
+5. The connection's datasets are refreshed (`relink.refresh`).
 
-OAuth: `start_oauth` stores a pending state (only its SHA-256; the PKCE code_verifier
-encrypted; bound to the connection and the user; 10 minutes; single use) and returns
-the provider's authorization URL. `finish_oauth` refuses an unknown, foreign (another
-user or connection), used or expired state before anything else, claims it with a
-conditional UPDATE (the row count decides), exchanges the code and goes on at step 2
-with the new token set.
+OAuth: `start_oauth` takes the proposed changes (a new client, endpoints ...), builds
+the provider's authorization URL with them and stores a pending state (only its
+SHA-256; the PKCE code_verifier and the proposed changes encrypted; bound to the
+connection and the user; 10 minutes; single use). `finish_oauth` refuses an unknown,
+foreign (another user or connection), used or expired state before anything else,
+claims it with a conditional UPDATE (the row count decides), exchanges the code and
+goes on at step 3 with the new token set and the proposed changes.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import secrets as secrets_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -56,13 +69,14 @@ from connectors.base import (
     CheckResult,
     ConnectionSpec,
     Connector,
+    Field,
     Outcome,
 )
 from relink import audit
 from relink.access import can_reconnect
 from relink.app import Relink
 from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
-from relink.connections import check_fields, get_visible, ref_of
+from relink.connections import get_visible, ref_of
 from relink.directory import get_user, viewer_of
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import Connection, Dataset, OAuthState, Status, User
@@ -79,6 +93,7 @@ KIND_LABELS = {
     AuthKind.API_KEY: "an API key",
     AuthKind.OAUTH2: "OAuth",
 }
+NOTHING_CHANGED = "nothing was changed"
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -86,6 +101,8 @@ KIND_LABELS = {
 
 class ReconnectFailed(RelinkError):
     """The new credentials did not work; nothing was changed."""
+
+    outcome: Outcome
 
     def __init__(self, message: str, *, code: str | None) -> None:
         super().__init__(message)
@@ -95,13 +112,19 @@ class ReconnectFailed(RelinkError):
 class CredentialsRefused(ReconnectFailed):
     """The source refused the new credentials (wrong password, revoked key, invalid_grant)."""
 
+    outcome = Outcome.AUTH_FAILED
+
 
 class SourceUnreachable(ReconnectFailed):
     """The source could not be asked whether the new credentials work (an outage)."""
 
+    outcome = Outcome.UNREACHABLE
+
 
 class InstallationMisconfigured(ReconnectFailed):
     """The installation is wrong (the OAuth app refused): no credentials can help."""
+
+    outcome = Outcome.MISCONFIGURED
 
 
 class OAuthStateRefused(RelinkError):
@@ -145,6 +168,7 @@ class Reconnected:
     owner: str
     status_before: str
     disconnection_closed: bool
+    changed: tuple[str, ...] = ()  # the settings the reconnect changed
     refresh: RefreshSummary | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +180,7 @@ class Reconnected:
             "owner": self.owner,
             "status_before": self.status_before,
             "disconnection_closed": self.disconnection_closed,
+            "changed": list(self.changed),
             "refresh": self.refresh.as_dict() if self.refresh else None,
         }
 
@@ -224,6 +249,134 @@ def authorize(session: Session, actor_email: str, connection_id: int) -> tuple[U
     return actor, conn
 
 
+def _connector(conn: Connection) -> Connector:
+    try:
+        return connectors.get(conn.type)
+    except connectors.UnknownConnector as exc:
+        raise InvalidInput(f"connection {conn.id}: {exc}") from None
+
+
+# --- what a reconnect asks for ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconnectForm:
+    """What a reconnect of one connection asks for: the settings it may change with their
+    current values (pre-filled), the secrets to enter anew (never shown), and the other
+    settings, which only show what the connection uses."""
+
+    connection_id: int
+    connection: str
+    type: str
+    provider_name: str
+    kind: AuthKind
+    settings: tuple[tuple[Field, str], ...]
+    secrets: tuple[Field, ...]
+    fixed: tuple[tuple[Field, str], ...]
+
+    @property
+    def oauth(self) -> bool:
+        return self.kind is AuthKind.OAUTH2
+
+
+def form_of(conn: Connection) -> ReconnectForm:
+    """The form of a connection the caller may reconnect (see `reconnect_form`)."""
+    connector = _connector(conn)
+    current = conn.settings or {}
+    asked = connector.reconnect_fields(current)
+    names = {f.name for f in asked}
+    return ReconnectForm(
+        connection_id=conn.id,
+        connection=conn.name,
+        type=conn.type,
+        provider_name=connector.display_name,
+        kind=connector.auth_kind,
+        settings=tuple((f, _value(f, current.get(f.name))) for f in asked if not f.secret),
+        secrets=tuple(f for f in asked if f.secret),
+        fixed=tuple(
+            (f, str(current[f.name]))
+            for f in connector.fields
+            if not f.secret and f.name not in names and current.get(f.name) not in (None, "")
+        ),
+    )
+
+
+def reconnect_form(app: Relink, actor: str, connection_id: int) -> ReconnectForm:
+    """What to ask `actor` for (after the access check), for prompts and pages."""
+    with app.sessions() as session:
+        _, conn = authorize(session, actor, connection_id)
+        return form_of(conn)
+
+
+def _value(spec: Field, value: Any) -> str:
+    """A setting as the connection uses it: its default when it has none."""
+    text = "" if value is None else str(value).strip()
+    return text or spec.default or ""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a reconnect proposes besides the credentials the source hands out: new values
+    of settings (unchanged ones may be included) and newly entered secrets."""
+
+    settings: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def sealed(self) -> str:
+        return json.dumps({"settings": dict(self.settings), "secrets": dict(self.secrets)})
+
+    @classmethod
+    def unsealed(cls, text: str | None) -> Changes:
+        data = json.loads(text) if text else {}
+        return cls(data.get("settings", {}), data.get("secrets", {}))
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    """The settings after the changes, and what changed: [old, new] per setting."""
+
+    settings: dict[str, str]
+    changed: dict[str, list[str | None]]
+    secrets: tuple[str, ...]  # the names of the secrets entered
+
+
+def _propose(connector: Connector, current: Mapping[str, Any], changes: Changes) -> _Proposal:
+    """Apply `changes` to the current settings; InvalidInput for what a reconnect may not
+    change, an empty required value or settings the connector calls unusable."""
+    allowed = {f.name: f for f in connector.reconnect_fields(current)}
+    named = [(name, False) for name in changes.settings] + [(n, True) for n in changes.secrets]
+    for name, secret in named:
+        spec = allowed.get(name)
+        if spec is None or spec.secret != secret:
+            may = ", ".join(f.name for f in allowed.values()) or "only the credentials"
+            raise InvalidInput(
+                f"a reconnect of a {connector.display_name} connection cannot change "
+                f"{name!r}; it may change: {may}"
+            )
+    settings = {k: str(v) for k, v in current.items()}
+    changed: dict[str, list[str | None]] = {}
+    for name, spec in allowed.items():  # in the connector's order
+        if name not in changes.settings:
+            continue
+        value = str(changes.settings[name]).strip()
+        if value == _value(spec, current.get(name)):
+            continue
+        if not value and spec.required and spec.default is None:
+            raise InvalidInput(f"{spec.label} may not be empty; {NOTHING_CHANGED}")
+        if value:
+            settings[name] = value
+        else:
+            settings.pop(name, None)
+        changed[name] = [current.get(name), value or None]
+    problem = connector.settings_problem(settings) if changed else None
+    if problem:
+        raise InvalidInput(f"{problem}; {NOTHING_CHANGED}")
+    return _Proposal(settings, changed, tuple(sorted(n for n, v in changes.secrets.items() if v)))
+
+
+# --- validate, then write -------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class _Target:
     """What the validation needs: read in one session, used outside it."""
@@ -259,27 +412,19 @@ def _target(app: Relink, actor_email: str, connection_id: int) -> _Target:
         )
 
 
-def _connector(conn: Connection) -> Connector:
-    try:
-        return connectors.get(conn.type)
-    except connectors.UnknownConnector as exc:
-        raise InvalidInput(f"connection {conn.id}: {exc}") from None
-
-
-# --- validate, then write -------------------------------------------------------------------
-
-
 class _Stale(Exception):
     pass
 
 
 async def _validate(
-    app: Relink, target: _Target, credentials: Mapping[str, str], now: datetime
+    app: Relink,
+    target: _Target,
+    settings: Mapping[str, Any],
+    credentials: Mapping[str, str],
+    now: datetime,
 ) -> None:
     connector = connectors.get(target.type)
-    spec = ConnectionSpec(
-        target.connection_id, target.type, target.settings, credentials, target.version
-    )
+    spec = ConnectionSpec(target.connection_id, target.type, settings, credentials, target.version)
     # No refresh ahead of expiry (window 0): the validation stores nothing, so a refresh
     # here would spend the new refresh token (providers rotate it) and the spent one would
     # be stored, or validated again after a version conflict and refused. A token set
@@ -301,6 +446,7 @@ async def _validate(
 def _commit(
     app: Relink,
     target: _Target,
+    proposal: _Proposal,
     credentials: Mapping[str, str],
     *,
     now: datetime,
@@ -318,6 +464,8 @@ def _commit(
         actor = session.get(User, target.actor_id)
         assert conn is not None and actor is not None
         previous_owner = conn.owner.email
+        if proposal.changed:
+            conn.settings = proposal.settings
         conn.credentials = app.vault.encrypt(credentials)
         conn.updated_at = now
         if conn.owner_id != actor.id:
@@ -333,6 +481,7 @@ def _commit(
             owner=actor.email,
             status_before=target.status,
             disconnection_closed=summary.closed > 0,
+            changed=proposal.changed,
         )
         return Reconnected(
             connection_id=conn.id,
@@ -342,6 +491,31 @@ def _commit(
             owner=actor.email,
             status_before=target.status,
             disconnection_closed=summary.closed > 0,
+            changed=tuple(proposal.changed),
+        )
+
+
+def _record_failure(
+    app: Relink,
+    target: _Target,
+    failed: ReconnectFailed,
+    proposal: _Proposal,
+    *,
+    now: datetime,
+) -> None:
+    """`connection.reconnect_failed`: who tried, what the source said, what was to change."""
+    with app.transaction() as session:
+        audit.record(
+            session,
+            "connection.reconnect_failed",
+            at=now,
+            connection=session.get(Connection, target.connection_id),
+            actor=session.get(User, target.actor_id),
+            method=str(connectors.get(target.type).auth_kind),
+            outcome=str(failed.outcome),
+            code=failed.code,
+            changed=proposal.changed,
+            secrets_entered=list(proposal.secrets),
         )
 
 
@@ -350,6 +524,7 @@ async def _replace(
     actor: str,
     connection_id: int,
     new_credentials: Callable[[_Target], dict[str, str]],
+    changes: Changes,
     *,
     now: datetime,
     refresh: bool,
@@ -357,20 +532,26 @@ async def _replace(
 ) -> Reconnected:
     """Validate, write (once more on a version conflict), refresh.
 
-    `new_credentials(target)` builds the credentials from what is stored now.
+    `new_credentials(target)` builds the credentials from what is stored now; `changes`
+    apply to the settings stored now. A refused or unreachable validation is recorded.
     """
     for attempt in range(2):
         target = await asyncio.to_thread(_target, app, actor, connection_id)
+        proposal = _propose(connectors.get(target.type), target.settings, changes)
         credentials = new_credentials(target)
-        await _validate(app, target, credentials, now)
         try:
-            done = await asyncio.to_thread(_commit, app, target, credentials, now=now)
+            await _validate(app, target, proposal.settings, credentials, now)
+        except ReconnectFailed as failed:
+            await asyncio.to_thread(_record_failure, app, target, failed, proposal, now=now)
+            raise
+        try:
+            done = await asyncio.to_thread(_commit, app, target, proposal, credentials, now=now)
             break
         except (_Stale, StaleDataError):  # the version moved between our check and write
             if attempt:
                 raise Conflict(
                     f"connection {connection_id} changed twice while it was being reconnected "
-                    "(a check or another reconnect); nothing was changed, try again"
+                    f"(a check or another reconnect); {NOTHING_CHANGED}, try again"
                 ) from None
     if not refresh:
         return done
@@ -399,24 +580,15 @@ async def refresh_connection(
 # --- password / API key ---------------------------------------------------------------------
 
 
-def auth_kind(app: Relink, actor: str, connection_id: int) -> AuthKind:
-    """How the connection signs in (after the access check): which reconnect it takes."""
-    with app.sessions() as session:
-        _, conn = authorize(session, actor, connection_id)
-        return _connector(conn).auth_kind
-
-
-def secret_fields(app: Relink, actor: str, connection_id: int) -> list[connectors.Field]:
-    """The secret fields to ask for (after the access check), for prompts."""
-    with app.sessions() as session:
-        _, conn = authorize(session, actor, connection_id)
-        connector = _connector(conn)
-        if connector.auth_kind is AuthKind.OAUTH2:
-            raise InvalidInput(
-                f"connection {conn.id} ({conn.name!r}) signs in with OAuth: reconnect it "
-                "through the provider's sign-in page, not with typed secrets"
-            )
-        return [f for f in connector.fields if f.secret]
+def _typed_secrets_form(app: Relink, actor: str, connection_id: int) -> ReconnectForm:
+    """The form of a connection reconnected with typed secrets (after the access check)."""
+    form = reconnect_form(app, actor, connection_id)
+    if form.oauth:
+        raise InvalidInput(
+            f"connection {form.connection_id} ({form.connection!r}) signs in with OAuth: "
+            "reconnect it through the provider's sign-in page, not with typed secrets"
+        )
+    return form
 
 
 async def reconnect_with_secrets(
@@ -425,25 +597,26 @@ async def reconnect_with_secrets(
     *,
     actor: str,
     secrets: Mapping[str, str],
+    settings: Mapping[str, str] | None = None,
     now: datetime | None = None,
     refresh: bool = True,
     policy: RefreshPolicy | None = None,
 ) -> Reconnected:
-    """Reconnect a password or API-key connection with new secret values."""
+    """Reconnect a password or API-key connection with new secret values and, optionally,
+    new values of the settings a reconnect may change."""
     now = now or utcnow()
     # access and kind, before anything else
-    await asyncio.to_thread(secret_fields, app, actor, connection_id)
-
-    def build(target: _Target) -> dict[str, str]:
-        connector = connectors.get(target.type)
-        _, clean = check_fields(connector, target.settings, dict(secrets))
-        return clean
-
+    form = await asyncio.to_thread(_typed_secrets_form, app, actor, connection_id)
+    for spec in form.secrets:
+        if spec.required and not secrets.get(spec.name):
+            raise InvalidInput(f"Enter the new {spec.label.lower()}; {NOTHING_CHANGED}.")
+    changes = Changes(dict(settings or {}), {k: v for k, v in secrets.items() if v})
     return await _replace(
         app,
         actor,
         connection_id,
-        build,
+        lambda _target: dict(changes.secrets),
+        changes,
         now=now,
         refresh=refresh,
         policy=policy,
@@ -475,31 +648,39 @@ def start_oauth(
     actor: str,
     redirect_uri: str,
     now: datetime | None = None,
+    settings: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> OAuthStart:
-    """Store a pending state for (connection, actor) and return the authorization URL."""
+    """Store a pending state for (connection, actor) and return the authorization URL.
+
+    `settings` and `secrets` are the proposed changes (a new client, endpoints ...): the
+    consent is asked with them, and they are applied when the callback succeeds."""
     now = now or utcnow()
+    changes = Changes(dict(settings or {}), {k: v for k, v in (secrets or {}).items() if v})
     state = secrets_module.token_urlsafe(32)
     code_verifier = secrets_module.token_urlsafe(64)  # 86 characters, RFC 7636 allows 43-128
     with app.transaction() as session:
         user, conn = authorize(session, actor, connection_id)
         connector = _oauth_connector(conn)
+        proposal = _propose(connector, conn.settings or {}, changes)
         ctx = make_context_factory(
             app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
         )()
         try:
             url = connector.authorization_url(
-                dict(conn.settings), ctx, redirect_uri, state, code_verifier
+                proposal.settings, ctx, redirect_uri, state, code_verifier
             )
         except CheckError as exc:
             raise InvalidInput(f"connection {conn.id}: {exc.message}") from None
         session.execute(sa.delete(OAuthState).where(OAuthState.expires_at < now - OAUTH_STATE_KEEP))
         expires_at = now + OAUTH_STATE_TTL
+        sealed = {"code_verifier": code_verifier, "changes": changes.sealed()}
         session.add(
             OAuthState(
                 state_hash=_hash_state(state),
                 connection_id=conn.id,
                 user_id=user.id,
-                code_verifier=app.vault.encrypt({"code_verifier": code_verifier}),
+                code_verifier=app.vault.encrypt(sealed),
                 redirect_uri=redirect_uri,
                 created_at=now,
                 expires_at=expires_at,
@@ -512,7 +693,8 @@ def start_oauth(
 class _Claimed:
     connection_id: int
     redirect_uri: str
-    code_verifier: str
+    code_verifier: str = field(repr=False)
+    changes: Changes
 
 
 def _claim(
@@ -562,24 +744,30 @@ def _claim(
         )
         if claimed.rowcount != 1:  # another callback claimed it between our read and update
             raise OAuthStateRefused(f"this sign-in was already used; {restart}", reason="replayed")
-        return _Claimed(row.connection_id, row.redirect_uri, _code_verifier(app, row, restart))
+        sealed = _unseal(app, row, restart)
+        return _Claimed(
+            row.connection_id,
+            row.redirect_uri,
+            sealed["code_verifier"],
+            Changes.unsealed(sealed.get("changes")),
+        )
 
 
-def _code_verifier(app: Relink, row: OAuthState, restart: str) -> str:
-    """The stored PKCE verifier; a lost or undecryptable one (a key dropped without
-    `relink keys rotate`) refuses the state: without it no provider gives tokens."""
+def _unseal(app: Relink, row: OAuthState, restart: str) -> dict[str, str]:
+    """The stored PKCE verifier and proposed changes; a lost or undecryptable verifier (a
+    key dropped without `relink keys rotate`) refuses the state: without it no provider
+    gives tokens."""
     try:
         stored = app.vault.decrypt(row.code_verifier, connection=str(row.connection_id))
     except VaultError:
         stored = {}
-    verifier = stored.get("code_verifier")
-    if not verifier:
+    if not stored.get("code_verifier"):
         raise OAuthStateRefused(
             "the PKCE code verifier of this sign-in is missing or does not decrypt with the "
             f"configured keys; {restart}",
             reason="no_verifier",
         )
-    return verifier
+    return stored
 
 
 async def finish_oauth(
@@ -593,7 +781,8 @@ async def finish_oauth(
     refresh: bool = True,
     policy: RefreshPolicy | None = None,
 ) -> Reconnected:
-    """The callback: claim the state, exchange the code, then reconnect with the tokens.
+    """The callback: claim the state, exchange the code, then reconnect with the tokens
+    and the changes proposed when the sign-in started.
 
     `connection_id` is the connection the callback is for (the page's, or the CLI's
     argument); a state started for another one is refused.
@@ -602,32 +791,37 @@ async def finish_oauth(
     if not state or not code:
         raise InvalidInput("the callback has no state or no code; start the reconnect again")
     claimed = await asyncio.to_thread(_claim, app, state, actor, connection_id, now)
+    changes = claimed.changes
     target = await asyncio.to_thread(_target, app, actor, claimed.connection_id)
     connector = connectors.get(target.type)
+    proposal = _propose(connector, target.settings, changes)
     ctx = make_context_factory(
         app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
     )()
     try:
         tokens = await connector.exchange_code(
-            target.settings,
+            proposal.settings,
             ctx,
             code,
             claimed.redirect_uri,
             claimed.code_verifier,
-            credentials=target.credentials,  # a per-connection client_secret
+            credentials={**target.credentials, **changes.secrets},  # the connection's client
         )
     except CheckError as exc:  # refused, misconfigured or unreachable: nothing changes
-        raise _failed(exc, claimed.connection_id) from None
+        failed = _failed(exc, claimed.connection_id)
+        await asyncio.to_thread(_record_failure, app, target, failed, proposal, now=now)
+        raise failed from None
 
     def build(current: _Target) -> dict[str, str]:
         kept = {k: v for k, v in current.credentials.items() if k in OAUTH_KEPT_SECRETS}
-        return {**kept, **{k: str(v) for k, v in tokens.items() if v is not None}}
+        return {**kept, **changes.secrets, **{k: str(v) for k, v in tokens.items() if v}}
 
     return await _replace(
         app,
         actor,
         claimed.connection_id,
         build,
+        changes,
         now=now,
         refresh=refresh,
         policy=policy,

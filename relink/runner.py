@@ -491,6 +491,8 @@ def _print_ready(
 ) -> None:
     from relink.mailer import outbox_folder
 
+    fix = demo.FINANCE_FIX
+    password = f"password {fix['password']}" if fix["password"] else "the password left empty"
     lines = [
         f"{READY}:",
         f"  web pages    {config.web_url}",
@@ -498,6 +500,8 @@ def _print_ready(
         f"  sandbox      {config.sandbox_url} (the demo's OAuth provider)",
         f"  sign in as   {demo.ADMIN[0]} (admin), {demo.MEMBER[0]} or {demo.OTHER[0]} "
         f"(members), password {demo.DEMO_PASSWORD}",
+        f"  to fix       {demo.FINANCE!r}: Reconnect on its page with username "
+        f"{fix['username']} and {password}",
     ]
     if summary is not None:
         outcomes = ", ".join(f"{v} {k}" for k, v in summary.get("outcomes", {}).items() if v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -91,3 +92,11 @@ def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
             raise fail(f"{option} {value!r}: expected key=value")
         pairs[key.strip()] = rest
     return pairs
+
+
+def secrets_from_env(refs: dict[str, str]) -> dict[str, str]:
+    """`--secret-env key=ENVVAR` values; an unset variable is a clear error."""
+    for key, var in refs.items():
+        if var not in os.environ:
+            raise fail(f"--secret-env {key}={var}: environment variable {var} is not set")
+    return {key: os.environ[var] for key, var in refs.items()}

@@ -19,6 +19,7 @@ from relink.cli._common import (
     parse_pairs,
     print_json,
     print_table,
+    secrets_from_env,
     transaction,
 )
 from relink.datasets import add_dataset, add_metric
@@ -86,11 +87,7 @@ def connections_add(
 
 
 def _read_secrets(names: list[str], env_refs: dict[str, str]) -> dict[str, str]:
-    secrets: dict[str, str] = {}
-    for key, var in env_refs.items():
-        if var not in os.environ:
-            raise fail(f"--secret-env {key}={var}: environment variable {var} is not set")
-        secrets[key] = os.environ[var]
+    secrets = secrets_from_env(env_refs)
     interactive = sys.stdin.isatty()
     for key in names:
         if interactive:

@@ -13,8 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import sqlalchemy as sa
 import typer
 
-import connectors
-from connectors.base import AuthKind
+from connectors.base import Field
 from relink import reconnect as svc
 from relink.cli._common import (
     app,
@@ -22,8 +21,10 @@ from relink.cli._common import (
     err_console,
     fail,
     handle_errors,
+    parse_pairs,
     print_json,
     print_table,
+    secrets_from_env,
     transaction,
 )
 from relink.connections import get_visible, visible_filter
@@ -87,51 +88,95 @@ def reconnect(
             help="OAuth: print the authorization URL and exit; finish with --code-url.",
         ),
     ] = False,
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="A new value of a setting a reconnect may change: key=value (repeatable). "
+            "Without it, a terminal prompts for each, the current value pre-filled.",
+        ),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    secret_env: Annotated[
+        list[str],
+        typer.Option("--secret-env", help="A new secret from an environment variable: key=ENVVAR."),
+    ] = [],  # noqa: B006
     as_json: JsonOpt = False,
 ) -> None:
-    """Reconnect a connection with new credentials, validated before they replace the old
-    ones. Password and API-key connections prompt for each secret (no echo), or read one
-    line per secret from stdin. OAuth connections print the provider's authorization URL
-    and wait for its redirect. On success the datasets are refreshed."""
+    """Reconnect a connection with new credentials, validated together with any changed
+    settings before they replace the old ones; a refused attempt changes nothing and is
+    kept in the audit trail. A terminal is guided through prompts: each setting a
+    reconnect may change (username, host ...; Enter keeps the current value), then each
+    secret (no echo). Without a terminal, settings come from --set and secrets from
+    --secret-env or one line each on stdin. OAuth connections print the provider's
+    authorization URL and wait for its redirect. On success the datasets are refreshed."""
     relink = app()
     relink.ensure_schema()
+    if (check_only or code_url) and (set_ or secret_env):
+        given = "--check-only" if check_only else "--code-url"
+        raise fail(f"--set and --secret-env start a reconnect; they do not go with {given}")
     if check_only:
         _check_only(connection_id, as_, as_json)
         return
-    kind = svc.auth_kind(relink, as_, connection_id)
-    if kind is not AuthKind.OAUTH2:
-        if code_url or no_wait:
-            raise fail(
-                f"connection {connection_id} uses {svc.KIND_LABELS[kind]}: --code-url and "
-                "--no-wait are for OAuth connections"
-            )
-        fields = svc.secret_fields(relink, as_, connection_id)
-        secrets = _read_secrets(fields)
-        done = asyncio.run(
-            svc.reconnect_with_secrets(relink, connection_id, actor=as_, secrets=secrets)
+    form = svc.reconnect_form(relink, as_, connection_id)
+    if not form.oauth and (code_url or no_wait):
+        raise fail(
+            f"connection {connection_id} uses {svc.KIND_LABELS[form.kind]}: --code-url and "
+            "--no-wait are for OAuth connections"
         )
-    elif code_url:
+    if code_url:
         state, code = _code_and_state(code_url)
         done = asyncio.run(
             svc.finish_oauth(relink, state=state, code=code, actor=as_, connection_id=connection_id)
         )
-    else:
-        done = _oauth_with_listener(connection_id, as_, callback_port, no_wait)
+        _print_reconnected(done, as_json)
+        return
+    interactive = sys.stdin.isatty()
+    settings = parse_pairs(set_, "--set") or (_ask_settings(form) if interactive else {})
+    secrets = secrets_from_env(parse_pairs(secret_env, "--secret-env"))
+    if form.oauth:
+        if interactive:  # the connection's own client secret: Enter keeps it
+            secrets |= _read_secrets([f for f in form.secrets if f.name not in secrets], True)
+        done = _oauth_with_listener(form, as_, callback_port, no_wait, settings, secrets)
         if done is None:
             return
+    else:
+        secrets |= _read_secrets([f for f in form.secrets if f.name not in secrets], False)
+        done = asyncio.run(
+            svc.reconnect_with_secrets(
+                relink, connection_id, actor=as_, secrets=secrets, settings=settings
+            )
+        )
     _print_reconnected(done, as_json)
 
 
-def _read_secrets(fields: list[connectors.Field]) -> dict[str, str]:
+def _ask_settings(form: svc.ReconnectForm) -> dict[str, str]:
+    """One prompt per setting a reconnect may change, its current value pre-filled."""
+    if form.settings:
+        err_console.print(
+            f"Reconnecting {form.connection!r} ({form.provider_name}): Enter keeps a value.",
+            markup=False,
+            highlight=False,
+        )
+    return {
+        spec.name: typer.prompt(spec.label, default=current, show_default=bool(current))
+        for spec, current in form.settings
+    }
+
+
+def _read_secrets(fields: list[Field], keep_when_empty: bool) -> dict[str, str]:
+    """Each secret from a prompt without echo, or one line each from stdin."""
     interactive = sys.stdin.isatty()
     values: dict[str, str] = {}
     for spec in fields:
         if interactive:
-            suffix = "" if spec.required else " (optional, Enter to leave out)"
+            if keep_when_empty:
+                suffix = " (Enter keeps the current one)"
+            else:
+                suffix = "" if spec.required else " (optional, Enter to leave out)"
             value = typer.prompt(
                 f"New {spec.label.lower()}{suffix}",
                 hide_input=True,
-                default="" if not spec.required else None,
+                default="" if not spec.required or keep_when_empty else None,
                 show_default=False,
             )
         else:
@@ -142,7 +187,7 @@ def _read_secrets(fields: list[connectors.Field]) -> dict[str, str]:
                     f"{', '.join(f.name for f in fields)})"
                 )
             value = line.rstrip("\r\n")
-        if not value and spec.required:
+        if not value and spec.required and not keep_when_empty:
             raise fail(f"{spec.name!r} may not be empty; nothing was changed")
         if value:
             values[spec.name] = value
@@ -207,9 +252,15 @@ def _handler(callback: _Callback) -> type[BaseHTTPRequestHandler]:
 
 
 def _oauth_with_listener(
-    connection_id: int, actor: str, port: int, no_wait: bool
+    form: svc.ReconnectForm,
+    actor: str,
+    port: int,
+    no_wait: bool,
+    settings: dict[str, str],
+    secrets: dict[str, str],
 ) -> svc.Reconnected | None:
     relink = app()
+    connection_id = form.connection_id
     server: HTTPServer | None = None
     if not no_wait:
         try:  # bind first: a busy port fails before anything is stored
@@ -222,7 +273,14 @@ def _oauth_with_listener(
         port = server.server_address[1]
     redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
     try:
-        start = svc.start_oauth(relink, connection_id, actor=actor, redirect_uri=redirect_uri)
+        start = svc.start_oauth(
+            relink,
+            connection_id,
+            actor=actor,
+            redirect_uri=redirect_uri,
+            settings=settings,
+            secrets=secrets,
+        )
     except BaseException:
         if server is not None:
             server.server_close()
@@ -285,8 +343,10 @@ def _print_reconnected(done: svc.Reconnected, as_json: bool) -> None:
         if done.owner != done.previous_owner
         else f"Created By stays {done.owner}"
     )
+    changed = f"; changed: {', '.join(done.changed)}" if done.changed else ""
     console.print(
-        f"connection {done.connection_id} ({done.connection!r}) reconnected by {done.by}; {owner}",
+        f"connection {done.connection_id} ({done.connection!r}) reconnected by {done.by}; "
+        f"{owner}{changed}",
         highlight=False,
         markup=False,
         soft_wrap=True,

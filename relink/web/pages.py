@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -19,6 +20,7 @@ from relink.directory import viewer_of
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import MAX_ID, AuditEvent, Connection, Mode, Status, User
 from relink.passwords import authenticate, fingerprint
+from relink.reconnect import ReconnectForm, form_of
 from relink.web import reconnecting, views
 from relink.web.guards import (
     BadRequest,
@@ -206,6 +208,13 @@ def _reconnectable(db: Session, user: User, connection_id: int) -> Connection:
     return conn
 
 
+def _form(conn: Connection) -> ReconnectForm:
+    try:
+        return form_of(conn)
+    except InvalidInput as exc:  # a connection of a connector this installation lacks
+        raise BadRequest(str(exc)) from None
+
+
 @router.get("/connections/{connection_id}/reconnect")
 def reconnect_page(request: Request, connection_id: ConnectionId) -> Response:
     with signed_in(request) as (db, user):
@@ -220,12 +229,14 @@ def _reconnect_form(
     *,
     error: str | None = None,
     error_kind: str | None = None,
+    submitted: Mapping[str, str] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     request.state.nav = "data"
-    form = reconnecting.form_for(conn)
-    if form.oauth_origin:
-        request.state.csp_form_action = (form.oauth_origin,)
+    form = _form(conn)
+    consent_origin = reconnecting.oauth_origin(conn) if form.oauth else None
+    if consent_origin:
+        request.state.csp_form_action = (consent_origin,)
     return views.render(
         request,
         "reconnect.html",
@@ -235,6 +246,7 @@ def _reconnect_form(
             "error": error,
             "error_kind": error_kind,
             "title": action_label(conn),
+            "submitted": submitted or {},
         },
         status_code=status_code,
         user=user,
@@ -246,20 +258,29 @@ async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
     form_data = await request.form()
     relink = relink_of(request)
 
-    def load() -> tuple[str, int, reconnecting.ReconnectForm]:
+    def load() -> tuple[str, int, ReconnectForm, str | None]:
         with signed_in(request) as (db, user):
             conn = _reconnectable(db, user, connection_id)
             check_csrf(request, form_data)
-            return user.email, user.id, reconnecting.form_for(conn)
+            form = _form(conn)
+            origin = reconnecting.oauth_origin(conn) if form.oauth else None
+            return user.email, user.id, form, origin
 
-    email, user_id, form = await run_in_threadpool(load)
+    email, user_id, form, consent_origin = await run_in_threadpool(load)
+    changes = reconnecting.submitted_changes(form, form_data)
     if form.oauth:
         try:
             url = await run_in_threadpool(
-                reconnecting.start_oauth, relink, connection_id, actor=email
+                reconnecting.start_oauth, relink, connection_id, actor=email, changes=changes
             )
         except InvalidInput as exc:
-            return await _reconnect_failed(request, connection_id, str(exc), "invalid")
+            return await _reconnect_failed(
+                request, connection_id, str(exc), "invalid", changes.settings
+            )
+        if views.origin(url) != consent_origin:
+            # A new authorize URL elsewhere: this page's CSP (form-action) would block the
+            # redirect, so the user follows a link to it instead.
+            return await _continue_elsewhere(request, connection_id, url)
         return RedirectResponse(url, status_code=303)
     outcome = await reconnecting.with_secrets(
         relink,
@@ -271,15 +292,22 @@ async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
         background=request.app.state.background,
     )
     if not outcome.ok:
-        return await _reconnect_failed(request, connection_id, outcome.message, outcome.kind)
+        return await _reconnect_failed(
+            request, connection_id, outcome.message, outcome.kind, changes.settings
+        )
     web_session(request).set_flash(outcome.message)
     return RedirectResponse(f"/connections/{connection_id}", status_code=303)
 
 
 async def _reconnect_failed(
-    request: Request, connection_id: int, message: str, kind: str
+    request: Request,
+    connection_id: int,
+    message: str,
+    kind: str,
+    submitted: Mapping[str, str],
 ) -> HTMLResponse:
-    """The form again with the reason (wrong credentials vs unreachable); nothing changed."""
+    """The form again with the reason (wrong credentials vs unreachable) and the settings
+    as they were typed (never a secret); nothing changed."""
 
     def page() -> HTMLResponse:
         with signed_in(request) as (db, user):
@@ -288,7 +316,28 @@ async def _reconnect_failed(
             if kind == "conflict":
                 status = 409
             return _reconnect_form(
-                request, user, conn, error=message, error_kind=kind, status_code=status
+                request,
+                user,
+                conn,
+                error=message,
+                error_kind=kind,
+                submitted=submitted,
+                status_code=status,
+            )
+
+    return await run_in_threadpool(page)
+
+
+async def _continue_elsewhere(request: Request, connection_id: int, url: str) -> HTMLResponse:
+    def page() -> HTMLResponse:
+        with signed_in(request) as (db, user):
+            conn = _reconnectable(db, user, connection_id)
+            request.state.nav = "data"
+            return views.render(
+                request,
+                "reconnect_continue.html",
+                {"conn": svc.summary(conn), "url": url, "origin": views.origin(url)},
+                user=user,
             )
 
     return await run_in_threadpool(page)

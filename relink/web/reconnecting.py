@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import connectors
-from connectors.base import AuthKind, Field
 from relink import reconnect as service
 from relink.app import Relink
 from relink.errors import Conflict, InvalidInput
 from relink.models import Connection
+from relink.reconnect import ReconnectForm
 from relink.refresh import RefreshSummary
 from relink.web import views
 
@@ -32,15 +32,6 @@ CALLBACK_PATH = "/oauth/callback"
 
 
 @dataclass(frozen=True)
-class ReconnectForm:
-    oauth: bool
-    provider_name: str
-    fields: tuple[Field, ...] = ()  # the secrets to enter (password inputs, never pre-filled)
-    settings: tuple[tuple[str, str], ...] = ()  # (label, value) of the current settings
-    oauth_origin: str | None = None  # where the consent page lives (CSP form-action)
-
-
-@dataclass(frozen=True)
 class Outcome:
     ok: bool
     message: str
@@ -48,43 +39,44 @@ class Outcome:
     connection_id: int | None = None
 
 
-def form_for(conn: Connection) -> ReconnectForm:
-    try:
-        connector = connectors.get(conn.type)
-    except connectors.UnknownConnector:
-        return ReconnectForm(oauth=False, provider_name=conn.type)
+def oauth_origin(conn: Connection) -> str | None:
+    """Where the consent page of an OAuth connection lives (the CSP's form-action)."""
+    connector = connectors.get(conn.type)
+    endpoints = getattr(connector, "endpoints", None)
     current = conn.settings or {}
-    if connector.auth_kind == AuthKind.OAUTH2:
-        endpoints = getattr(connector, "endpoints", None)
-        authorize_url = current.get("authorize_url") or (
-            endpoints.authorize_url if endpoints else None
-        )
-        return ReconnectForm(
-            oauth=True,
-            provider_name=connector.display_name,
-            oauth_origin=views.origin(authorize_url),
-        )
-    settings = tuple(
-        (f.label, str(current[f.name]))
-        for f in connector.fields
-        if not f.secret and current.get(f.name) not in (None, "")
-    )
-    return ReconnectForm(
-        oauth=False,
-        provider_name=connector.display_name,
-        fields=tuple(f for f in connector.fields if f.secret),
-        settings=settings,
-    )
+    default = endpoints.authorize_url if endpoints else None
+    return views.origin(current.get("authorize_url") or default)
+
+
+def submitted_changes(form: ReconnectForm, submitted: Mapping[str, Any]) -> service.Changes:
+    """The settings and secrets a form post proposes. A setting missing from the post is
+    kept; a secret left empty is left out (an OAuth client secret: kept)."""
+    settings = {
+        spec.name: value
+        for spec, _ in form.settings
+        if isinstance(value := submitted.get(spec.name), str)
+    }
+    secrets = {
+        spec.name: value
+        for spec in form.secrets
+        if isinstance(value := submitted.get(spec.name), str) and value
+    }
+    return service.Changes(settings, secrets)
 
 
 def callback_url(relink: Relink) -> str:
     return relink.settings.base_url.rstrip("/") + CALLBACK_PATH
 
 
-def start_oauth(relink: Relink, connection_id: int, *, actor: str) -> str:
+def start_oauth(relink: Relink, connection_id: int, *, actor: str, changes: service.Changes) -> str:
     """The provider's authorization URL (a pending state is stored by the service)."""
     started = service.start_oauth(
-        relink, connection_id, actor=actor, redirect_uri=callback_url(relink)
+        relink,
+        connection_id,
+        actor=actor,
+        redirect_uri=callback_url(relink),
+        settings=changes.settings,
+        secrets=changes.secrets,
     )
     return started.url
 
@@ -99,16 +91,15 @@ async def with_secrets(
     submitted: Mapping[str, Any],
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
-    secrets: dict[str, str] = {}
-    for spec in form.fields:
-        value = submitted.get(spec.name)
-        if isinstance(value, str) and value:
-            secrets[spec.name] = value
-        elif spec.required:
-            return Outcome(False, f"Enter the {spec.label.lower()}.", "invalid")
+    changes = submitted_changes(form, submitted)
     try:
         done = await service.reconnect_with_secrets(
-            relink, connection_id, actor=actor, secrets=secrets, refresh=False
+            relink,
+            connection_id,
+            actor=actor,
+            secrets=changes.secrets,
+            settings=changes.settings,
+            refresh=False,
         )
     except service.ReconnectFailed as exc:
         return _failed(exc)

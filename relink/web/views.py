@@ -84,15 +84,25 @@ def action_label(action: str) -> str:
 
 
 def describe_details(details: dict[str, Any]) -> str:
-    """Audit details as 'key: value' pairs (they never hold secrets)."""
+    """Audit details as 'key: value' pairs (they never hold secrets); a change of settings
+    ({name: [old, new]}) as 'name old → new'."""
     parts = []
     for key, value in details.items():
-        if value is None or value == "" or value == []:
+        if value is None or value == "" or value == [] or value == {}:
             continue
-        if isinstance(value, list):
+        if isinstance(value, dict):
+            value = ", ".join(f"{name} {_change(change)}" for name, change in value.items())
+        elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         parts.append(f"{key.replace('_', ' ')}: {value}")
     return "; ".join(parts)
+
+
+def _change(change: Any) -> str:
+    if isinstance(change, list) and len(change) == 2:
+        old, new = ("—" if v in (None, "") else v for v in change)
+        return f"{old} → {new}"
+    return str(change)
 
 
 def origin(url: str | None) -> str | None:

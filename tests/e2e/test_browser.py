@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from relink import demo
 from relink.app import Relink
 from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.models import Connection, Status
+from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
 from relink.web import create_app
 from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
@@ -324,3 +326,71 @@ def test_a_misconfigured_connection_tells_admins_what_to_fix_and_members_to_wait
         site.relink.settings.oauth = {}
         with site.relink.transaction() as s:  # the other tests' lists stay as they were
             s.delete(s.get(Connection, conn_id))
+
+
+# --- the demo, as `make run` shows it ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_site(tmp_path_factory: pytest.TempPathFactory, mariadb_url: str) -> Iterator[Site]:
+    """The demo account, its Finance connection broken as the first sweep of `relink run`
+    leaves it (a MariaDB user that does not exist)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    relink = make_relink(f"sqlite:///{tmp / 'relink.db'}", tmp / "data", base_url=url)
+    with relink.transaction() as s:
+        demo.seed(s, relink.vault, now=T0)
+        demo.set_demo_passwords(s, now=T0)
+        finance = s.scalar(sa.select(Connection.id).where(Connection.name == demo.FINANCE))
+    assert finance is not None
+    with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
+        check = recheck(relink, finance, requested_by=demo.MEMBER[0])
+        checked = thread.submit(asyncio.run, check).result()
+    assert (checked.status, checked.outcome) == (Status.DISCONNECTED, "auth_failed")
+    served = ServedApp(create_app(relink), port).start()
+    try:
+        yield Site(url, relink, {demo.FINANCE: finance}, "")
+    finally:
+        served.stop()
+        relink.close()
+
+
+def test_the_demo_finance_connection_is_fixed_from_its_page(browser, demo_site: Site) -> None:
+    context = browser.new_context(base_url=demo_site.url)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    conn_id = demo_site.ids[demo.FINANCE]
+    page.goto(f"{demo_site.url}/login")
+    page.fill("#email", demo.MEMBER[0])
+    page.fill("#password", demo.DEMO_PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_url(re.compile(r".*/connections$"))
+    page.click(f"text={demo.FINANCE}")
+    assert "Disconnected since" in page.inner_text("#connection-status")
+    page.click("#reconnect")
+    # what the owner can fix, pre-filled with what the connection uses now
+    assert page.input_value("#field-username") == "relink_demo_finance"
+    assert (page.input_value("#field-host"), page.input_value("#field-port")) == (
+        "127.0.0.1",
+        "3306",
+    )
+    assert page.input_value("#field-password") == ""
+
+    page.fill("#field-username", "relink_demo_nobody")
+    page.click("#submit-reconnect")
+    error = page.inner_text("#reconnect-error")
+    assert "The source refused these credentials." in error and "Access denied" in error
+    assert page.input_value("#field-username") == "relink_demo_nobody"  # as typed
+
+    page.fill("#field-username", demo.FINANCE_FIX["username"])
+    page.fill("#field-password", demo.FINANCE_FIX["password"])
+    page.click("#submit-reconnect")
+    page.wait_for_url(f"{demo_site.url}/connections/{conn_id}")
+    assert page.inner_text("#connection-status") == "Connected"
+    assert "Datasets refreshed: 1 of 1." in page.inner_text("#flash")
+    history = page.inner_text("#history")
+    assert "Reconnect failed" in history and "relink_demo_finance → relink_demo_nobody" in history
+    assert f"Reconnected\t{demo.MEMBER[1]}" in history
+    assert "username relink_demo_finance → root" in history
+    context.close()

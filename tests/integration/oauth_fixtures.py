@@ -62,12 +62,19 @@ def provider(sandbox: SandboxServer) -> SandboxProvider:
     return sandbox.provider
 
 
+def new_client(provider: SandboxProvider, **options: Any) -> OAuthClient:
+    """A confidential client of one test (its own id and secret), redirecting to
+    `REDIRECT_URI`; `options` as `SandboxProvider.register_client` takes them (which
+    grants carry a refresh token, loopback redirects ...)."""
+    client = OAuthClient(f"client-{uuid.uuid4().hex[:10]}", f"secret-{uuid.uuid4().hex}")
+    provider.register_client(client.client_id, client.client_secret, [REDIRECT_URI], **options)
+    return client
+
+
 @pytest.fixture
 def oauth_client(provider: SandboxProvider) -> OAuthClient:
     """A confidential client of this test only."""
-    client = OAuthClient(f"client-{uuid.uuid4().hex[:10]}", f"secret-{uuid.uuid4().hex}")
-    provider.register_client(client.client_id, client.client_secret, [REDIRECT_URI])
-    return client
+    return new_client(provider)
 
 
 @pytest.fixture

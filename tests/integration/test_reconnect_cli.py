@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,10 +24,12 @@ from tests.support.reconnect import (
     add_people,
     add_pg_connection,
     connection_view,
+    failed_attempts_only,
     pg_settings,
     snapshot,
     warehouse_rows,
 )
+from tests.support.terminal import Terminal
 
 if TYPE_CHECKING:
     from tests.integration.conftest import PgAdmin
@@ -98,7 +103,8 @@ def test_every_bad_input_exits_1_with_one_line_and_writes_nothing(relink_app, cl
         line = cli.fails(*args, input=stdin)
         assert expected in line, (args, line)
         assert "wrong" not in line.replace("wrong password", "")
-    assert snapshot(relink_app) == before
+    (refused,) = failed_attempts_only(before, snapshot(relink_app))  # only the refused password
+    assert refused["details"]["code"] == "28P01"
 
 
 def test_check_only_gives_the_link_while_broken_and_refreshes_once_fixed_at_the_source(
@@ -140,3 +146,67 @@ def test_datasets_refresh_and_audit_visibility(relink_app, cli, broken, postgres
     assert seen_by_outsider == []  # Dan owns nothing and nothing is shared with him
     seen_by_owner = json.loads(cli.ok("audit", "--as", OWNER, "--json").stdout)
     assert {e["connection_id"] for e in seen_by_owner} == {world.connection_id, good.connection_id}
+
+
+# --- changing settings ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def wrong_user(relink_app, pg_admin: PgAdmin, postgres_url):
+    """A connection that names a role that does not exist; the right one exists."""
+    role = pg_admin.create_role()
+    schema = pg_admin.create_schema(role.name)
+    add_people(relink_app)
+    world = add_pg_connection(
+        relink_app,
+        settings=pg_settings(postgres_url, "relink_no_such_role"),
+        password="old",
+        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
+    )
+    asyncio.run(sweep(relink_app, now=T0 + timedelta(hours=1), policy=FAST_CHECKS))
+    return world, role
+
+
+def test_reconnect_changes_a_setting_given_with_set(relink_app, cli, wrong_user):
+    world, role = wrong_user
+    cid = world.connection_id
+    before = snapshot(relink_app)
+    for args, refusal in [
+        (("--set", "sslmode=require"), "cannot change 'sslmode'; it may change: host, port"),
+        (("--set", "username"), "--set 'username': expected key=value"),
+        (("--set", "username=x", "--check-only"), "they do not go with --check-only"),
+        (("--secret-env", "password=RELINK_TEST_UNSET"), "RELINK_TEST_UNSET is not set"),
+    ]:
+        assert refusal in cli.fails("reconnect", cid, "--as", SHARED, *args, input="pw\n")
+    assert snapshot(relink_app) == before
+
+    result = cli.ok(
+        "reconnect", cid, "--as", SHARED, "--set", f"username={role.name}", input=role.password
+    )
+
+    assert "changed: username" in result.stdout and "Refreshed 1 of 1" in result.stdout
+    view = connection_view(relink_app, cid)
+    assert view["status"] == "connected" and view["settings"]["username"] == role.name
+
+
+def test_a_terminal_is_guided_through_prompts_with_the_current_values(
+    relink_app, settings, wrong_user
+):
+    world, role = wrong_user
+    current = connection_view(relink_app, world.connection_id)["settings"]
+    relink = Path(sys.executable).with_name("relink")
+    argv = [str(relink), "reconnect", str(world.connection_id), "--as", SHARED]
+    with Terminal(argv, {**os.environ, **Cli(settings).env}) as terminal:
+        terminal.expect("Enter keeps a value.")
+        for label, name in (("Host", "host"), ("Port", "port"), ("Database", "database")):
+            terminal.expect(f"{label} [{current[name]}]: ")
+            terminal.type("")  # kept
+        terminal.expect("Username [relink_no_such_role]: ")
+        terminal.type(role.name)
+        terminal.expect("New password: ")
+        terminal.type(role.password)
+        code, rest = terminal.finish()
+
+    assert code == 0, rest
+    assert "changed: username" in rest and role.password not in terminal.transcript
+    assert connection_view(relink_app, world.connection_id)["settings"]["username"] == role.name

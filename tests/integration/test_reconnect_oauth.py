@@ -9,7 +9,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,6 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from relink.checks import sweep
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset
 from relink.directory import get_user
@@ -26,16 +24,17 @@ from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, OAuthState
 from relink.reconnect import OAuthStateRefused, finish_oauth, start_oauth
 from relink.sandbox import SandboxProvider, SandboxServer
+from tests.integration.oauth_fixtures import new_client
 from tests.support import web
 from tests.support.reconnect import (
     ADMIN,
-    FAST_CHECKS,
     FAST_REFRESH,
     OUTSIDER,
     OWNER,
     SHARED,
     T0,
     Cli,
+    add_broken_oauth_connection,
     add_people,
     connection_view,
     snapshot,
@@ -57,54 +56,21 @@ def sandbox() -> Iterator[SandboxServer]:
 def crm(relink_app, sandbox):
     """A warehouse-mode OAuth connection (owner Bob, shared with Cid) with one dataset,
     whose refresh token has been revoked and which a check found broken."""
-    provider = sandbox.provider
-    client_id, client_secret = f"client-{uuid.uuid4().hex[:8]}", f"secret-{uuid.uuid4().hex}"
-    provider.register_client(
-        client_id, client_secret, [REDIRECT_URI], allow_loopback_redirects=True
-    )
-    token = provider.issue_token(client_id, "alice", "api")
+    client = new_client(sandbox.provider, allow_loopback_redirects=True)
     add_people(relink_app)
+    connection_id, token = add_broken_oauth_connection(
+        relink_app, sandbox, client, mode="warehouse", api_base_url=sandbox.url, scope="api"
+    )
     with relink_app.transaction() as session:
-        conn = add_connection(
-            session,
-            relink_app.vault,
-            NewConnection(
-                type="oauth2",
-                name="CRM",
-                owner=OWNER,
-                mode="warehouse",
-                settings={
-                    "authorize_url": f"{sandbox.url}/oauth/authorize",
-                    "token_url": f"{sandbox.url}/oauth/token",
-                    "introspection_url": f"{sandbox.url}/oauth/introspect",
-                    "revocation_url": f"{sandbox.url}/oauth/revoke",
-                    "probe_url": f"{sandbox.url}/api/me",
-                    "api_base_url": sandbox.url,
-                    "client_id": client_id,
-                    "scope": "api",
-                },
-                secrets={
-                    "access_token": token["access_token"],
-                    "refresh_token": token["refresh_token"],
-                    "expires_at": str(int(T0.timestamp()) + 3600),
-                    "client_secret": client_secret,
-                },
-            ),
-            now=T0,
-        )
-        share(session, conn.id, with_email=SHARED, actor=get_user(session, OWNER), now=T0)
+        share(session, connection_id, with_email=SHARED, actor=get_user(session, OWNER), now=T0)
         dataset = add_dataset(
             session,
-            connection_id=conn.id,
+            connection_id=connection_id,
             name="Opportunities",
             query="/api/records?path=opportunities | data.records",
             now=T0,
         )
-        ids = conn.id, dataset.id
-    provider.revoke_token(token["refresh_token"])
-    asyncio.run(sweep(relink_app, now=T1, policy=FAST_CHECKS))
-    assert connection_view(relink_app, ids[0])["status"] == "disconnected"
-    return ids[0], ids[1], token, client_secret
+        return connection_id, dataset.id, token, client.client_secret
 
 
 def consent(authorization_url: str) -> tuple[str, str]:

@@ -31,8 +31,10 @@ from tests.support.reconnect import (
     add_people,
     add_pg_connection,
     connection_view,
+    failed_attempts_only,
     pg_settings,
     snapshot,
+    user_id,
     warehouse_rows,
 )
 
@@ -196,7 +198,16 @@ def test_a_wrong_password_changes_nothing(relink_app, pg_admin, shop):
     assert "refused the new credentials" in str(refused.value)
     assert "nothing was changed" in str(refused.value)
     assert "still-wrong-marker" not in str(refused.value)
-    assert snapshot(relink_app) == before
+    (attempt,) = failed_attempts_only(before, snapshot(relink_app))  # kept in the audit trail
+    assert attempt["actor_id"] == user_id(relink_app, ADMIN)
+    assert attempt["connection_id"] == world.connection_id and attempt["at"] == T2
+    assert attempt["details"] == {
+        "method": "password",
+        "outcome": "auth_failed",
+        "code": "28P01",
+        "changed": {},
+        "secrets_entered": ["password"],
+    }
 
 
 def test_an_unreachable_source_is_a_distinct_error_and_changes_nothing(
@@ -224,7 +235,9 @@ def test_an_unreachable_source_is_a_distinct_error_and_changes_nothing(
     assert unreachable.value.code == "connection_refused"
     assert "could not reach the source" in str(unreachable.value)
     assert not isinstance(unreachable.value, CredentialsRefused)
-    assert snapshot(relink_app) == before
+    (attempt,) = failed_attempts_only(before, snapshot(relink_app))
+    assert attempt["details"]["outcome"] == "unreachable"
+    assert attempt["details"]["code"] == "connection_refused"
 
 
 @pytest.mark.parametrize("who", [OUTSIDER, FOREIGN_ADMIN])
@@ -262,8 +275,8 @@ def _bump_version_during_validation(monkeypatch, relink_app, times: int) -> list
     real = reconnect_module._validate
     bumps: list[int] = []
 
-    async def validate_then_change(app, target, credentials, now):
-        await real(app, target, credentials, now)
+    async def validate_then_change(app, target, settings, credentials, now):
+        await real(app, target, settings, credentials, now)
         if len(bumps) < times:
             with relink_app.transaction() as session:
                 conn = session.get(Connection, target.connection_id)

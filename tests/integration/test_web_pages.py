@@ -4,7 +4,9 @@ password check, OAuth through the sandbox provider)."""
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,11 +35,14 @@ from tests.support.web import (
     TestClient,
     World,
     add_items_dataset,
+    add_oauth_connection,
     build_world,
     client_for,
+    consent,
     csrf_of,
     make_relink,
     page_csrf,
+    register_oauth_client,
     sign_in,
 )
 
@@ -340,6 +345,9 @@ def test_reconnect_form_never_prefills_secrets(web: Any, world: World) -> None:
     assert 'type="password" id="field-password" name="password"' in page
     assert OLD_DB_PASSWORD not in page
     assert "relink_nobody" in page  # the current (non-secret) settings are shown
+    # ... pre-filled in the inputs of what a reconnect may change
+    assert 'type="text" id="field-username" name="username" value="relink_nobody"' in page
+    assert 'id="field-sslmode"' not in page
 
 
 def test_connectors_catalog_lists_requirements(web: Any) -> None:
@@ -627,3 +635,43 @@ def test_api_docs_page_loads_swagger_from_this_server_not_a_cdn(web: Any) -> Non
         assert served.status_code == 200 and len(served.content) > 10_000
     assert "'self'" in page.headers["content-security-policy"]
     assert "cdn" not in page.headers["content-security-policy"]
+
+
+def test_oauth_reconnect_form_offers_the_connections_own_client_never_its_secret(
+    relink: Relink, oauth_id: int
+) -> None:
+    page = client_for(create_app(relink), "owner").get(f"/connections/{oauth_id}/reconnect").text
+    assert 'type="text" id="field-client_id" name="client_id" value="relink-demo"' in page
+    assert 'type="password" id="field-client_secret" name="client_secret"' in page
+    assert "relink-demo-secret" not in page and "revoked-refresh" not in page
+    assert 'id="field-token_url"' not in page  # a named provider's endpoints are its own
+
+
+def test_a_sign_in_page_that_moved_elsewhere_is_reached_through_a_link(
+    relink: Relink, world: World, sandbox: SandboxServer
+) -> None:
+    """A new authorize URL on another origin: this page's CSP would block a redirect to it,
+    so the page offers a link; the new URL is kept only once the sign-in there succeeds."""
+    oauth_client = register_oauth_client(relink, sandbox.provider)
+    conn_id = add_oauth_connection(relink, world, sandbox, oauth_client, name="CRM")
+    moved = sandbox.url.replace("127.0.0.1", "localhost") + "/oauth/authorize"
+    browser = client_for(create_app(relink), "owner")
+    form = browser.get(f"/connections/{conn_id}/reconnect").text
+    assert f'name="authorize_url" value="{sandbox.url}/oauth/authorize"' in form
+
+    response = browser.post(
+        f"/connections/{conn_id}/reconnect",
+        data={"csrf_token": csrf_of(form), "authorize_url": moved},
+    )
+
+    assert response.status_code == 200, response.text[:2000]
+    found = re.search(r'id="continue-elsewhere" href="([^"]+)"', response.text)
+    assert found is not None
+    link = html.unescape(found.group(1))
+    assert link.startswith(f"{moved}?")
+    assert connection(relink, conn_id).settings["authorize_url"] != moved  # not yet
+    query = consent(link)
+    back = browser.get("/oauth/callback", params=query)
+    assert back.status_code == 303, back.text[:2000]
+    conn = connection(relink, conn_id)
+    assert conn.status == Status.CONNECTED and conn.settings["authorize_url"] == moved

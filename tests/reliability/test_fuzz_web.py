@@ -7,7 +7,8 @@ visitor of the callback is sent to sign in), never a 5xx, and the app database s
 it was.
 
 The connection the reconnect posts go to is a real PostgreSQL role that checks its
-password: a post with the right CSRF token really asks the server, which refuses.
+password: a post with the right CSRF token really asks the server, which refuses; such
+a refused attempt only adds its record to the audit trail (`connection.reconnect_failed`).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def test_bad_reconnect_posts_are_refused_and_change_nothing(
     @example(request=(owned, multipart({**token, "password": "x" * (LIMIT + 1)})))
     def one(request: tuple[str, tuple[bytes, str]]) -> None:
         path, body = request
-        with unchanged(site.world.relink):
+        with unchanged(site.world.relink, refused_reconnects=True):
             response = post(site.owner, path, body)
             answer = http_refusal(response)
             refused = "The source refused these credentials." in response.text

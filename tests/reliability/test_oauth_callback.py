@@ -7,8 +7,9 @@ consents at the provider, then bends the callback: a tampered, replayed, expired
 foreign `state`, a lost or wrong PKCE verifier, the provider's `error=access_denied`,
 a missing code or state. Each gets a 400 page with a one-line reason (no traceback, no
 code or state echoed), and every table is as it was: connections (credentials
-ciphertext, status, owner, version), disconnections, audit events. The pending sign-in
-itself is spent when the provider refused its code (single use), and only then.
+ciphertext, status, owner, version), disconnections, audit events. When the provider
+refused the code, and only then, the pending sign-in is spent (single use) and the
+audit trail records the failed reconnect (`connection.reconnect_failed`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from relink.web import create_app
 from relink.web.reconnecting import callback_url
 from tests.conftest import APP_BACKENDS
 from tests.integration.oauth_fixtures import sandbox_server, stored  # noqa: F401 - a fixture
-from tests.support.reconnect import FAST_CHECKS, snapshot
+from tests.support.reconnect import FAST_CHECKS, failed_attempts_only, snapshot
 from tests.support.web import (
     EMAILS,
     T0,
@@ -240,8 +241,11 @@ def test_a_bent_callback_is_refused_and_changes_nothing(
         if echoed in visit.params:
             assert visit.params[echoed] not in response.text, f"the {echoed} is on the page"
     after = snapshot(site.relink)
-    if visit.spends_state:  # single use: a state whose code the provider refused is spent
+    if visit.spends_state:  # single use: a state whose code the provider refused is spent,
         del before["oauth_states"], after["oauth_states"]
-    assert after == before, "the refused callback changed the database"
+        (refused,) = failed_attempts_only(before, after)  # and the attempt is on record
+        assert refused["details"]["outcome"] == "auth_failed"
+    else:
+        assert after == before, "the refused callback changed the database"
     record_property("trials", 1)
     record_property("outcome", "400 with a one-line reason; the database as it was")

@@ -1,24 +1,32 @@
 """A small account for reconnect and refresh tests: users, a PostgreSQL connection with
-datasets (real tables with rows) and a metric, and helpers to look at the result."""
+datasets (real tables with rows) and a metric, a broken OAuth connection on the sandbox
+provider, and helpers to look at the result (what changed, what the audit trail kept)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from relink.app import Relink
-from relink.checks import CheckPolicy
+from relink.checks import CheckPolicy, sweep
 from relink.connections import NewConnection, add_connection, detail, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user, get_user
 from relink.models import Base, Connection
+from relink.reconnect import Reconnected, finish_oauth, start_oauth
 from relink.refresh import RefreshPolicy
+from relink.sandbox import SandboxServer
+from tests.integration.oauth_fixtures import REDIRECT_URI, OAuthClient, issue, oauth_settings
+from tests.support.web import consent
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+T1 = T0 + timedelta(hours=1)
 FAST_CHECKS = CheckPolicy(attempts=1, backoff=0.0, timeout=5.0)
 FAST_REFRESH = RefreshPolicy(attempts=1, backoff=0.0, timeout=10.0)
 
@@ -99,6 +107,66 @@ def add_pg_connection(
         return World(conn.id, ids, metric_id)
 
 
+def add_broken_oauth_connection(
+    app: Relink,
+    sandbox: SandboxServer,
+    client: OAuthClient,
+    *,
+    mode: str = "direct",
+    **settings: str,
+) -> tuple[int, dict[str, str]]:
+    """A generic OAuth 2.0 connection of the owner's on the sandbox, with its own client
+    (`settings` added to the sandbox's endpoints), whose refresh token the provider has
+    revoked and which a check at T1 found disconnected; its id and the revoked token set."""
+    tokens = issue(sandbox.provider, client, T0)
+    with app.transaction() as session:
+        conn = add_connection(
+            session,
+            app.vault,
+            NewConnection(
+                type="oauth2",
+                name="CRM",
+                owner=OWNER,
+                mode=mode,
+                settings={**oauth_settings(sandbox.url, client.client_id), **settings},
+                secrets=tokens,
+            ),
+            now=T0,
+        )
+        connection_id = conn.id
+    sandbox.provider.revoke_token(tokens["refresh_token"])
+    asyncio.run(sweep(app, now=T1, policy=FAST_CHECKS))
+    assert connection_view(app, connection_id)["status"] == "disconnected"
+    return connection_id, tokens
+
+
+def consented(
+    app: Relink, connection_id: int, *, now: datetime, **changes: Mapping[str, str]
+) -> tuple[str, Callable[[], Reconnected]]:
+    """An OAuth reconnect started by the owner (with `changes`: settings=, secrets=) and
+    allowed at the sandbox's consent page: its consent URL, and the callback to finish it
+    (no dataset refresh)."""
+    started = start_oauth(
+        app, connection_id, actor=OWNER, redirect_uri=REDIRECT_URI, now=now, **changes
+    )
+    answer = consent(started.url, username="carol")
+
+    def finish() -> Reconnected:
+        return asyncio.run(
+            finish_oauth(
+                app,
+                state=answer["state"],
+                code=answer["code"],
+                actor=OWNER,
+                connection_id=connection_id,
+                now=now,
+                refresh=False,
+            )
+        )
+
+    return started.url, finish
+
+
 def snapshot(app: Relink) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every app table, to prove that nothing changed."""
     with app.engine.connect() as conn:
@@ -108,6 +176,36 @@ def snapshot(app: Relink) -> dict[str, list[tuple[Any, ...]]]:
             ]
             for table in Base.metadata.sorted_tables
         }
+
+
+def new_audit_events(
+    before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
+) -> list[dict[str, Any]] | None:
+    """The audit events added between two snapshots, as dicts; None when an earlier one
+    changed or went."""
+    earlier = before["audit_events"]
+    if after["audit_events"][: len(earlier)] != earlier:
+        return None
+    names = [c.name for c in Base.metadata.tables["audit_events"].columns]
+    return [dict(zip(names, row, strict=True)) for row in after["audit_events"][len(earlier) :]]
+
+
+def failed_attempts_only(
+    before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
+) -> list[dict[str, Any]]:
+    """Asserts that between two snapshots nothing changed but the audit trail, which only
+    gained `connection.reconnect_failed` events; returns those events."""
+    changed = [t for t in before if t != "audit_events" and before[t] != after[t]]
+    assert not changed, f"rows changed in {', '.join(changed)}"
+    events = new_audit_events(before, after)
+    assert events is not None, "earlier audit events changed"
+    assert {e["action"] for e in events} <= {"connection.reconnect_failed"}, events
+    return events
+
+
+def user_id(app: Relink, email: str) -> int:
+    with app.sessions() as session:
+        return get_user(session, email).id
 
 
 def connection_view(app: Relink, connection_id: int) -> dict[str, Any]:

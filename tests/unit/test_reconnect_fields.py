@@ -1,8 +1,10 @@
-"""What each connector lets a reconnect change (its declaration, `Field.reconnect`)."""
+"""What each connector lets a reconnect change (its declaration, `Field.reconnect`), and
+how the connection page's history shows a change of settings."""
 
 import pytest
 
 import connectors
+from relink.web.views import describe_details
 
 
 def asked(type_: str, **settings: str) -> list[str]:
@@ -42,3 +44,15 @@ def test_the_declaration_is_part_of_the_connection_requirements():
     assert fields["username"]["reconnect"] is True
     assert fields["sslmode"]["reconnect"] is False
     assert fields["password"]["required"] is False  # MariaDB users may have no password
+
+
+def test_the_history_shows_a_change_of_settings_as_old_and_new_value():
+    details = {
+        "outcome": "auth_failed",
+        "changed": {"username": ["relink_demo_finance", "root"], "port": [None, "3307"]},
+        "secrets_entered": ["password"],
+    }
+    assert describe_details(details) == (
+        "outcome: auth_failed; changed: username relink_demo_finance → root, port — → 3307; "
+        "secrets entered: password"
+    )
