@@ -124,6 +124,10 @@ class CheckResult:
     stored_version: int | None = None
     # Seconds the source asked us to wait before asking again (HTTP Retry-After)
     retry_after: float | None = None
+    # Credentials the validation obtained and could not store (no TokenStore: the dry
+    # validation of a reconnect) because it spent the ones it was given (an OAuth refresh
+    # rotates the refresh token): the caller stores these instead. None otherwise.
+    credentials: Mapping[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def ok(cls, message: str = "credentials valid", **kw: Any) -> CheckResult:

@@ -16,6 +16,10 @@ Settings and where they come from
   `Misconfigured("oauth_app_not_configured")`, an installation problem that reconnecting
   cannot fix, so it never breaks the owner's connection; its message names the settings
   an admin sets.
+* Extra authorization parameters (`authorize_params`, e.g.
+  ``access_type=offline&prompt=consent``): the setting, else the provider's (Google's
+  ask for offline access). The parameters the flow itself sends (`client_id`, `state`,
+  `scope`, PKCE ...) cannot be set this way.
 * Client authentication at the token and introspection endpoints: a provider property
   (Salesforce, Google, HubSpot, Microsoft: ``client_secret_post``; QuickBooks and the
   generic provider: ``client_secret_basic``), overridable by the
@@ -27,7 +31,8 @@ validate
 1. No access token, or one whose `expires_at` (epoch seconds, a string) is within
    `ctx.refresh_window` of `ctx.now`: run the refresh-token grant through
    `ctx.token_store.refresh` (serialized per connection, persisted before use). Without
-   a token store (a dry validation of new credentials) the refresh stays in memory.
+   a token store (a dry validation of new credentials) the refreshed set is returned in
+   `CheckResult.credentials` for the caller to store: the set it was given is spent.
    No refresh token: `AuthFailed("no_refresh_token")`.
 2. Verify: RFC 7662 introspection when an introspection URL (and a client secret) is
    known (``active: false`` -> `AuthFailed("inactive_token")`; a 401 there is the client
@@ -71,13 +76,16 @@ classified `CheckError`.
 Reconnect helpers
 -----------------
 `OAuth2Connector.authorization_url(...)` builds the consent URL (PKCE S256, state, the
-provider's scope and extra parameters such as Google's ``access_type=offline``);
-`OAuth2Connector.exchange_code(...)` swaps the code for a token set (credentials dict).
+scope and the extra authorization parameters); `OAuth2Connector.exchange_code(...)`
+swaps the code for a token set (credentials dict). A token set without a refresh token
+would stop working when its access token expires, so it is refused
+(`AuthFailed("no_refresh_token")`) unless the provider's access tokens last
+(`ProviderEndpoints.access_tokens_last`).
 
 A reconnect may change (`Field.reconnect`, `OAuth2Connector.reconnect_fields`) the
 connection's own client (`client_id`, `client_secret`) when it carries one, and for the
-generic provider its endpoints and scope too; a named provider's endpoints and the
-installation's app are not the owner's to change.
+generic provider its endpoints, scope and extra authorization parameters too; a named
+provider's endpoints and the installation's app are not the owner's to change.
 
 Authlib and httpx2
 ------------------
@@ -103,6 +111,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import unquote_plus
 
 import httpx
 from authlib.deprecate import AuthlibDeprecationWarning
@@ -209,6 +218,13 @@ TOKEN_FIELDS = (
         help="Space-separated scopes to ask for when connecting; default: the provider's",
     ),
     Field(
+        "authorize_params",
+        "Extra authorization parameters",
+        required=False,
+        help="Sent with the consent request, e.g. access_type=offline&prompt=consent "
+        "(what some providers need to grant a refresh token); default: the provider's",
+    ),
+    Field(
         "token_endpoint_auth_method",
         "Client authentication",
         required=False,
@@ -228,7 +244,19 @@ URL_SETTINGS = (
 # What a reconnect may change besides the consent: the connection's own client, and for
 # the generic provider (whose endpoints are the connection's own) those endpoints too.
 CLIENT_FIELDS = frozenset({"client_id", "client_secret"})
-GENERIC_RECONNECT_FIELDS = frozenset({*URL_SETTINGS, "scope"})
+GENERIC_RECONNECT_FIELDS = frozenset({*URL_SETTINGS, "scope", "authorize_params"})
+# Authorization request parameters the flow sets itself: `authorize_params` may not.
+FLOW_PARAMS = frozenset(
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+    }
+)
 # Verification answers after which one refresh is worth a try.
 TOKEN_REJECTED = frozenset({"invalid_token", INACTIVE_TOKEN})
 _TOKEN_SET = ("access_token", "refresh_token", "expires_at")
@@ -246,6 +274,9 @@ class ProviderEndpoints:
     token_endpoint_auth_method: str = "client_secret_basic"
     # extra authorization request parameters (Google sends no refresh token without these)
     authorize_params: tuple[tuple[str, str], ...] = ()
+    # The provider's access tokens last until revoked, and it may grant no refresh token;
+    # otherwise a grant without one is refused (it would break when the token expires).
+    access_tokens_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +327,29 @@ def _auth_method_problem(method: str | None) -> str | None:
         f"token_endpoint_auth_method must be one of {', '.join(sorted(AUTH_METHODS))}, "
         f"got {method[:40]!r}"
     )
+
+
+def parse_authorize_params(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """``access_type=offline&prompt=consent`` (``&`` or spaces between pairs) as pairs;
+    ValueError says what is wrong."""
+    pairs: list[tuple[str, str]] = []
+    for item in (raw or "").replace("&", " ").split():
+        name, sep, value = item.partition("=")
+        name, value = unquote_plus(name), unquote_plus(value)
+        if not sep or not name:
+            raise ValueError(f"authorize_params: expected name=value, got {item[:40]!r}")
+        if name in FLOW_PARAMS:
+            raise ValueError(f"authorize_params may not set {name!r}: the sign-in sets it")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _authorize_params_problem(raw: str | None) -> str | None:
+    try:
+        parse_authorize_params(raw)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _entry(mapping: Any, name: str) -> Any:
@@ -447,6 +501,7 @@ class _Run:
         self._remember(self.creds)
         self.version: int | None = None  # the stored version our credentials came from
         self.minted = False  # the current access token came from our own grant
+        self.unstored = False  # we refreshed without a token store: self.creds are new
         self.retried = False  # one refresh after a rejected token, no more
         self.rejected: set[str] = set()
         self.spent_refresh: str | None = None
@@ -542,6 +597,7 @@ class _Run:
         store = self.ctx.token_store
         if store is None:
             self._use(await self.grant(self.creds))
+            self.unstored = True
             return
         spec = dataclasses.replace(self.conn, credentials=dict(self.creds))
         try:
@@ -708,6 +764,7 @@ class OAuth2Connector(Connector):
 
     def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
         problem = _auth_method_problem(_text(settings.get("token_endpoint_auth_method")))
+        problem = problem or _authorize_params_problem(_text(settings.get("authorize_params")))
         urls = (url_problem(n, settings[n]) for n in URL_SETTINGS if _text(settings.get(n)))
         return problem or next((p for p in urls if p), None)
 
@@ -727,6 +784,10 @@ class OAuth2Connector(Connector):
         problem = _auth_method_problem(method)
         if problem:
             raise AuthFailed(INVALID_SETTINGS, problem)
+        try:
+            extra = parse_authorize_params(setting("authorize_params"))
+        except ValueError as exc:
+            raise AuthFailed(INVALID_SETTINGS, str(exc)) from None
         app = _entry(ctx.app_settings.get("oauth") or {}, self.provider) or {}
         return OAuthPlan(
             provider=self.provider,
@@ -737,7 +798,7 @@ class OAuth2Connector(Connector):
             probe_url=setting("probe_url", d.probe_url if d else None),
             api_base_url=setting("api_base_url", d.api_base_url if d else None),
             scope=setting("scope", (d.scope or None) if d else None),
-            authorize_params=d.authorize_params if d else (),
+            authorize_params=extra or (d.authorize_params if d else ()),
             client_id=setting("client_id") or _text(_entry(app, "client_id")),
             client_secret=_text(credentials.get("client_secret"))
             or _text(_entry(app, "client_secret")),
@@ -768,6 +829,10 @@ class OAuth2Connector(Connector):
         client.register_compliance_hook("refresh_token_response", hook)
         return client
 
+    @property
+    def access_tokens_last(self) -> bool:
+        return self.endpoints is not None and self.endpoints.access_tokens_last
+
     # -- Connector --
 
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
@@ -778,7 +843,9 @@ class OAuth2Connector(Connector):
                 await run.verify()
         except CheckError as err:
             return CheckResult.from_error(run.safe(err), stored_version=run.version)
-        return CheckResult.ok(stored_version=run.version)
+        return CheckResult.ok(
+            stored_version=run.version, credentials=dict(run.creds) if run.unstored else None
+        )
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
         run = _Run(self, conn, ctx)
@@ -836,7 +903,8 @@ class OAuth2Connector(Connector):
     ) -> dict[str, str]:
         """Swap an authorization code for a token set (credentials; `expires_at` a string).
 
-        `credentials` may carry the connection's own `client_secret`.
+        `credentials` may carry the connection's own `client_secret`. A token set without
+        a refresh token is refused unless this provider's access tokens last.
         """
         plan = self.plan(conn_settings, credentials or {}, ctx)
         secrets = {code, code_verifier, plan.client_secret}
@@ -859,7 +927,15 @@ class OAuth2Connector(Connector):
                     plan,
                     "the authorization code",
                 )
-            return token_credentials({}, token, ctx.now)
+            creds = token_credentials({}, token, ctx.now)
+            if not creds.get("refresh_token") and not self.access_tokens_last:
+                raise AuthFailed(
+                    NO_REFRESH_TOKEN,
+                    "the provider granted no refresh token; for this provider ask for "
+                    "offline access (the connection would stop working when the access "
+                    "token expires)",
+                )
+            return creds
         except CheckError as err:
             raise safe_error(err, secrets) from None
 

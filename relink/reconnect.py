@@ -21,12 +21,13 @@ What a reconnect does:
    the connector calls unusable are `InvalidInput` before the source is asked.
 3. The new settings and credentials are validated together with the connector (no
    token store: nothing is persisted by the validation, and an OAuth token that has
-   not expired is not refreshed, which would spend the new refresh token). Refused ->
-   `CredentialsRefused`; the installation is wrong (the OAuth app refused) ->
-   `InstallationMisconfigured`; the source could not be asked -> `SourceUnreachable`.
-   Either way nothing changes but the audit trail, which records
-   `connection.reconnect_failed` (who, the outcome and code, which settings were to
-   change and which secrets were entered: names, never secret values).
+   not expired is not refreshed, which would spend the new refresh token). When the
+   validation had to refresh anyway (the new access token was already inactive), the
+   refreshed set is what is stored. Refused -> `CredentialsRefused`; the installation
+   is wrong (the OAuth app refused) -> `InstallationMisconfigured`; the source could
+   not be asked -> `SourceUnreachable`. Either way nothing changes but the audit trail,
+   which records `connection.reconnect_failed` (who, the outcome and code, which
+   settings were to change and which secrets were entered: names, never secret values).
 4. One transaction: the check's state rules record an `ok` outcome
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
    open Disconnection closed, `connection.status_changed`), the settings and the
@@ -42,8 +43,9 @@ the provider's authorization URL with them and stores a pending state (only its
 SHA-256; the PKCE code_verifier and the proposed changes encrypted; bound to the
 connection and the user; 10 minutes; single use). `finish_oauth` refuses an unknown,
 foreign (another user or connection), used or expired state before anything else,
-claims it with a conditional UPDATE (the row count decides), exchanges the code and
-goes on at step 3 with the new token set and the proposed changes.
+claims it with a conditional UPDATE (the row count decides), exchanges the code (a
+token set without a refresh token is refused unless the provider's access tokens
+last) and goes on at step 3 with the new token set and the proposed changes.
 """
 
 from __future__ import annotations
@@ -422,13 +424,14 @@ async def _validate(
     settings: Mapping[str, Any],
     credentials: Mapping[str, str],
     now: datetime,
-) -> None:
+) -> Mapping[str, str]:
+    """The credentials to store: `credentials`, or the set their validation refreshed."""
     connector = connectors.get(target.type)
     spec = ConnectionSpec(target.connection_id, target.type, settings, credentials, target.version)
     # No refresh ahead of expiry (window 0): the validation stores nothing, so a refresh
-    # here would spend the new refresh token (providers rotate it) and the spent one would
-    # be stored, or validated again after a version conflict and refused. A token set
-    # fresh from the provider is checked as it is, even one that lives only a minute.
+    # here would spend the new refresh token (providers rotate it) for nothing. A token
+    # set fresh from the provider is checked as it is, even one that lives only a minute;
+    # one already inactive is refreshed, and the result carries the refreshed set.
     policy = CheckPolicy(timeout=app.settings.check_timeout, refresh_window=0.0)
     make_ctx = make_context_factory(app, policy, now=now, token_store=None)
     try:
@@ -441,6 +444,7 @@ async def _validate(
         )
     if result.outcome is not Outcome.OK:
         raise _failed(result, target.connection_id)
+    return result.credentials or credentials
 
 
 def _commit(
@@ -535,17 +539,18 @@ async def _replace(
     `new_credentials(target)` builds the credentials from what is stored now; `changes`
     apply to the settings stored now. A refused or unreachable validation is recorded.
     """
+    validated: Mapping[str, str] = {}  # after a conflict: the set validated (maybe refreshed)
     for attempt in range(2):
         target = await asyncio.to_thread(_target, app, actor, connection_id)
         proposal = _propose(connectors.get(target.type), target.settings, changes)
-        credentials = new_credentials(target)
+        credentials = {**new_credentials(target), **validated}
         try:
-            await _validate(app, target, proposal.settings, credentials, now)
+            validated = await _validate(app, target, proposal.settings, credentials, now)
         except ReconnectFailed as failed:
             await asyncio.to_thread(_record_failure, app, target, failed, proposal, now=now)
             raise
         try:
-            done = await asyncio.to_thread(_commit, app, target, proposal, credentials, now=now)
+            done = await asyncio.to_thread(_commit, app, target, proposal, validated, now=now)
             break
         except (_Stale, StaleDataError):  # the version moved between our check and write
             if attempt:

@@ -60,6 +60,10 @@ __all__ = [
 ]
 
 FaultMode = Literal["ok", "error500", "rate_limit", "slow", "drop", "answer"]
+# When an authorization-code grant includes a refresh token: always; only when the
+# authorization request asked for offline access (``access_type=offline``, as Google
+# does); never (a provider whose access tokens last).
+RefreshTokens = Literal["always", "offline", "never"]
 FAULT_MODES: frozenset[str] = frozenset(get_args(FaultMode))
 TokenKind = Literal["access_token", "refresh_token"]
 
@@ -108,6 +112,13 @@ class SandboxClient(ClientMixin):
     allow_loopback_redirects: bool = False
     # the grants the client may use; one left out answers unauthorized_client
     grant_types: list[str] = field(default_factory=lambda: list(_GRANT_TYPES))
+    refresh_tokens: RefreshTokens = "always"
+    # The access token of an authorization-code grant is inactive from the start (as after
+    # a slow callback or under clock skew); its refresh token works.
+    inactive_code_tokens: bool = False
+
+    def grants_refresh_token(self, offline: bool) -> bool:
+        return self.refresh_tokens == "always" or (self.refresh_tokens == "offline" and offline)
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -153,6 +164,7 @@ class SandboxAuthorizationCode(AuthorizationCodeMixin):
     code_challenge: str | None
     code_challenge_method: str | None
     expires_at: float
+    offline: bool = False  # the authorization request asked access_type=offline
 
     def get_redirect_uri(self) -> str | None:
         return self.redirect_uri
@@ -343,6 +355,25 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     def authenticate_user(self, authorization_code: SandboxAuthorizationCode) -> SandboxUser:
         return SandboxUser(authorization_code.username)
 
+    def generate_token(
+        self,
+        user: Any = None,
+        scope: str | None = None,
+        grant_type: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        """A refresh token only when the client's `refresh_tokens` policy grants one."""
+        client: SandboxClient = self.request.client
+        offline = self.request.authorization_code.offline
+        return super().generate_token(
+            user=user,
+            scope=scope,
+            grant_type=grant_type,
+            expires_in=expires_in,
+            include_refresh_token=include_refresh_token and client.grants_refresh_token(offline),
+        )
+
 
 class _RefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = _CLIENT_AUTH_METHODS
@@ -463,6 +494,8 @@ class SandboxProvider:
         *,
         allow_loopback_redirects: bool = False,
         grant_types: Iterable[str] = _GRANT_TYPES,
+        refresh_tokens: RefreshTokens = "always",
+        inactive_code_tokens: bool = False,
     ) -> SandboxClient:
         """Register (or replace: a new secret refuses the old one) a confidential client."""
         client = SandboxClient(
@@ -472,6 +505,8 @@ class SandboxProvider:
             scope,
             allow_loopback_redirects,
             list(grant_types),
+            refresh_tokens,
+            inactive_code_tokens,
         )
         with self._lock:
             self._clients[client_id] = client
@@ -631,6 +666,9 @@ class SandboxProvider:
             code = request.authorization_code
             if code is not None:
                 self._code_tokens[code.code] = token["access_token"]
+                if request.client.inactive_code_tokens:
+                    self._by_access[token["access_token"]].expires_at = time.time() - 1
+                    self._persist()
 
     def _store_token(self, token: dict[str, Any], client_id: str, username: str) -> None:
         now = time.time()
@@ -665,6 +703,7 @@ class SandboxProvider:
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"),
             expires_at=time.time() + self.code_lifetime,
+            offline=data.get("access_type") == "offline",
         )
         with self._lock:
             self._drop_expired_codes()

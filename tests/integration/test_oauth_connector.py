@@ -343,14 +343,22 @@ def test_a_403_breaks_a_connection_only_with_its_providers_documented_body(
     assert_no_secret(result, secrets_of(creds))
 
 
-def test_without_a_token_store_a_refresh_stays_in_memory(sandbox, provider, oauth_client):
+def test_without_a_token_store_a_refresh_is_handed_to_the_caller(sandbox, provider, oauth_client):
+    """Nothing is stored (no store), but the set given is spent: the result carries the
+    refreshed one, for the caller (a reconnect) to store instead."""
     ctx = context(token_store=None)
     creds = issue(provider, oauth_client, ctx.now, expires_at=expired(ctx.now))
     spec = ConnectionSpec(1, "oauth2", oauth_settings(sandbox.url, oauth_client.client_id), creds)
 
     result = run(OAUTH.validate(spec, ctx))
 
-    assert result == CheckResult.ok()
+    assert (result.outcome, result.code, result.stored_version) == (Outcome.OK, None, None)
+    fresh = result.credentials
+    assert fresh is not None and fresh["client_secret"] == oauth_client.client_secret
+    assert fresh["refresh_token"] != creds["refresh_token"]  # rotated: the given one is spent
+    assert refresh_at_sandbox(sandbox.url, oauth_client, creds["refresh_token"]).status_code == 400
+    assert refresh_at_sandbox(sandbox.url, oauth_client, fresh["refresh_token"]).status_code == 200
+    assert fresh["refresh_token"] not in repr(result)  # never in a log line
 
 
 # --- outages -----------------------------------------------------------------------------

@@ -230,6 +230,34 @@ def test_cli_no_wait_then_code_url_reconnects(relink_app, settings, crm):
     )
 
 
+def test_cli_starts_an_oauth_reconnect_with_the_settings_to_fix(relink_app, settings, crm):
+    connection_id = crm[0]
+    cli = Cli(settings)
+    offline = "access_type=offline&prompt=consent"
+    started = cli.ok(
+        "reconnect",
+        connection_id,
+        "--as",
+        SHARED,
+        "--no-wait",
+        "--callback-port",
+        9,
+        "--set",
+        f"authorize_params={offline}",
+    )
+    url = started.stdout.strip()
+    assert httpx.URL(url).params["access_type"] == "offline"
+    assert "authorize_params" not in connection_view(relink_app, connection_id)["settings"]
+    state, code = consent(url)
+
+    redirected = f"{REDIRECT_URI}?code={code}&state={state}"
+    done = cli.ok("reconnect", connection_id, "--as", SHARED, "--code-url", redirected)
+
+    assert "changed: authorize_params" in done.stdout
+    view = connection_view(relink_app, connection_id)
+    assert view["status"] == "connected" and view["settings"]["authorize_params"] == offline
+
+
 def test_cli_waits_for_the_redirect_on_a_local_listener(relink_app, settings, crm):
     connection_id = crm[0]
     relink = Path(sys.executable).with_name("relink")

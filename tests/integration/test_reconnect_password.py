@@ -276,12 +276,13 @@ def _bump_version_during_validation(monkeypatch, relink_app, times: int) -> list
     bumps: list[int] = []
 
     async def validate_then_change(app, target, settings, credentials, now):
-        await real(app, target, settings, credentials, now)
+        validated = await real(app, target, settings, credentials, now)
         if len(bumps) < times:
             with relink_app.transaction() as session:
                 conn = session.get(Connection, target.connection_id)
                 conn.updated_at = now + timedelta(seconds=len(bumps) + 1)  # bumps the version
             bumps.append(target.version)
+        return validated
 
     monkeypatch.setattr(reconnect_module, "_validate", validate_then_change)
     return bumps

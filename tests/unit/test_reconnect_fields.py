@@ -1,9 +1,11 @@
-"""What each connector lets a reconnect change (its declaration, `Field.reconnect`), and
-how the connection page's history shows a change of settings."""
+"""What each connector lets a reconnect change (its declaration, `Field.reconnect`), the
+generic OAuth connector's extra authorization parameters, and how the connection page's
+history shows a change of settings."""
 
 import pytest
 
 import connectors
+from connectors.oauth2 import parse_authorize_params
 from relink.web.views import describe_details
 
 
@@ -34,6 +36,7 @@ def test_the_generic_oauth_provider_may_change_its_endpoints_and_its_own_client(
         "probe_url",
         "api_base_url",
         "scope",
+        "authorize_params",
     ]
     assert asked("oauth2") == endpoints
     assert asked("oauth2", client_id="ours") == ["client_id", "client_secret", *endpoints]
@@ -44,6 +47,25 @@ def test_the_declaration_is_part_of_the_connection_requirements():
     assert fields["username"]["reconnect"] is True
     assert fields["sslmode"]["reconnect"] is False
     assert fields["password"]["required"] is False  # MariaDB users may have no password
+
+
+def test_extra_authorization_parameters_are_a_setting():
+    assert parse_authorize_params("access_type=offline&prompt=consent") == (
+        ("access_type", "offline"),
+        ("prompt", "consent"),
+    )
+    assert parse_authorize_params(" access_type=offline  prompt=select_account%20consent") == (
+        ("access_type", "offline"),
+        ("prompt", "select_account consent"),
+    )
+    assert parse_authorize_params("") == ()
+    generic = connectors.get("oauth2")
+    assert generic.settings_problem({"authorize_params": "prompt=consent"}) is None
+    assert "expected name=value" in generic.settings_problem({"authorize_params": "offline"})
+    assert "may not set 'state'" in generic.settings_problem({"authorize_params": "state=x"})
+    assert "may not set 'client_id'" in generic.settings_problem(
+        {"authorize_params": "client_id=other"}
+    )
 
 
 def test_the_history_shows_a_change_of_settings_as_old_and_new_value():
