@@ -81,6 +81,8 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
         assert len(pids) == 4, output
         assert f"http://127.0.0.1:{web}" in output and f"http://127.0.0.1:{prefect_port}" in output
         assert "ada@demo.relink.test" in output and "password relink-demo-password" in output
+        # what fixes the demo's broken Finance connection from its page
+        assert "'Finance (MariaDB)': Reconnect on its page with username root and the " in output
         # the demo shows each outcome: two healthy-by-design sources fail as designed
         assert "first check  5 connection(s): 3 ok, 2 auth_failed" in output, output
 
