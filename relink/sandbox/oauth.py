@@ -60,12 +60,12 @@ __all__ = [
 ]
 
 FaultMode = Literal["ok", "error500", "rate_limit", "slow", "drop", "answer"]
+FAULT_MODES: frozenset[str] = frozenset(get_args(FaultMode))
+TokenKind = Literal["access_token", "refresh_token"]
 # When an authorization-code grant includes a refresh token: always; only when the
 # authorization request asked for offline access (``access_type=offline``, as Google
 # does); never (a provider whose access tokens last).
 RefreshTokens = Literal["always", "offline", "never"]
-FAULT_MODES: frozenset[str] = frozenset(get_args(FaultMode))
-TokenKind = Literal["access_token", "refresh_token"]
 
 DEFAULT_SCOPE = "api profile"
 ADMIN_PREFIX = "/_sandbox/"
