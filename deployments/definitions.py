@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.schedules import Cron, Interval, Schedule
 
-from relink.notify import EMAIL_TIME_ZONE
+from relink.domain.schedule import EMAIL_TIME_ZONE
 
 if TYPE_CHECKING:
     from prefect import Flow

@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from relink.access import Viewer
+from relink.domain.recipients import valid_address
 from relink.errors import Conflict, InvalidInput, NotFound
 from relink.models import Account, Role, User
 from relink.names import limit_of, one_line
-from relink.notify import valid_address
 
 
 def add_account(session: Session, name: str, *, now: datetime) -> Account:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from connectors.base import one_line
-from relink.notify import EMAIL_TIME_ZONE
+from relink.domain.schedule import EMAIL_TIME_ZONE
 from relink.timeutil import as_utc
 
 MINUS = "\u2212"  # the typographic minus of "UTC−07:00"

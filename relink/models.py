@@ -14,12 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from relink.domain.words import NotificationState, Role  # the words of these columns
 from relink.timeutil import as_utc
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    MEMBER = "member"
 
 
 class Mode(StrEnum):
@@ -41,16 +37,6 @@ class DatasetStatus(StrEnum):
     PENDING = "pending"  # never refreshed
     OK = "ok"
     ERROR = "error"
-
-
-class NotificationState(StrEnum):
-    CLAIMED = "claimed"  # committed before the request goes out
-    SENT = "sent"
-    FAILED = "failed"  # SendGrid refused it (4xx): not retried
-    UNKNOWN = "unknown"  # the request went out, the answer was lost: never resent automatically
-    RELEASED = "released"  # handed back to the next run (retryable error, or an admin's decision)
-    OUTBOX = "outbox"  # no API key: written to the outbox instead of sent
-    NO_RECIPIENT = "no_recipient"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -257,9 +243,10 @@ class Disconnection(Base):
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     reason_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     # True while the email is still to send: no notification, or only a `released` one
-    # (notify.NOT_YET). A copy of the notification's state for ix_disconnections_due,
-    # written by relink.notifications in the same transaction as every notification
-    # change; the notification row, not this flag, decides who sends the email.
+    # (relink.domain.due.awaiting_email). A copy of the notification's state for
+    # ix_disconnections_due, written by relink.notifications in the same transaction as
+    # every notification change; the notification row, not this flag, decides who sends
+    # the email.
     awaiting_email: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
     connection: Mapped[Connection] = relationship()

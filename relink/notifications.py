@@ -42,21 +42,18 @@ from sqlalchemy.orm import Session, aliased
 import connectors
 from relink import audit
 from relink.app import Relink
+from relink.domain.due import DUE_AFTER, NOT_YET, awaiting_email, cutoff
+from relink.domain.recipients import Person, Recipients, choose_recipients
 from relink.emails import DisconnectionFacts, render_disconnection_email
 from relink.errors import Conflict, NotFound, VaultError
 from relink.mailer import Attempt, Mailer, OutgoingEmail, Result, mailer_for
 from relink.models import Connection, Disconnection, Notification, NotificationState, Role, User
-from relink.notify import (
-    CLAIM_LEASE,
-    DUE_AFTER,
-    NOT_YET,
-    Person,
-    Recipients,
-    choose_recipients,
-    cutoff,
-)
 
 State = NotificationState
+
+CLAIM_LEASE = timedelta(minutes=15)
+"""A `claimed` notification older than this belongs to a run that died: it may have
+been sent, so the next run marks it `unknown` (never resends it automatically)."""
 
 # Counters of a run, in the order the summary shows them.
 COUNTS = (
@@ -344,7 +341,7 @@ def _set_awaiting(
     if open_only:
         update = update.where(Disconnection.ended_at.is_(None))
     result = session.execute(
-        update.values(awaiting_email=State(state) in NOT_YET).execution_options(
+        update.values(awaiting_email=awaiting_email(state)).execution_options(
             synchronize_session=False
         )
     )

@@ -898,9 +898,9 @@ def email_reconnect_link(
     """Email the connection's owner (or, when the owner cannot receive it, the account's
     admins) the link to the connection page, through the configured mailer (SendGrid or
     the outbox). The email is the disconnection email; it carries no secret."""
+    from relink.domain.recipients import Person, choose_recipients
     from relink.emails import DisconnectionFacts, render_disconnection_email
     from relink.mailer import OutgoingEmail, mailer_for
-    from relink.notify import Person, choose_recipients
 
     now = now or utcnow()
     with app.sessions() as session:

@@ -18,6 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from relink.domain.due import NOT_YET, Episode, cutoff, due
 from relink.mailer import Attempt, OutboxMailer, Result, SendGridMailer
 from relink.models import Connection, Disconnection, Notification
 from relink.models import NotificationState as State
@@ -34,7 +35,6 @@ from relink.notifications import (
     release,
     send_due,
 )
-from relink.notify import NOT_YET, Episode, cutoff, due
 from tests.support.emaildata import (
     ADMIN,
     API_KEY,

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from relink.app import Relink
 from relink.directory import add_account, add_user
+from relink.domain.due import awaiting_email
 from relink.models import Connection, Disconnection, Notification, Role
-from relink.notify import NOT_YET
 
 # The daily run: 07:00 MST = 14:00 UTC.
 RUN = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
@@ -153,7 +153,7 @@ class World:
                     updated_at=at,
                 )
             )
-            session.get(Disconnection, disconnection_id).awaiting_email = state in NOT_YET
+            session.get(Disconnection, disconnection_id).awaiting_email = awaiting_email(state)
 
     def close(self, disconnection_id: int, at: datetime) -> None:
         with self.app.transaction() as session:

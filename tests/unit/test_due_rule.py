@@ -1,19 +1,11 @@
-"""The email rule and the recipient choice, pure: no database, no clock."""
+"""The 24-hour rule (relink/domain/due.py), pure: no database, no clock."""
 
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relink.notify import (
-    DUE_AFTER,
-    Episode,
-    Person,
-    choose_recipients,
-    due,
-    is_due,
-    valid_address,
-)
+from relink.domain.due import DUE_AFTER, Episode, due, is_due
 
 RUN = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 07:00 MST
 DAY = timedelta(days=1)
@@ -86,55 +78,3 @@ def test_once_sent_never_due_again_and_every_open_episode_becomes_due(age, runs)
         assert sent_at[0] - started >= DUE_AFTER
     elif runs and RUN + max(runs) - started >= DUE_AFTER:
         raise AssertionError("a due episode was never emailed")
-
-
-# --- recipients --------------------------------------------------------------------------
-
-ann = Person("ann@acme.test", active=True, role="admin")
-zed = Person("zed@acme.test", active=True, role="admin")
-old_admin = Person("old@acme.test", active=False, role="admin")
-cid = Person("cid@acme.test", active=True, role="member")
-
-
-def test_recipient_is_the_active_owner():
-    owner = Person("bob@acme.test")
-    assert choose_recipients(owner, [ann, zed]).to == ("bob@acme.test",)
-    assert choose_recipients(owner, [ann]).why == "owner"
-
-
-def test_owner_inactive_falls_back_to_the_active_admins():
-    owner = Person("bob@acme.test", active=False)
-    chosen = choose_recipients(owner, [zed, ann, old_admin, cid])
-    assert chosen.to == ("ann@acme.test", "zed@acme.test")
-    assert "inactive" in chosen.why
-
-
-def test_owner_without_a_valid_address_falls_back_to_the_admins():
-    chosen = choose_recipients(Person("bob at acme"), [ann])
-    assert chosen.to == ("ann@acme.test",)
-    assert "not valid" in chosen.why
-
-
-def test_nobody_to_email_says_why():
-    chosen = choose_recipients(Person("bob@acme.test", active=False), [old_admin, cid])
-    assert chosen.nobody
-    assert chosen.why == (
-        "the owner bob@acme.test is inactive and the account has no active admin "
-        "with a valid address"
-    )
-
-
-def test_valid_addresses():
-    assert valid_address("bob@acme.test")
-    for bad in (
-        "",
-        None,
-        "bob",
-        "bob@",
-        "@acme.test",
-        "bob@acme",
-        "b ob@acme.test",
-        "bob@acme.test\r\nBcc: x@y.z",
-        "a@b@c.de",
-    ):
-        assert not valid_address(bad), bad

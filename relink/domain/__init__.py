@@ -1,0 +1,1 @@
+"""Relink's words and pure rules: no I/O, no database, nothing else of Relink."""
