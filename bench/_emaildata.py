@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from bench._common import make_app
-from relink.mailer import SendGridMailer, to_mail
-from relink.notifications import build_email, due_ids, load_due
+from relink.emailing.due import due_ids, load_due
+from relink.emailing.mailer import SendGridMailer, to_mail
+from relink.emailing.sender import build_email
 from tests.support.emaildata import World
 
 RUN = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)

@@ -2,7 +2,7 @@
 disconnections, on SQLite and on PostgreSQL, by its partial index and by a forced scan
 of the same table, with both query plans.
 
-The query is the real one: `relink.notifications.due_ids` (what the email flow's
+The query is the real one: `relink.emailing.due.due_ids` (what the email flow's
 `find_due` task runs). The data is `bench/_emaildata.py`'s: one disconnection per
 connection, interleaved by id: 90 % closed (half of them emailed), 1 % open and younger
 than 24 h, 1 % open and due, 8 % open and already emailed; loaded with INSERT ... SELECT
@@ -27,7 +27,7 @@ SCAN_OFF = ("enable_indexscan", "enable_bitmapscan", "enable_indexonlyscan")
 
 def measure(app: Any, connections: int, fill: Callable[[sa.Engine, int], None]) -> dict[str, Any]:
     from bench import _emaildata as data
-    from relink.notifications import due_ids
+    from relink.emailing.due import due_ids
 
     engine = app.engine
     backend = engine.dialect.name
@@ -162,7 +162,7 @@ def markdown(results: list[dict[str, Any]]) -> list[str]:
         f"{first['connections']:,} connections with one disconnection each: "
         f"{first['open']:,} open ({k['due']:,} due, {k['recent']:,} younger than 24 h, "
         f"{k['emailed']:,} already emailed), {k['closed']:,} closed. The query is "
-        "`relink.notifications.due_ids` (all due ids, oldest first), best of 5; the scan "
+        "`relink.emailing.due.due_ids` (all due ids, oldest first), best of 5; the scan "
         "is the same SQL with `FROM disconnections NOT INDEXED` (SQLite) or "
         "`enable_indexscan/bitmapscan/indexonlyscan = off` (PostgreSQL), best of 3.",
         "",

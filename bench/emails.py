@@ -82,9 +82,10 @@ def send_due_run(label: str, url: str, n: int, endpoint: Any, data_dir: Path) ->
     clocks around `send_due` only (not the setup)."""
     from bench import _emaildata as data
     from bench._common import make_app
-    from relink.mailer import SendGridMailer
+    from relink.emailing.mailer import SendGridMailer
+    from relink.emailing.policy import NotifyPolicy
+    from relink.emailing.run import send_due
     from relink.models import Notification
-    from relink.notifications import NotifyPolicy, send_due
     from tests.support.emaildata import World
 
     app = make_app(url, data_dir)
@@ -114,7 +115,7 @@ def measure(
 ) -> EmailLadder:
     """send_due on SQLite at each size; at the headline size also PG, SDK alone, raw."""
     from bench import _emaildata as data
-    from relink.notifications import NotifyPolicy
+    from relink.emailing.policy import NotifyPolicy
     from tests.support.pg import temporary_schema
     from tests.support.sendgrid_endpoint import EndpointProcess
 
@@ -171,7 +172,7 @@ def measure(
 
 
 def sender_threads() -> int:
-    from relink.notifications import NotifyPolicy
+    from relink.emailing.policy import NotifyPolicy
 
     return NotifyPolicy().concurrency
 

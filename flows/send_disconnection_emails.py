@@ -12,7 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from relink.app import get_app
-from relink.notifications import NotifyPolicy, batches_of, finish_run
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.run import batches_of, finish_run
 from relink.timeutil import utcnow
 from tasks.emails import expire_claims, find_due, send_email_batch
 

@@ -213,7 +213,7 @@ class Disconnection(Base):
             postgresql_where=sa.text("ended_at IS NULL"),
             sqlite_where=sa.text("ended_at IS NULL"),
         ),
-        # the email rule's due query (relink.notifications.due_query): only the open
+        # the email rule's due query (relink.emailing.due.due_query): only the open
         # episodes still waiting for their email. Each predicate is written as that
         # dialect renders `Disconnection.awaiting_email` in the query (SQLite uses a
         # partial index only when the query's WHERE repeats the index's terms). The id
@@ -244,8 +244,8 @@ class Disconnection(Base):
     reason_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     # True while the email is still to send: no notification, or only a `released` one
     # (relink.domain.due.awaiting_email). A copy of the notification's state for
-    # ix_disconnections_due, written by relink.notifications in the same transaction as
-    # every notification change; the notification row, not this flag, decides who sends
+    # ix_disconnections_due, written by relink.emailing.ledger in the same transaction
+    # as every notification change; the notification row, not this flag, decides who sends
     # the email.
     awaiting_email: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 

@@ -899,8 +899,8 @@ def email_reconnect_link(
     admins) the link to the connection page, through the configured mailer (SendGrid or
     the outbox). The email is the disconnection email; it carries no secret."""
     from relink.domain.recipients import Person, choose_recipients
-    from relink.emails import DisconnectionFacts, render_disconnection_email
-    from relink.mailer import OutgoingEmail, mailer_for
+    from relink.emailing.mailer import OutgoingEmail, mailer_for
+    from relink.emailing.render import DisconnectionFacts, render_disconnection_email
 
     now = now or utcnow()
     with app.sessions() as session:

@@ -489,7 +489,7 @@ def _start_and_wait(
 def _print_ready(
     app: Relink, config: RunConfig, summary: dict[str, Any] | None, out: TextIO
 ) -> None:
-    from relink.mailer import outbox_folder
+    from relink.emailing.mailer import outbox_folder
 
     fix = demo.FINANCE_FIX
     password = f"password {fix['password']}" if fix["password"] else "the password left empty"

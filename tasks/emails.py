@@ -11,8 +11,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from relink.app import get_app
-from relink.mailer import mailer_for
-from relink.notifications import NotifyPolicy, Sender, due_ids, expire_stale_claims, send_batch
+from relink.emailing.due import due_ids
+from relink.emailing.ledger import expire_stale_claims
+from relink.emailing.mailer import mailer_for
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.sender import Sender, send_batch
 from relink.timeutil import utcnow
 
 

@@ -18,17 +18,14 @@ from relink.cli._common import (
     transaction,
 )
 from relink.directory import get_user
-from relink.emails import format_local
+from relink.emailing.due import plan
+from relink.emailing.ledger import release
+from relink.emailing.mailer import OutboxMailer, mailer_for, outbox_folder
+from relink.emailing.outbox import get_notification, list_notifications
+from relink.emailing.render import format_local
+from relink.emailing.run import send_due
 from relink.errors import PermissionDenied
-from relink.mailer import OutboxMailer, mailer_for, outbox_folder
 from relink.models import MAX_ID, NotificationState, Role
-from relink.notifications import (
-    get_notification,
-    list_notifications,
-    plan,
-    release,
-    send_due,
-)
 from relink.timeutil import as_utc, utcnow
 
 outbox_app = typer.Typer(

@@ -19,22 +19,14 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from relink.domain.due import NOT_YET, Episode, cutoff, due
-from relink.mailer import Attempt, OutboxMailer, Result, SendGridMailer
+from relink.emailing.due import due_ids, load_due, plan
+from relink.emailing.ledger import claim, expire_stale_claims, mark, not_notified, release
+from relink.emailing.mailer import Attempt, OutboxMailer, Result, SendGridMailer
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.run import send_due
+from relink.emailing.sender import SendHooks
 from relink.models import Connection, Disconnection, Notification
 from relink.models import NotificationState as State
-from relink.notifications import (
-    NotifyPolicy,
-    SendHooks,
-    _not_notified,
-    claim,
-    due_ids,
-    expire_stale_claims,
-    load_due,
-    mark,
-    plan,
-    release,
-    send_due,
-)
 from tests.support.emaildata import (
     ADMIN,
     API_KEY,
@@ -174,7 +166,7 @@ def test_the_due_query_is_the_pure_rule(relink_app, world, episodes):
                 connection_id=conn_id,
                 started_at=RUN + start * H,
                 ended_at=None if end is None else RUN + max(end, start) * H,
-                awaiting_email=state is None or state in NOT_YET,  # as relink.notifications
+                awaiting_email=state is None or state in NOT_YET,  # as relink.emailing.ledger
             )
             session.add(d)
             session.flush()
@@ -218,7 +210,7 @@ def due_by_notifications(app, now) -> list[int]:
                 sa.select(Disconnection.id).where(
                     Disconnection.ended_at.is_(None),
                     Disconnection.started_at <= cutoff(now),
-                    _not_notified(),
+                    not_notified(),
                 )
             )
         )
@@ -705,7 +697,7 @@ def test_dry_run_plans_without_writing(relink_app, world, endpoint, mailer):
 
 
 def test_settings_choose_the_mailer(relink_app):
-    from relink.mailer import mailer_for
+    from relink.emailing.mailer import mailer_for
 
     assert isinstance(mailer_for(relink_app.settings), OutboxMailer)
     with_key = relink_app.settings.model_copy(

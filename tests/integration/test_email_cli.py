@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from relink.cli import app as cli_app
 from relink.cli._common import reset_app
-from relink.mailer import SendGridMailer
-from relink.notifications import send_due
+from relink.emailing.mailer import SendGridMailer
+from relink.emailing.run import send_due
 from relink.timeutil import utcnow
 from tests.support.emaildata import API_KEY, OWNER, RUN, SECRET, World
 from tests.support.sendgrid_endpoint import Hang, SendGridEndpoint

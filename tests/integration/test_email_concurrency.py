@@ -10,9 +10,10 @@ from datetime import timedelta
 import pytest
 
 from relink.app import Relink
-from relink.mailer import SendGridMailer
+from relink.emailing.mailer import SendGridMailer
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.run import send_due
 from relink.models import Notification
-from relink.notifications import NotifyPolicy, send_due
 from tests.support.emaildata import API_KEY, RUN, World, emails_per_disconnection
 from tests.support.sendgrid_endpoint import SendGridEndpoint
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from relink.cli import app as cli_app
 from relink.cli._common import reset_app
-from relink.mailer import SendGridMailer
-from relink.notifications import send_due
+from relink.emailing.mailer import SendGridMailer
+from relink.emailing.run import send_due
 from tests.support.emaildata import API_KEY, RUN, World, emails_per_disconnection, read_log
 from tests.support.sendgrid_endpoint import EndpointProcess
 

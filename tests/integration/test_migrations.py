@@ -8,8 +8,8 @@ from alembic.migration import MigrationContext
 
 from relink import db
 from relink.app import Relink
+from relink.emailing.due import due_query
 from relink.models import Base
-from relink.notifications import due_query
 
 TABLES = {
     "accounts",

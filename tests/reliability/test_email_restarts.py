@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from flows.send_disconnection_emails import send_disconnection_emails
 from relink.app import Relink, set_app
-from relink.notifications import NotifyPolicy
+from relink.emailing.policy import NotifyPolicy
 from relink.timeutil import utcnow
 from tests.support.emaildata import API_KEY, World, emails_per_disconnection
 from tests.support.promises import scale

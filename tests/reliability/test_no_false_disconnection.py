@@ -35,8 +35,8 @@ import sqlalchemy as sa
 
 from relink.app import Relink
 from relink.checks import CheckPolicy, sweep
+from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection, Notification
-from relink.notifications import send_due
 from relink.sandbox import SandboxProvider, SandboxServer
 from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from relink.app import Relink
-from relink.mailer import SendGridMailer
-from relink.notifications import NotifyPolicy, send_due
+from relink.emailing.mailer import SendGridMailer
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.run import send_due
 from relink.settings import Settings
 from tests.support.emaildata import API_KEY, RUN, World
 from tests.support.notify_crash import CRASH_POINTS, CrashRun, run_in_child

@@ -139,7 +139,7 @@ class World:
 
     def notified(self, disconnection_id: int, state: str, at: datetime) -> None:
         """Give a disconnection the notification an earlier run left (`sent`, `unknown`,
-        `released`, ...), with `awaiting_email` in step, as `relink.notifications` writes it."""
+        `released`, ...), with `awaiting_email` in step, as `relink.emailing.ledger` writes it."""
         with self.app.transaction() as session:
             session.add(
                 Notification(

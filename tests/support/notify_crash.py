@@ -40,11 +40,14 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
-from relink import notifications
 from relink.app import Relink
-from relink.mailer import Attempt, Mailer, OutgoingEmail, mailer_for
+from relink.emailing import ledger
+from relink.emailing.due import DueEmail
+from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, mailer_for
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.run import send_due
+from relink.emailing.sender import SendHooks
 from relink.models import NotificationState
-from relink.notifications import DueEmail, NotifyPolicy, SendHooks, send_due
 from relink.settings import Settings
 
 POINTS = ("after_claim", "after_send")
@@ -151,13 +154,13 @@ class _Stops:
 
     def wrap_claim(self) -> None:
         """Stop before `claim` (in this child process only; the core has no hook there)."""
-        real_claim = notifications.claim
+        real_claim = ledger.claim
 
-        def claim(app: Relink, item: DueEmail, **kwargs: Any) -> notifications.Claim | None:
+        def claim(app: Relink, item: DueEmail, **kwargs: Any) -> ledger.HeldClaim | None:
             self.stop("before_claim", item.disconnection_id)
             return real_claim(app, item, **kwargs)
 
-        notifications.claim = claim
+        ledger.claim = claim
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from relink.emails import DisconnectionFacts, format_local, render_disconnection_email
+from relink.emailing.render import DisconnectionFacts, format_local, render_disconnection_email
 
 FACTS = DisconnectionFacts(
     connection_id=42,

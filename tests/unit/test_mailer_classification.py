@@ -5,7 +5,7 @@ import json
 import pytest
 from python_http_client.exceptions import HTTPError, err_dict
 
-from relink.mailer import Result, classify_http_error, sendgrid_error_text
+from relink.emailing.mailer import Result, classify_http_error, sendgrid_error_text
 
 
 def http_error(status: int, body: object = None, headers: dict | None = None) -> HTTPError:

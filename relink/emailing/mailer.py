@@ -43,8 +43,8 @@ from sendgrid.helpers.mail import (
     TrackingSettings,
 )
 
+from relink.domain.words import NotificationState
 from relink.errors import InvalidInput
-from relink.models import NotificationState
 from relink.settings import Settings
 
 SENDER_NAME = "Relink"

@@ -1,0 +1,213 @@
+"""Sending: `send_batch` loads a batch of due emails and delivers them `concurrency` at a
+time; `Sender.deliver` claims one email in the ledger, sends it (retrying only what
+SendGrid certainly did not take: 429, 5xx, unreachable) and marks its result. The
+`Breaker` stops a run that keeps failing to deliver or whose key is refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from relink.app import Relink
+from relink.domain.words import NotificationState
+from relink.emailing import ledger
+from relink.emailing.due import DueEmail, load_due
+from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result
+from relink.emailing.policy import NotifyPolicy
+from relink.emailing.render import render_disconnection_email
+
+State = NotificationState
+
+
+@dataclass
+class SendHooks:
+    """Callbacks at the two points where a crash leaves an ambiguous claim.
+
+    `after_claim` runs once the claim is committed and before the request goes out;
+    `after_send` once the request has been answered (or not) and before the result is
+    recorded. Tests use them to crash a run at exactly these points.
+    """
+
+    after_claim: Callable[[DueEmail], None] | None = None
+    after_send: Callable[[DueEmail, Attempt], None] | None = None
+
+
+class Breaker:
+    """Stops a run that keeps failing to deliver: the rest waits for the next run."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = max(1, threshold)
+        self._lock = threading.Lock()
+        self._bad_in_a_row = 0
+        self.reason: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.reason is not None
+
+    def record(self, attempt: Attempt) -> None:
+        with self._lock:
+            if attempt.result is Result.REJECTED_KEY:
+                self.reason = (
+                    self.reason or f"SendGrid refused our API key or sender ({attempt.error})"
+                )
+            elif attempt.result in (Result.RETRY, Result.UNKNOWN):
+                self._bad_in_a_row += 1
+                if self._bad_in_a_row >= self.threshold and self.reason is None:
+                    self.reason = (
+                        f"{self._bad_in_a_row} emails in a row not delivered "
+                        f"(last: {attempt.error})"
+                    )
+            else:
+                self._bad_in_a_row = 0
+
+
+_STATE_OF = {
+    Result.RETRY: State.RELEASED,
+    Result.REJECTED_KEY: State.RELEASED,
+    Result.FAILED: State.FAILED,
+    Result.UNKNOWN: State.UNKNOWN,
+}
+
+
+def advancing_clock(start: datetime) -> Callable[[], datetime]:
+    """`start`, advancing with the time this process spends (monotonic)."""
+    origin = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - origin)
+
+
+@dataclass
+class Sender:
+    """Everything one run needs to deliver emails.
+
+    `now` is the run's time: the rule decides what is due at `now`. `clock` stamps
+    claims and results; it starts at `now` and advances while the run works, so that a
+    long run's claims do not look older than they are to the lease of another run.
+    """
+
+    app: Relink
+    mailer: Mailer
+    now: datetime
+    policy: NotifyPolicy = field(default_factory=NotifyPolicy)
+    sleep: Callable[[float], None] = time.sleep
+    hooks: SendHooks = field(default_factory=SendHooks)
+    breaker: Breaker | None = None
+    clock: Callable[[], datetime] | None = None
+
+    def __post_init__(self) -> None:
+        if self.breaker is None:
+            self.breaker = Breaker(self.policy.breaker_threshold)
+        if self.clock is None:
+            self.clock = advancing_clock(self.now)
+
+    def _time(self) -> datetime:
+        assert self.clock is not None
+        return max(self.now, self.clock())
+
+    def deliver(self, item: DueEmail) -> str:
+        """Claim, send and mark one email; the counter it adds to."""
+        assert self.breaker is not None
+        if self.breaker.is_open:
+            return "deferred"
+        if item.recipients.nobody:
+            held = ledger.claim(
+                self.app,
+                item,
+                now=self._time(),
+                state=State.NO_RECIPIENT,
+                reason=item.recipients.why,
+            )
+            return "no_recipient" if held else "skipped"
+        settings = self.app.settings
+        email = build_email(item, sender=settings.email_from, base_url=settings.base_url)
+        held = ledger.claim(self.app, item, now=self._time(), subject=email.subject[:500])
+        if held is None:
+            return "skipped"
+        if self.hooks.after_claim:
+            self.hooks.after_claim(item)
+        attempt, requests = self._send_with_retries(email)
+        if self.hooks.after_send:
+            self.hooks.after_send(item, attempt)
+        self.breaker.record(attempt)
+        state = (
+            self.mailer.delivered_state
+            if attempt.result is Result.SENT
+            else _STATE_OF[attempt.result]
+        )
+        ledger.mark(
+            self.app,
+            held,
+            state,
+            now=self._time(),
+            attempts=requests,
+            message_id=attempt.message_id,
+            error=attempt.error,
+        )
+        return str(state)
+
+    def _send_with_retries(self, email: OutgoingEmail) -> tuple[Attempt, int]:
+        """Retries only what certainly did not go out (429, 5xx, unreachable)."""
+        assert self.breaker is not None
+        requests = 0
+        while True:
+            attempt = self.mailer.send(email)
+            requests += 1
+            if (
+                attempt.result is not Result.RETRY
+                or requests >= self.policy.attempts
+                or self.breaker.is_open
+            ):
+                return attempt, requests
+            self.sleep(self._delay(attempt, requests))
+
+    def _delay(self, attempt: Attempt, requests: int) -> float:
+        backoff = self.policy.backoff * 2 ** (requests - 1)
+        wanted = attempt.retry_after if attempt.retry_after is not None else backoff
+        return min(wanted, self.policy.retry_after_cap)
+
+
+def build_email(item: DueEmail, *, sender: str, base_url: str) -> OutgoingEmail:
+    rendered = render_disconnection_email(item.facts(), base_url=base_url)
+    return OutgoingEmail(
+        reference=item.reference,
+        sender=sender,
+        to=item.recipients.to,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        custom_args={
+            "disconnection_id": str(item.disconnection_id),
+            "connection_id": str(item.connection_id),
+        },
+    )
+
+
+@dataclass
+class BatchResult:
+    """Plain, JSON-able counts of one batch (a Prefect task result: no secrets)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    stopped: str | None = None  # why the run should stop (SendGrid unavailable, key refused)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts, "stopped": self.stopped}
+
+
+def send_batch(sender: Sender, ids: Sequence[int]) -> BatchResult:
+    """Claim, send and record the emails of these due disconnections, `concurrency` at
+    a time. Each claim re-checks that the disconnection is still open and unclaimed."""
+    items = load_due(sender.app, ids)
+    counts: Counter[str] = Counter()
+    if items:
+        workers = max(1, min(sender.policy.concurrency, len(items)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="relink-email") as pool:
+            counts.update(pool.map(sender.deliver, items))
+    counts["skipped"] += len(ids) - len(items)  # deleted meanwhile
+    assert sender.breaker is not None
+    return BatchResult({k: v for k, v in counts.items() if v}, stopped=sender.breaker.reason)
