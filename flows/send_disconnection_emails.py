@@ -4,8 +4,6 @@ owner (or the account's admins)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -13,9 +11,9 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from relink.app import get_app
 from relink.emailing.policy import NotifyPolicy
-from relink.emailing.run import batches_of, finish_run
+from relink.emailing.run import run_emails
 from relink.timeutil import utcnow
-from tasks.emails import expire_claims, find_due, send_email_batch
+from tasks.emails import STEPS
 
 
 def _run_name() -> str:
@@ -30,24 +28,9 @@ async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
     before, never emailed. A run that was missed is caught up by the next one.
     """
     now = utcnow()
-    started = time.perf_counter()
     app = get_app()
     app.ensure_schema()
-    policy = NotifyPolicy()
-    expired = await expire_claims(now, policy.lease.total_seconds())
-    due = await find_due(now, policy.due_after.total_seconds(), limit)
-    chunks = batches_of(due, policy.batch_size)
-    batches: list[dict[str, Any]] = []
-    deferred = 0
-    for number, chunk in enumerate(chunks, start=1):
-        batch = await send_email_batch(now, number, chunk, policy.as_params())
-        batches.append(batch)
-        if batch["stopped"]:  # SendGrid unavailable or refusing us: the rest waits
-            deferred = sum(len(rest) for rest in chunks[number:])
-            break
-    summary = await asyncio.to_thread(
-        finish_run, app, batches, expired_claims=expired, deferred=deferred, started=started
-    )
+    summary = await run_emails(app, now=now, steps=STEPS, policy=NotifyPolicy(), limit=limit)
     logger = get_run_logger()
     logger.info("disconnection emails: %s", summary.counts)
     if summary.stopped:

@@ -1,18 +1,19 @@
-"""Tasks of the send-disconnection-emails flow: one task run per batch of due
-disconnections (`NotifyPolicy.batch_size`, 100 by default), never one per email."""
+"""Tasks of the send-disconnection-emails flow: each wraps one step of the email run
+(relink/emailing/run.py) for Prefect, with retries where a retry is safe, and runs once
+per batch of due disconnections (`NotifyPolicy.batch_size`), never once per email.
+`STEPS` is what the flow hands to `run_emails`."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from relink.app import get_app
-from relink.emailing.due import due_ids
-from relink.emailing.ledger import expire_stale_claims
+from relink.emailing import run
 from relink.emailing.mailer import mailer_for
 from relink.emailing.policy import NotifyPolicy
 from relink.emailing.sender import Sender, send_batch
@@ -22,22 +23,13 @@ from relink.timeutil import utcnow
 @task(name="expire-stale-claims", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 async def expire_claims(now: datetime, lease_seconds: float) -> int:
     """Mark claims of runs that died as unknown. One conditional UPDATE: safe to retry."""
-    return await asyncio.to_thread(
-        expire_stale_claims, get_app(), now=now, lease=timedelta(seconds=lease_seconds)
-    )
+    return await asyncio.to_thread(run.expire_claims, get_app(), now, lease_seconds)
 
 
 @task(name="find-due-disconnections", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 async def find_due(now: datetime, due_after_seconds: float, limit: int | None) -> list[int]:
     """The ids due at `now` (ids only: no name, address or secret). Read-only: safe to retry."""
-
-    def read() -> list[int]:
-        with get_app().sessions() as session:
-            return due_ids(
-                session, now=now, due_after=timedelta(seconds=due_after_seconds), limit=limit
-            )
-
-    return await asyncio.to_thread(read)
+    return await asyncio.to_thread(run.find_due, get_app(), now, due_after_seconds, limit)
 
 
 # retries=0, on purpose: NEVER let Prefect retry this task. It commits claims and sends
@@ -64,3 +56,8 @@ async def send_email_batch(
     )
     result = await asyncio.to_thread(send_batch, sender, disconnection_ids)
     return result.as_dict()
+
+
+STEPS = run.EmailRunSteps(
+    expire_claims=expire_claims, find_due=find_due, send_batch=send_email_batch
+)

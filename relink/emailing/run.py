@@ -1,15 +1,19 @@
-"""The email run: expire the claims of runs that died, find the emails due at `now`,
-send them batch by batch until done or SendGrid stops the run, and summarise it
-(`EmailRunSummary`: the counts, the emails awaiting an admin's decision, a markdown
-artifact)."""
+"""The email run, written once as it reads: expire the claims of runs that died, find
+the emails due at `now`, send them batch by batch until done or SendGrid stops the run,
+and summarise it (`EmailRunSummary`: the counts, the emails awaiting an admin's
+decision, a markdown artifact). Its I/O steps come in as `EmailRunSteps`: `send_due`
+(`relink notify`, the tests, the benchmark) passes the step functions below as plain
+calls; the send-disconnection-emails flow passes Prefect tasks wrapping the same
+functions (tasks/emails.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from relink.app import Relink
@@ -36,6 +40,116 @@ COUNTS = (
 def batches_of(ids: Sequence[int], size: int) -> list[list[int]]:
     """Consecutive runs of at most `size` ids, in order."""
     return [list(ids[i : i + size]) for i in range(0, len(ids), max(1, size))]
+
+
+@dataclass(frozen=True)
+class EmailRunSteps:
+    """The run's I/O steps. They take and return times, ids and counts: no name, address
+    or secret (a Prefect task's inputs and result are stored)."""
+
+    expire_claims: Callable[[datetime, float], Awaitable[int]]
+    """(now, lease in seconds) -> how many claims of dead runs became `unknown`."""
+    find_due: Callable[[datetime, float, int | None], Awaitable[list[int]]]
+    """(now, due-after in seconds, limit) -> the due disconnection ids, ascending."""
+    send_batch: Callable[[datetime, int, list[int], dict[str, Any]], Awaitable[dict[str, Any]]]
+    """(now, batch number from 1, ids, `NotifyPolicy.as_params()`) -> `BatchResult.as_dict()`."""
+
+
+async def run_emails(
+    app: Relink,
+    *,
+    now: datetime,
+    steps: EmailRunSteps,
+    policy: NotifyPolicy,
+    limit: int | None = None,
+) -> EmailRunSummary:
+    """Email every disconnection due at `now` (at most `limit`), once.
+
+    A batch that reports `stopped` (SendGrid unavailable or refusing our key) ends the
+    run: the due ones not attempted are `deferred` to the next run.
+    """
+    started = time.perf_counter()
+    expired = await steps.expire_claims(now, policy.lease.total_seconds())
+    ids = await steps.find_due(now, policy.due_after.total_seconds(), limit)
+    chunks = batches_of(ids, policy.batch_size)
+    params = policy.as_params()
+    batches: list[dict[str, Any]] = []
+    deferred = 0
+    for number, chunk in enumerate(chunks, start=1):
+        batch = await steps.send_batch(now, number, chunk, params)
+        batches.append(batch)
+        if batch["stopped"]:
+            deferred = sum(len(rest) for rest in chunks[number:])
+            break
+    return EmailRunSummary.combine(
+        batches,
+        expired_claims=expired,
+        deferred=deferred,
+        awaiting_decision=await asyncio.to_thread(awaiting_decision, app),
+        duration_s=time.perf_counter() - started,
+    )
+
+
+# --- the steps as functions: plain calls here, Prefect tasks in tasks/emails.py -------------
+
+
+def expire_claims(app: Relink, now: datetime, lease_seconds: float) -> int:
+    return expire_stale_claims(app, now=now, lease=timedelta(seconds=lease_seconds))
+
+
+def find_due(app: Relink, now: datetime, due_after_seconds: float, limit: int | None) -> list[int]:
+    with app.sessions() as session:
+        return due_ids(
+            session, now=now, due_after=timedelta(seconds=due_after_seconds), limit=limit
+        )
+
+
+def plain_steps(app: Relink, sender: Sender) -> EmailRunSteps:
+    """The steps as plain calls in this process. Every batch goes through `sender`, built
+    for the run's `now` and policy, so its breaker, clock and hooks span the whole run."""
+
+    async def expire(now: datetime, lease_seconds: float) -> int:
+        return expire_claims(app, now, lease_seconds)
+
+    async def find(now: datetime, due_after_seconds: float, limit: int | None) -> list[int]:
+        return find_due(app, now, due_after_seconds, limit)
+
+    async def send(
+        now: datetime, number: int, ids: list[int], policy: dict[str, Any]
+    ) -> dict[str, Any]:
+        return send_batch(sender, ids).as_dict()
+
+    return EmailRunSteps(expire_claims=expire, find_due=find, send_batch=send)
+
+
+def send_due(
+    app: Relink,
+    *,
+    now: datetime,
+    mailer: Mailer | None = None,
+    policy: NotifyPolicy | None = None,
+    limit: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    hooks: SendHooks | None = None,
+) -> EmailRunSummary:
+    """One whole run in this process, with the plain steps (`relink notify`, the tests,
+    the benchmark). `sleep` waits between retries; `hooks` let tests stop a run at the
+    points where a crash leaves an ambiguous claim."""
+    policy = policy or NotifyPolicy()
+    sender = Sender(
+        app,
+        mailer or mailer_for(app.settings),
+        now,
+        policy,
+        sleep=sleep,
+        hooks=hooks or SendHooks(),
+    )
+    return asyncio.run(
+        run_emails(app, now=now, steps=plain_steps(app, sender), policy=policy, limit=limit)
+    )
+
+
+# --- the summary ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -115,58 +229,3 @@ class EmailRunSummary:
 
 def _md(value: str) -> str:
     return " ".join(value.split()).replace("|", "\\|")
-
-
-def send_due(
-    app: Relink,
-    *,
-    now: datetime,
-    mailer: Mailer | None = None,
-    policy: NotifyPolicy | None = None,
-    limit: int | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    hooks: SendHooks | None = None,
-) -> EmailRunSummary:
-    """One whole run in this process: expire stale claims, then email every due
-    disconnection (at most `limit`), batch by batch."""
-    started = time.perf_counter()
-    policy = policy or NotifyPolicy()
-    sender = Sender(
-        app,
-        mailer or mailer_for(app.settings),
-        now,
-        policy,
-        sleep=sleep,
-        hooks=hooks or SendHooks(),
-    )
-    expired = expire_stale_claims(app, now=now, lease=policy.lease)
-    with app.sessions() as session:
-        ids = due_ids(session, now=now, due_after=policy.due_after, limit=limit)
-    batches: list[dict[str, Any]] = []
-    deferred = 0
-    chunks = batches_of(ids, policy.batch_size)
-    for number, chunk in enumerate(chunks):
-        result = send_batch(sender, chunk).as_dict()
-        batches.append(result)
-        if result["stopped"]:
-            deferred = sum(len(rest) for rest in chunks[number + 1 :])
-            break
-    return finish_run(app, batches, expired_claims=expired, deferred=deferred, started=started)
-
-
-def finish_run(
-    app: Relink,
-    batches: Sequence[dict[str, Any]],
-    *,
-    expired_claims: int,
-    deferred: int,
-    started: float,
-) -> EmailRunSummary:
-    """The run's summary; `deferred`: due ones left for the next run by a stopped run."""
-    return EmailRunSummary.combine(
-        batches,
-        expired_claims=expired_claims,
-        deferred=deferred,
-        awaiting_decision=awaiting_decision(app),
-        duration_s=time.perf_counter() - started,
-    )
