@@ -4,37 +4,32 @@ against SendGrid's contract (an invalid body would be a 400 and fail the test)."
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 
 import pytest
-import sqlalchemy as sa
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from relink.domain.due import NOT_YET, Episode, cutoff, due
-from relink.emailing.due import due_ids, load_due, plan
-from relink.emailing.ledger import claim, expire_stale_claims, mark, not_notified, release
-from relink.emailing.mailer import Attempt, OutboxMailer, Result, SendGridMailer
+from relink.emailing.due import plan
+from relink.emailing.ledger import release
+from relink.emailing.mailer import OutboxMailer, SendGridMailer
 from relink.emailing.policy import NotifyPolicy
 from relink.emailing.run import send_due
 from relink.emailing.sender import SendHooks
-from relink.models import Connection, Disconnection, Notification
-from relink.models import NotificationState as State
 from tests.support.emaildata import (
     ADMIN,
     API_KEY,
     OWNER,
     RUN,
     SECRET,
+    Sleeps,
     World,
+    assert_in_step,
+    due_ids_at,
     emails_per_disconnection,
+    flags,
 )
 from tests.support.sendgrid_endpoint import (
     AcceptThenHang,
@@ -64,13 +59,6 @@ def world(relink_app):
 @pytest.fixture
 def mailer(endpoint):
     return SendGridMailer(API_KEY, endpoint.url, timeout=0.3)
-
-
-class Sleeps(list):
-    """An injected sleep: records the waits instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def run(app, mailer, now=RUN, **kw):
@@ -135,166 +123,7 @@ def test_a_missed_run_is_caught_up_nothing_lost_nothing_doubled(
     assert delivered(endpoint) == {older: 1, yesterday: 1, this_morning: 1}
 
 
-@hsettings(
-    max_examples=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(
-    episodes=st.lists(
-        st.tuples(
-            st.integers(-60, 60),  # started, hours from the run
-            st.one_of(st.none(), st.integers(-60, 0)),  # ended, hours from the run
-            st.sampled_from(
-                [None, "sent", "released", "unknown", "failed", "claimed", "outbox", "no_recipient"]
-            ),
-        ),
-        max_size=8,
-    )
-)
-def test_the_due_query_is_the_pure_rule(relink_app, world, episodes):
-    expected = []
-    with relink_app.transaction() as session:
-        session.query(Notification).delete()
-        session.query(Disconnection).delete()
-        conn_ids = list(session.scalars(sa.select(Connection.id).order_by(Connection.id)))
-    while len(conn_ids) < len(episodes):
-        conn_ids.append(world.connection())
-    with relink_app.transaction() as session:
-        for conn_id, (start, end, state) in zip(conn_ids, episodes, strict=False):
-            d = Disconnection(
-                connection_id=conn_id,
-                started_at=RUN + start * H,
-                ended_at=None if end is None else RUN + max(end, start) * H,
-                awaiting_email=state is None or state in NOT_YET,  # as relink.emailing.ledger
-            )
-            session.add(d)
-            session.flush()
-            if state:
-                session.add(
-                    Notification(disconnection_id=d.id, state=state, claimed_at=RUN, updated_at=RUN)
-                )
-            expected.append(Episode(d.id, d.started_at, d.ended_at, state))
-    with relink_app.sessions() as session:
-        assert due_ids(session, now=RUN) == [e.id for e in due(expected, RUN)]
-
-
-# --- awaiting_email: the due index's copy of the notification state ------------------------
-
-
-def flags(app) -> dict[int, bool]:
-    with app.sessions() as session:
-        return dict(
-            session.execute(sa.select(Disconnection.id, Disconnection.awaiting_email)).all()
-        )
-
-
-def assert_in_step(app) -> None:
-    """Every disconnection, open or closed: awaiting_email == (no notification, or a
-    released one)."""
-    with app.sessions() as session:
-        rows = session.execute(
-            sa.select(Disconnection.id, Disconnection.awaiting_email, Notification.state)
-            .outerjoin(Notification, Notification.disconnection_id == Disconnection.id)
-            .order_by(Disconnection.id)
-        ).all()
-    wrong = {d: (flag, state) for d, flag, state in rows if flag != (state in (None, *NOT_YET))}
-    assert wrong == {}
-
-
-def due_by_notifications(app, now) -> list[int]:
-    """The due ids as the rule reads them from `notifications` (no flag)."""
-    with app.sessions() as session:
-        return sorted(
-            session.scalars(
-                sa.select(Disconnection.id).where(
-                    Disconnection.ended_at.is_(None),
-                    Disconnection.started_at <= cutoff(now),
-                    not_notified(),
-                )
-            )
-        )
-
-
-def test_awaiting_email_follows_every_transition(relink_app, world):
-    app = relink_app
-    a, b, c, d, e, f, g = (world.broken(RUN - timedelta(hours=25)) for _ in range(7))
-    items = {i.disconnection_id: i for i in load_due(app, [a, b, c, d, e, f, g])}
-    assert flags(app) == dict.fromkeys([a, b, c, d, e, f, g], True)  # the server default
-
-    def step(expected: dict[int, bool]) -> None:
-        assert {k: flags(app)[k] for k in expected} == expected
-        assert_in_step(app)
-
-    def end(held, state, at=RUN):
-        assert mark(app, held, state, now=at, attempts=1, message_id="m-1", error="x")
-
-    # claim (INSERT) -> false; sent / failed / unknown stay false
-    held_a, held_b, held_c = (claim(app, items[x], now=RUN) for x in (a, b, c))
-    step({a: False, b: False, c: False, d: True})
-    end(held_a, State.SENT)
-    end(held_b, State.FAILED)
-    end(held_c, State.UNKNOWN)
-    step({a: False, b: False, c: False})
-    # a stale claim attempt of an emailed one writes nothing
-    assert claim(app, items[a], now=RUN + H) is None
-    step({a: False})
-    # released (retryable failure) -> true; claim of the released row -> false
-    held_d = claim(app, items[d], now=RUN)
-    end(held_d, State.RELEASED)
-    step({d: True})
-    assert due_ids_at(app, RUN + timedelta(days=1)) == [d, e, f, g]
-    again = load_due(app, [d])[0]
-    assert again.notification_state == "released"
-    held_d = claim(app, again, now=RUN + timedelta(days=1))
-    step({d: False})
-    end(held_d, State.SENT, RUN + timedelta(days=1))
-    step({d: False})
-    # admin release of an unknown one -> true, then the next run's claim -> false
-    with app.transaction() as session:
-        release(session, world.notifications()[c].id, now=RUN + H)
-    step({c: True})
-    held_c = claim(app, load_due(app, [c])[0], now=RUN + timedelta(days=1))
-    step({c: False})
-    end(held_c, State.OUTBOX, RUN + timedelta(days=1))
-    step({c: False})
-    # expired claim -> unknown: stays false; released by an admin -> true; the dead
-    # run's late report of a delivery -> sent, false
-    held_e = claim(app, items[e], now=RUN)
-    assert expire_stale_claims(app, now=RUN + LEASE + timedelta(seconds=1)) == 1
-    assert world.states()[e] == "unknown"
-    step({e: False})
-    with app.transaction() as session:
-        release(session, world.notifications()[e].id, now=RUN + H)
-    step({e: True})
-    end(held_e, State.SENT, RUN + H)
-    assert world.states()[e] == "sent"
-    step({e: False})
-    # nobody to email -> no_recipient, false
-    assert claim(app, items[f], now=RUN, state=State.NO_RECIPIENT, reason="nobody")
-    step({f: False})
-    # closed before the claim: no row, nothing written (the flag stays true; the
-    # index's ended_at IS NULL leaves it out)
-    world.close(g, RUN - H)
-    assert claim(app, items[g], now=RUN) is None
-    assert g not in world.notifications()
-    step({g: True})
-    # a released one closed meanwhile is not taken back
-    h = world.broken(RUN - timedelta(hours=25))
-    held_h = claim(app, load_due(app, [h])[0], now=RUN)
-    end(held_h, State.RELEASED)
-    world.close(h, RUN + H)
-    assert claim(app, load_due(app, [h])[0], now=RUN + timedelta(days=1)) is None
-    assert world.states()[h] == "released"
-    step({h: True})
-    assert due_ids_at(app, RUN + timedelta(days=2)) == []
-
-
-def due_ids_at(app, now) -> list[int]:
-    with app.sessions() as session:
-        ids = due_ids(session, now=now)
-    assert ids == due_by_notifications(app, now)
-    return ids
+# --- the awaiting_email flag through SendGrid's answers (more in test_email_ledger.py) ----
 
 
 def test_awaiting_email_through_sendgrids_answers(relink_app, world, endpoint, mailer):
@@ -324,118 +153,6 @@ def test_awaiting_email_through_sendgrids_answers(relink_app, world, endpoint, m
     run(relink_app, mailer, now=RUN + timedelta(days=1))
     assert world.states()[released] == "sent" and not flags(relink_app)[released]
     assert_in_step(relink_app)
-
-
-def test_migration_backfills_awaiting_email_and_keeps_the_notifications(relink_app, world):
-    from relink import db
-
-    states = [None, *sorted(str(s) for s in State)]
-    episodes = {world.broken(RUN - timedelta(hours=30)): state for state in states}
-    with relink_app.transaction() as session:
-        session.add_all(
-            Notification(disconnection_id=d, state=state, claimed_at=RUN, updated_at=RUN)
-            for d, state in episodes.items()
-            if state
-        )
-    db.downgrade(relink_app.engine, "0004")
-    db.upgrade(relink_app.engine)
-    assert world.states() == {d: state for d, state in episodes.items() if state}
-    assert flags(relink_app) == {d: state in (None, "released") for d, state in episodes.items()}
-    assert_in_step(relink_app)
-
-
-class ScriptedMailer:
-    """Answers with the scripted results in order, then SENT."""
-
-    def __init__(self, results, delivered_state=State.SENT) -> None:
-        self.results = list(results)
-        self.delivered_state = delivered_state
-        self._lock = threading.Lock()
-
-    def send(self, email) -> Attempt:
-        with self._lock:
-            result = self.results.pop(0) if self.results else Result.SENT
-        if result is Result.SENT:
-            return Attempt(result, message_id=f"m-{email.reference}")
-        return Attempt(result, error=f"scripted {result}")
-
-
-class Crash(Exception):
-    pass
-
-
-@hsettings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    days=st.lists(
-        st.fixed_dictionaries(
-            {
-                "new": st.lists(st.integers(0, 48), max_size=3),  # hours before the run
-                "results": st.lists(st.sampled_from(list(Result)), max_size=6),
-                "crash": st.one_of(st.none(), st.integers(0, 5)),  # the n-th claim dies
-                "release": st.lists(st.integers(0, 20), max_size=2),  # unknown ones, by rank
-                "close": st.lists(st.integers(0, 20), max_size=2),  # open ones, by rank
-                "outbox": st.booleans(),
-                "concurrency": st.integers(1, 3),
-            }
-        ),
-        min_size=1,
-        max_size=4,
-    )
-)
-def test_awaiting_email_is_in_step_after_random_runs(relink_app, world, days):
-    app = relink_app
-    with app.transaction() as session:
-        session.query(Notification).delete()
-        session.query(Disconnection).delete()
-    for number, day in enumerate(days):
-        now = RUN + timedelta(days=number)
-        for hours in day["new"]:
-            world.broken(now - timedelta(hours=hours))
-        claims = []
-
-        def after_claim(item, crash_at=day["crash"], claims=claims):
-            claims.append(item.disconnection_id)
-            if crash_at is not None and len(claims) == crash_at + 1:
-                raise Crash
-
-        mailer = ScriptedMailer(day["results"], State.OUTBOX if day["outbox"] else State.SENT)
-        due_before = due_ids_at(app, now)  # also checks flag == notifications
-        with contextlib.suppress(Crash):
-            send_due(
-                app,
-                now=now,
-                mailer=mailer,
-                sleep=Sleeps(),
-                hooks=SendHooks(after_claim=after_claim),
-                policy=NotifyPolicy(concurrency=day["concurrency"], batch_size=2),
-            )
-        assert_in_step(app)
-        assert set(claims) <= set(due_before)
-        unknown = sorted(d for d, s in world.states().items() if s == "unknown")
-        for rank in day["release"]:
-            if unknown:
-                with app.transaction() as session:
-                    release(
-                        session, world.notifications()[unknown[rank % len(unknown)]].id, now=now
-                    )
-                unknown = sorted(d for d, s in world.states().items() if s == "unknown")
-        with app.sessions() as session:
-            opened = list(
-                session.scalars(
-                    sa.select(Disconnection.id)
-                    .where(Disconnection.ended_at.is_(None))
-                    .order_by(Disconnection.id)
-                )
-            )
-        for rank in day["close"]:
-            if opened:
-                world.close(opened.pop(rank % len(opened)), now + H)
-        assert_in_step(app)
-        due_ids_at(app, now + timedelta(days=1))
 
 
 # --- recipients ---------------------------------------------------------------------------

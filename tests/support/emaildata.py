@@ -1,5 +1,6 @@
 """Builders for the disconnection-email tests: an account with an admin and an owner,
-connections that broke at given times, and readers of what the run recorded."""
+connections that broke at given times, readers of what the run recorded, and checks
+that the due index's flag (`awaiting_email`) is in step with the notifications."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import sqlalchemy as sa
 
 from relink.app import Relink
 from relink.directory import add_account, add_user
-from relink.domain.due import awaiting_email
+from relink.domain.due import NOT_YET, awaiting_email, cutoff
+from relink.emailing.due import due_ids
+from relink.emailing.ledger import not_notified
 from relink.models import Connection, Disconnection, Notification, Role
 
 # The daily run: 07:00 MST = 14:00 UTC.
@@ -196,3 +199,54 @@ def read_log(path: Any) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return [json.loads(line)["body"] for line in text.splitlines() if line.strip()]
+
+
+class Sleeps(list):
+    """An injected sleep: records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+# --- awaiting_email: the due index's copy of the notification state ------------------------
+
+
+def flags(app) -> dict[int, bool]:
+    with app.sessions() as session:
+        return dict(
+            session.execute(sa.select(Disconnection.id, Disconnection.awaiting_email)).all()
+        )
+
+
+def assert_in_step(app) -> None:
+    """Every disconnection, open or closed: awaiting_email == (no notification, or a
+    released one)."""
+    with app.sessions() as session:
+        rows = session.execute(
+            sa.select(Disconnection.id, Disconnection.awaiting_email, Notification.state)
+            .outerjoin(Notification, Notification.disconnection_id == Disconnection.id)
+            .order_by(Disconnection.id)
+        ).all()
+    wrong = {d: (flag, state) for d, flag, state in rows if flag != (state in (None, *NOT_YET))}
+    assert wrong == {}
+
+
+def due_by_notifications(app, now) -> list[int]:
+    """The due ids as the rule reads them from `notifications` (no flag)."""
+    with app.sessions() as session:
+        return sorted(
+            session.scalars(
+                sa.select(Disconnection.id).where(
+                    Disconnection.ended_at.is_(None),
+                    Disconnection.started_at <= cutoff(now),
+                    not_notified(),
+                )
+            )
+        )
+
+
+def due_ids_at(app, now) -> list[int]:
+    with app.sessions() as session:
+        ids = due_ids(session, now=now)
+    assert ids == due_by_notifications(app, now)
+    return ids
