@@ -1,21 +1,11 @@
-"""Mailers: SendGrid through the official SDK, or the outbox (files) when no API key is set.
-
-Both answer `send(email) -> Attempt`. For SendGrid the answer classifies what the SDK
-raised by one question: may the email have gone out?
-
-- 2xx: `sent`, with SendGrid's `X-Message-Id`.
-- 429, 5xx: `retry` (with `Retry-After`): SendGrid says it did not take it.
-- `urllib.error.URLError` (refused, DNS, TLS, a timeout while connecting or writing):
-  `retry`. urllib raises it only while opening the connection or writing the request,
-  before any reply could exist.
-- 401, 403: `rejected_key`: our key or sender is refused, so every email would be:
-  the run stops.
-- other 4xx: `failed`, with SendGrid's error text: this email is refused, resending
-  changes nothing.
-- a timeout or a dropped connection while waiting for the reply (`TimeoutError`,
-  `http.client.RemoteDisconnected`, ...), anything unexpected: `unknown`. The request
-  went out: it may have been delivered.
-"""
+"""Mailers: SendGrid through the official SDK, or the outbox (.eml files) when no API key
+is set. Both answer `send(email) -> Attempt`; for SendGrid the answer says whether the
+email may have gone out: `sent` (2xx, with SendGrid's `X-Message-Id`), `retry` (429 or
+5xx with `Retry-After`, or urllib's `URLError`, raised only while connecting or writing,
+before any reply could exist), `rejected_key` (401, 403: our key or sender is refused,
+so every email would be: the run stops), `failed` (another 4xx, with SendGrid's error
+text: resending changes nothing) or `unknown` (a timeout or dropped connection while
+waiting for the reply, anything unexpected: it may have been delivered)."""
 
 from __future__ import annotations
 

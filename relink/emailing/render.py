@@ -1,8 +1,7 @@
-"""Rendering the disconnection email: subject, plain text and HTML from Jinja2 templates.
-
-Connection names and error messages are user or provider input: the HTML template is
-autoescaped, the subject is flattened to one line. Nothing here sees a credential.
-"""
+"""Renders the disconnection email (subject, plain text and HTML) from the Jinja2
+templates in relink/templates/email. Connection names and error messages are user or
+provider input: the HTML template is autoescaped, the subject is flattened to one line.
+Nothing here sees a credential."""
 
 from __future__ import annotations
 
