@@ -397,8 +397,9 @@ def raw(bench: Bench, n: int, *, shared: bool = True) -> Run:
 
 def connector(bench: Bench, app: Any, n: int) -> Run:
     """`validate_all` over the connections, decrypted beforehand: no database, no Prefect."""
-    from connectors.base import ConnectionSpec, Outcome
+    from connectors.base import ConnectionSpec
     from relink.checks import CheckPolicy, load_batch, make_context_factory, validate_all
+    from relink.domain.words import Outcome
     from relink.tokens import DbTokenStore
 
     specs = [s for s in load_batch(app, 0, None) if isinstance(s, ConnectionSpec)]

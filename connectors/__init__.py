@@ -2,7 +2,6 @@
 
 from connectors.base import (
     AuthFailed,
-    AuthKind,
     CheckContext,
     CheckError,
     CheckResult,
@@ -10,14 +9,12 @@ from connectors.base import (
     Connector,
     FetchResult,
     Field,
-    Outcome,
     Unreachable,
 )
 from connectors.registry import UnknownConnector, all_connectors, get
 
 __all__ = [
     "AuthFailed",
-    "AuthKind",
     "CheckContext",
     "CheckError",
     "CheckResult",
@@ -25,7 +22,6 @@ __all__ = [
     "Connector",
     "FetchResult",
     "Field",
-    "Outcome",
     "UnknownConnector",
     "Unreachable",
     "all_connectors",

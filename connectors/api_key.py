@@ -26,7 +26,6 @@ import httpx
 
 from connectors.base import (
     AuthFailed,
-    AuthKind,
     CheckContext,
     CheckError,
     CheckResult,
@@ -51,6 +50,7 @@ from connectors.http import (
 )
 from connectors.outcomes import INVALID_SETTINGS
 from connectors.registry import register
+from relink.domain.words import AuthKind
 
 FIELDS = (
     Field("base_url", "Base URL", help="e.g. https://api.example.com", reconnect=True),

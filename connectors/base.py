@@ -13,8 +13,9 @@ import abc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
+
+from relink.domain.words import AuthKind, Outcome
 
 if TYPE_CHECKING:
     from connectors.http import SharedClients
@@ -27,21 +28,6 @@ def one_line(text: str, limit: int = 300) -> str:
     cut would leave its first part behind."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-class AuthKind(StrEnum):
-    PASSWORD = "password"
-    OAUTH2 = "oauth2"
-    API_KEY = "api_key"
-
-
-class Outcome(StrEnum):
-    """What one check of a connection found (which answer is which: `connectors.outcomes`)."""
-
-    OK = "ok"
-    AUTH_FAILED = "auth_failed"  # credentials expired, revoked or changed: the owner reconnects
-    MISCONFIGURED = "misconfigured"  # the installation is wrong: only an admin can fix it
-    UNREACHABLE = "unreachable"  # the source could not be asked: never breaks a connection
 
 
 @dataclass(frozen=True, slots=True)

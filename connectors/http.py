@@ -75,7 +75,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connectors.base import AuthFailed, CheckError, FetchResult, Outcome, Unreachable, one_line
+from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable, one_line
 from connectors.outcomes import (
     BAD_RESPONSE,
     INVALID_QUERY,
@@ -85,6 +85,7 @@ from connectors.outcomes import (
     http_status,
     network_error,
 )
+from relink.domain.words import Outcome
 
 # Statuses whose Retry-After we honour (RFC 9110 §10.2.3; 3xx ones are not followed).
 RETRY_AFTER_STATUSES = frozenset({429, 503})

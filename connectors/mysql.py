@@ -29,7 +29,7 @@ from typing import Any
 
 import pymysql
 
-from connectors.base import AuthKind, CheckError, Field, Outcome, Unreachable, one_line
+from connectors.base import CheckError, Field, Unreachable, one_line
 from connectors.outcomes import MYSQL_ERRNOS, UNEXPECTED
 from connectors.registry import register
 from connectors.sql import (
@@ -39,6 +39,7 @@ from connectors.sql import (
     unexpected,
     unwrap,
 )
+from relink.domain.words import AuthKind, Outcome
 
 FIELDS = (
     Field("host", "Host", help="Server name or address", reconnect=True),

@@ -119,7 +119,6 @@ from authlib.oauth2.client import OAuth2Client as _ProtocolClient
 
 from connectors.base import (
     AuthFailed,
-    AuthKind,
     CheckContext,
     CheckError,
     CheckResult,
@@ -129,7 +128,6 @@ from connectors.base import (
     FetchResult,
     Field,
     Misconfigured,
-    Outcome,
     Unreachable,
 )
 from connectors.http import (
@@ -158,6 +156,7 @@ from connectors.outcomes import (
     oauth_error,
 )
 from connectors.registry import register
+from relink.domain.words import AuthKind, Outcome
 
 with warnings.catch_warnings():
     # Authlib 1.9.10 warns on import that its httpx integration is deprecated in favour

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from connectors.base import ERRORS, CheckError, Outcome
+from connectors.base import ERRORS, CheckError
+from relink.domain.words import Outcome
 
 AUTH_FAILED, MISCONFIGURED, UNREACHABLE = (
     Outcome.AUTH_FAILED,

@@ -33,7 +33,7 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import text
 
-from connectors.base import AuthKind, CheckError, Field, Unreachable, one_line
+from connectors.base import CheckError, Field, Unreachable, one_line
 from connectors.outcomes import (
     NETWORK,
     POSTGRES_SQLSTATES,
@@ -50,6 +50,7 @@ from connectors.sql import (
     unwrap,
     whole_seconds,
 )
+from relink.domain.words import AuthKind
 
 DATABASE_FIELDS = (
     Field("host", "Host", help="Server name or address", reconnect=True),

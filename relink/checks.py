@@ -26,10 +26,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
-from connectors.base import CheckContext, CheckResult, ConnectionSpec, Outcome, TokenStore
+from connectors.base import CheckContext, CheckResult, ConnectionSpec, TokenStore
 from connectors.http import SharedClients
 from relink import audit
 from relink.app import Relink
+from relink.domain.words import Outcome
 from relink.errors import VaultError
 from relink.models import Connection, Disconnection
 from relink.state import ConnState, Incident, decide, detect_incidents

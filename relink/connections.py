@@ -16,9 +16,10 @@ import connectors
 from relink import audit
 from relink.access import ConnectionRef, Viewer, can_share
 from relink.directory import get_user, viewer_of
+from relink.domain.words import Mode, Status
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.health import dataset_error, metric_error
-from relink.models import Connection, ConnectionShare, Dataset, Mode, Role, Status, User
+from relink.models import Connection, ConnectionShare, Dataset, Role, User
 from relink.names import limit_of, one_line
 from relink.vault import Vault
 

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from relink import audit
+from relink.domain.words import DatasetStatus
 from relink.errors import Conflict, InvalidInput, NotFound
-from relink.models import Connection, Dataset, DatasetStatus, Metric
+from relink.models import Connection, Dataset, Metric
 from relink.names import limit_of, one_line
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from relink.models import DatasetStatus, Status
+from relink.domain.words import DatasetStatus, Status
 
 
 def dataset_error(

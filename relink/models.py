@@ -14,29 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from relink.domain.words import NotificationState, Role  # the words of these columns
+from relink.domain.words import (  # the words of these columns
+    DatasetStatus,
+    Mode,
+    NotificationState,
+    Role,
+    Status,
+)
 from relink.timeutil import as_utc
-
-
-class Mode(StrEnum):
-    """The seed's "data sources with warehouse available" vs "direct query"."""
-
-    WAREHOUSE = "warehouse"
-    DIRECT = "direct"
-
-
-class Status(StrEnum):
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"  # an open disconnection: the owner reconnects
-    MISCONFIGURED = "misconfigured"  # the installation is wrong: an admin fixes it
-    UNREACHABLE = "unreachable"
-    UNCHECKED = "unchecked"
-
-
-class DatasetStatus(StrEnum):
-    PENDING = "pending"  # never refreshed
-    OK = "ok"
-    ERROR = "error"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -65,23 +65,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
-from connectors.base import (
-    AuthKind,
-    CheckError,
-    CheckResult,
-    ConnectionSpec,
-    Connector,
-    Field,
-    Outcome,
-)
+from connectors.base import CheckError, CheckResult, ConnectionSpec, Connector, Field
 from relink import audit
 from relink.access import can_reconnect
 from relink.app import Relink
 from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
 from relink.connections import get_visible, ref_of
 from relink.directory import get_user, viewer_of
+from relink.domain.words import AuthKind, Outcome, Status
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
-from relink.models import Connection, Dataset, OAuthState, Status, User
+from relink.models import Connection, Dataset, OAuthState, User
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
 from relink.timeutil import utcnow
 

@@ -49,8 +49,9 @@ from connectors.base import (
 from relink import audit, db
 from relink.app import Relink
 from relink.checks import CheckPolicy, make_context_factory
+from relink.domain.words import DatasetStatus, Mode, Status
 from relink.errors import InvalidInput, NotFound, VaultError
-from relink.models import Connection, Dataset, DatasetStatus, Mode, Status, User
+from relink.models import Connection, Dataset, User
 from relink.timeutil import utcnow
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"

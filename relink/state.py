@@ -22,8 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from connectors.base import Outcome
-from relink.models import Status
+from relink.domain.words import Outcome, Status
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from relink.cli._common import (
 )
 from relink.datasets import add_dataset, add_metric
 from relink.directory import get_user, viewer_of
-from relink.models import MAX_ID, Mode, Status
+from relink.domain.words import Mode, Status
+from relink.models import MAX_ID
 from relink.timeutil import utcnow
 
 connections_app = typer.Typer(help="Data connections.", no_args_is_help=True)

@@ -29,7 +29,8 @@ from relink.cli._common import (
 )
 from relink.connections import get_visible, visible_filter
 from relink.directory import get_user, viewer_of
-from relink.models import MAX_ID, AuditEvent, Connection, Role, Status, User
+from relink.domain.words import Status
+from relink.models import MAX_ID, AuditEvent, Connection, Role, User
 from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
 from relink.timeutil import utcnow
 

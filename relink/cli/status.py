@@ -15,8 +15,9 @@ import connectors
 from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.domain.schedule import EMAIL_TIME_ZONE
+from relink.domain.words import Status
 from relink.emailing.due import due_ids
-from relink.models import Connection, Disconnection, Status
+from relink.models import Connection, Disconnection
 from relink.sweeps import last_sweep
 from relink.timeutil import utcnow
 

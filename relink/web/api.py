@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from relink import connections as svc
 from relink.directory import viewer_of
-from relink.models import MAX_ID, Status
+from relink.domain.words import Status
+from relink.models import MAX_ID
 from relink.web.guards import ConnectionId, signed_in
 
 router = APIRouter(prefix="/api", tags=["connections"])

@@ -17,8 +17,9 @@ import connectors
 from relink import connections as svc
 from relink.access import can_reconnect
 from relink.directory import viewer_of
+from relink.domain.words import Mode, Status
 from relink.errors import InvalidInput, PermissionDenied
-from relink.models import MAX_ID, AuditEvent, Connection, Mode, Status, User
+from relink.models import MAX_ID, AuditEvent, Connection, User
 from relink.passwords import authenticate, fingerprint
 from relink.reconnect import ReconnectForm, form_of
 from relink.web import reconnecting, views

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 import connectors
-from relink.models import Mode, Status
+from relink.domain.words import Mode, Status
 from relink.timeutil import as_utc
 from relink.web.sessions import CSRF_FIELD
 

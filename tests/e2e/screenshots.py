@@ -24,7 +24,8 @@ from relink.app import Relink  # noqa: E402
 from relink.connections import NewConnection, add_connection, share  # noqa: E402
 from relink.datasets import add_dataset, add_metric  # noqa: E402
 from relink.directory import add_account, add_user  # noqa: E402
-from relink.models import Dataset, DatasetStatus, Status  # noqa: E402
+from relink.domain.words import DatasetStatus, Status  # noqa: E402
+from relink.models import Dataset  # noqa: E402
 from relink.timeutil import utcnow  # noqa: E402
 from relink.web import create_app  # noqa: E402
 from tests.support.web import CHEAP_HASHER, ServedApp, free_port, make_relink  # noqa: E402

@@ -24,7 +24,8 @@ from relink.app import Relink
 from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
-from relink.models import Connection, Status
+from relink.domain.words import Status
+from relink.models import Connection
 from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
 from relink.web import create_app

@@ -14,8 +14,9 @@ from email.utils import format_datetime
 import pytest
 
 import connectors
-from connectors.base import CheckResult, ConnectionSpec, Outcome, Unreachable
+from connectors.base import CheckResult, ConnectionSpec, Unreachable
 from relink.checks import CheckPolicy, validate_all
+from relink.domain.words import Outcome
 from relink.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     RecordedWaits,

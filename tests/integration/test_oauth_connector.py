@@ -19,16 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 import connectors
-from connectors.base import (
-    AuthFailed,
-    CheckResult,
-    ConnectionSpec,
-    Credentials,
-    Outcome,
-    Unreachable,
-)
+from connectors.base import AuthFailed, CheckResult, ConnectionSpec, Credentials, Unreachable
 from connectors.oauth2 import OAuth2Connector
 from relink.checks import CheckPolicy, validate_all
+from relink.domain.words import Outcome
 from relink.models import Connection
 from relink.sandbox import SandboxProvider, SandboxServer, demo_records
 from relink.tokens import DbTokenStore

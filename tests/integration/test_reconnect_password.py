@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 
-from connectors.base import CheckResult, Outcome
+from connectors.base import CheckResult
 from relink import reconnect as reconnect_module
 from relink.checks import Checked, record_batch, sweep
+from relink.domain.words import Outcome
 from relink.errors import Conflict, NotFound, PermissionDenied
 from relink.models import AuditEvent, Connection, Disconnection
 from relink.reconnect import CredentialsRefused, SourceUnreachable, reconnect_with_secrets

@@ -14,14 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import registry
-from connectors.base import (
-    AuthFailed,
-    CheckContext,
-    CheckResult,
-    ConnectionSpec,
-    FetchResult,
-    Outcome,
-)
+from connectors.base import AuthFailed, CheckContext, CheckResult, ConnectionSpec, FetchResult
+from relink.domain.words import Outcome
 
 if TYPE_CHECKING:  # fixtures come from tests/integration/conftest.py
     from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin

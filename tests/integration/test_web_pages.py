@@ -23,7 +23,8 @@ from relink.cli import app as cli_app
 from relink.cli._common import reset_app
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
-from relink.models import AuditEvent, Connection, Dataset, Status, User
+from relink.domain.words import Status
+from relink.models import AuditEvent, Connection, Dataset, User
 from relink.sandbox import SandboxServer, seed_demo
 from relink.web import create_app
 from relink.web.sessions import COOKIE_NAME

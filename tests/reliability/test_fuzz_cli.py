@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import connectors
 from relink.cli import app as cli_app
-from relink.models import NotificationState, Status
+from relink.domain.words import Status
+from relink.models import NotificationState
 from tests.support.fuzz import (
     Tally,
     bad_ids,

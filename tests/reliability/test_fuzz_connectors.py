@@ -22,9 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import connectors
-from connectors.base import AuthKind, CheckContext, ConnectionSpec, Outcome
+from connectors.base import CheckContext, ConnectionSpec
 from connectors.oauth2 import AUTH_METHODS, URL_SETTINGS
 from connectors.sql import SqlConnector
+from relink.domain.words import AuthKind, Outcome
 from tests.support.fuzz import (
     Tally,
     bad_ports,

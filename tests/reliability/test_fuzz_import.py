@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import connectors
-from relink.models import Mode
+from relink.domain.words import Mode
 from tests.support.fuzz import (
     Tally,
     bad_ports,

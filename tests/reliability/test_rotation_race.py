@@ -24,9 +24,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from connectors.base import CheckResult, Outcome
+from connectors.base import CheckResult
 from relink.app import Relink
 from relink.checks import CheckPolicy, load_batch, make_context_factory, record_batch, validate_all
+from relink.domain.words import Outcome
 from relink.errors import Conflict
 from relink.models import Connection, Disconnection
 from relink.reconnect import Reconnected, finish_oauth, start_oauth

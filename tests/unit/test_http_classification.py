@@ -15,7 +15,7 @@ import httpcore
 import httpx
 import pytest
 
-from connectors.base import CheckError, Outcome, Unreachable
+from connectors.base import CheckError, Unreachable
 from connectors.http import (
     classify_exception,
     classify_response,
@@ -33,6 +33,7 @@ from connectors.http import (
 )
 from connectors.oauth2 import needs_refresh, token_credentials
 from connectors.outcomes import oauth_error
+from relink.domain.words import Outcome
 
 AT = "api.example.com"
 

@@ -14,17 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from connectors import sql as sql_module
-from connectors.base import (
-    AuthFailed,
-    CheckContext,
-    CheckError,
-    ConnectionSpec,
-    Outcome,
-    Unreachable,
-)
+from connectors.base import AuthFailed, CheckContext, CheckError, ConnectionSpec, Unreachable
 from connectors.mysql import MySQLConnector, classify_mysql_error, ssl_args
 from connectors.postgres import PostgresConnector, classify_postgres_error
 from connectors.sql import SqlTarget, parse_target
+from relink.domain.words import Outcome
 
 SECRET = "p@ss:w/rd%!hunter2"
 LIBPQ = 'connection failed: connection to server at "10.0.0.5", port 5432 failed: '

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from connectors.base import Outcome
+from relink.domain.words import Outcome
 from relink.state import ConnState, decide, detect_incidents
 
 T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
