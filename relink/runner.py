@@ -498,6 +498,8 @@ def _print_ready(
         f"  web pages    {config.web_url}",
         f"  Prefect UI   {config.prefect_url}",
         f"  sandbox      {config.sandbox_url} (the demo's OAuth provider)",
+        f"  Prefect CLI  export PREFECT_API_URL={config.prefect_api_url}  "
+        "(then `prefect deployment ls` in another terminal sees these deployments)",
         f"  sign in as   {demo.ADMIN[0]} (admin), {demo.MEMBER[0]} or {demo.OTHER[0]} "
         f"(members), password {demo.DEMO_PASSWORD}",
         f"  to fix       {demo.FINANCE!r}: Reconnect on its page with username "

@@ -88,14 +88,27 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
 
         assert get(f"http://127.0.0.1:{web}/login") == 200
         assert get(f"http://127.0.0.1:{prefect_port}/api/health") == 200
+        # the printed line points the Prefect CLI at this server, where the deployments are
+        api_url = re.search(r"export PREFECT_API_URL=(\S+)", output)
+        assert api_url is not None, output
+        assert api_url.group(1) == f"http://127.0.0.1:{prefect_port}/api"
         request = urllib.request.Request(
-            f"http://127.0.0.1:{prefect_port}/api/deployments/filter",
+            f"{api_url.group(1)}/deployments/filter",
             data=b"{}",
             headers={"Content-Type": "application/json"},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             deployments = {d["name"]: d for d in json.loads(response.read())}
+        # and the Prefect CLI in another terminal, given that line, lists them
+        listed = subprocess.run(
+            [sys.executable, "-m", "prefect", "deployment", "ls"],
+            env={**run_env(tmp_path), "PREFECT_API_URL": api_url.group(1)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "send-disconnection-emails" in listed.stdout, listed.stdout + listed.stderr
         assert set(deployments) == {
             "check-connections",
             "check-connections-shard",
