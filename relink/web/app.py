@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from relink.app import Relink
 from relink.errors import NotFound, PermissionDenied, VaultError
 from relink.web import api, docs, pages, views
-from relink.web.guards import BadRequest, CsrfFailed, LoginRequired
+from relink.web.guards import BadRequest, CsrfFailed, LoginRequired, current_user, relink_of
 from relink.web.sessions import COOKIE_NAME, SessionCodec, WebSession, session_secret
 
 log = logging.getLogger("relink.web")
@@ -148,7 +149,21 @@ def _error(request: Request, status: int, title: str, message: str) -> Response:
         "error.html",
         {"title": title, "message": message},
         status_code=status,
+        user=_viewer(request),
     )
+
+
+def _viewer(request: Request) -> SimpleNamespace | None:
+    """Who is signed in, for the error page's header (None when nobody is): a signed-in
+    visitor who mistypes an address keeps their navigation."""
+    if getattr(request.state, "web_session", None) is None:
+        return None
+    try:
+        with relink_of(request).sessions() as db:
+            user = current_user(request, db)
+            return SimpleNamespace(name=user.name, role=user.role)
+    except LoginRequired:
+        return None
 
 
 async def _login_required(request: Request, exc: Exception) -> Response:

@@ -405,6 +405,13 @@ def stylesheet() -> Response:
     return FileResponse(STATIC / "relink.css", media_type="text/css")
 
 
+@router.get("/favicon.ico")
+@router.get("/static/favicon.svg")
+def favicon() -> Response:
+    # browsers ask for /favicon.ico whatever the page says; both names serve the SVG
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
 def _text(form: Any, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""

@@ -293,6 +293,26 @@ def test_unknown_input_is_not_echoed(web: Any) -> None:
     assert client.get("/connections/not-a-number").status_code == 404
 
 
+def test_a_missing_page_keeps_the_signed_in_header(web: Any) -> None:
+    owner = client_for(web, "owner")
+    page = owner.get("/no-such-page")
+    assert page.status_code == 404
+    assert 'id="signed-in-as"' in page.text and 'id="nav-data"' in page.text
+    anonymous = client_for(web, "anonymous").get("/no-such-page")
+    assert anonymous.status_code == 404
+    assert 'id="signed-in-as"' not in anonymous.text and 'id="nav-data"' not in anonymous.text
+
+
+def test_the_site_has_an_icon(web: Any) -> None:
+    client = client_for(web, "anonymous")
+    for path in ("/favicon.ico", "/static/favicon.svg"):
+        icon = client.get(path)
+        assert icon.status_code == 200, path
+        assert icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.text.startswith("<svg")
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/login").text
+
+
 # --- JSON API -------------------------------------------------------------------------
 
 
