@@ -127,6 +127,8 @@ ROWS = [
     Row("GET /oauth/callback", BAD),
     Row("GET /connectors", ALL_OK),
     Row("GET /static/relink.css", ALL_OK),
+    Row("GET /static/favicon.svg", ALL_OK),
+    Row("GET /favicon.ico", ALL_OK),
     Row("GET /static/docs.js", ALL_OK),
     Row("GET /static/swagger/swagger-ui.css", ALL_OK),
     Row("GET /static/swagger/swagger-ui-bundle.js", ALL_OK),
