@@ -149,9 +149,9 @@ def _target(conn: ConnectionSpec) -> _Target:
     base_url, probe_path, header = _endpoint(conn.settings or {})
     key = _key(conn).strip()
     if not key:
-        raise AuthFailed(INVALID_SETTINGS, "the connection has no API key; reconnect it")
+        raise AuthFailed(INVALID_SETTINGS, "the connection has no API key")
     if any(c in key for c in "\r\n\0"):
-        raise AuthFailed(INVALID_SETTINGS, "the API key holds a line break; reconnect it")
+        raise AuthFailed(INVALID_SETTINGS, "the API key holds a line break")
     return _Target(base_url, probe_path, header, key)
 
 

@@ -569,8 +569,7 @@ class _Run:
         if not refresh_token:
             raise AuthFailed(
                 NO_REFRESH_TOKEN,
-                "the access token is missing or expired and there is no refresh token; "
-                "reconnect the connection",
+                "the access token is missing or expired and there is no refresh token",
             )
         if not p.token_url:
             raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")

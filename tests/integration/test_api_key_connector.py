@@ -17,6 +17,7 @@ import connectors
 from connectors.base import CheckResult, ConnectionSpec, Unreachable
 from relink.checks import CheckPolicy, validate_all
 from relink.domain.words import Outcome
+from relink.health import dataset_error
 from relink.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     RecordedWaits,
@@ -185,6 +186,20 @@ def test_without_a_retry_after_an_outage_is_asked_again_after_the_backoff(
 def test_a_bad_base_url_is_auth_failed_invalid_settings(good_key):
     result = check(spec("127.0.0.1:9/no-scheme", good_key))
     assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "invalid_settings")
+
+
+def test_a_missing_key_says_what_is_wrong_and_the_dataset_adds_the_advice_once(sandbox):
+    """A connector says what is wrong; the message a dataset shows adds "reconnect" once."""
+    result = asyncio.run(API_KEY.validate(spec(sandbox.url, ""), context()))
+    assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "invalid_settings")
+    message = dataset_error(
+        dataset_status="ok",
+        dataset_error=None,
+        connection_name="Billing",
+        connection_status="disconnected",
+        connection_error=result.message,
+    )
+    assert "no API key" in (message or "") and (message or "").count("reconnect") == 1
 
 
 def test_fetch_returns_columns_and_rows(sandbox, good_key):
