@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from prefect.schedules import Cron, Interval, Schedule
 
@@ -57,7 +58,7 @@ def check_interval_minutes() -> int:
 class DeploymentSpec:
     name: str
     entrypoint: str  # "path/to/flow.py:function", relative to the repository root
-    description: str
+    purpose: str  # what a run does; `description` puts the schedule in front
     cron: str | None = None
     timezone: str = "UTC"
     interval_minutes: int | None = None  # neither cron nor interval: on demand only
@@ -87,12 +88,38 @@ class DeploymentSpec:
     def scheduled(self) -> bool:
         return self.cron is not None or self.interval_minutes is not None
 
+    @property
+    def description(self) -> str:
+        """What the Prefect UI shows: when it runs, in words with the time zone, and what."""
+        return f"{schedule_words(self)}: {self.purpose}"
+
+
+def schedule_words(spec: DeploymentSpec) -> str:
+    """The schedule as a person reads it, derived from the schedule itself.
+
+    The Prefect UI shows a cron as "At 07:00 AM every day", without its time zone, so the
+    description says it: "Daily at 07:00 MST (14:00 UTC)".
+    """
+    if spec.interval_minutes is not None:
+        return f"Every {spec.interval_minutes} minutes from {INTERVAL_ANCHOR:%H:%M} UTC"
+    if spec.cron is None:
+        return "On demand"
+    minute, hour, *days = spec.cron.split()
+    if days != ["*", "*", "*"] or not (minute.isdigit() and hour.isdigit()):
+        return f"Cron {spec.cron!r} ({spec.timezone})"
+    zone = ZoneInfo(spec.timezone)
+    local = [
+        datetime(2026, month, 1, int(hour), int(minute), tzinfo=zone) for month in (1, 7)
+    ]  # winter and summer: a zone with daylight saving time has two UTC times
+    utc = sorted({f"{t.astimezone(UTC):%H:%M}" for t in local})
+    return f"Daily at {local[0]:%H:%M %Z} ({' or '.join(utc)} UTC)"
+
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         name="check-connections",
         entrypoint="flows/check_connections.py:check_connections",
-        description="Check every connection's credentials and record what broke. "
+        purpose="check every connection's credentials and record what broke. "
         "Large sweeps fan out as check-connections-shard runs over the pool's workers.",
         interval_minutes=check_interval_minutes(),
         tags=("relink", "checks"),
@@ -103,15 +130,15 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         name="check-connections-shard",
         entrypoint="flows/check_connections_shard.py:check_connections_shard",
-        description="One shard (an id range) of a check-connections sweep; started by "
+        purpose="one shard (an id range) of a check-connections sweep; started by "
         "check-connections, claimed in the database so it is checked once.",
         tags=("relink", "checks"),
     ),
     DeploymentSpec(
         name="send-disconnection-emails",
         entrypoint="flows/send_disconnection_emails.py:send_disconnection_emails",
-        description="07:00 MST daily: email the owner of every connection disconnected "
-        "for 24 hours, once per disconnection.",
+        purpose="email the owner of every connection disconnected for 24 hours, once per "
+        "disconnection.",
         cron="0 7 * * *",
         timezone=EMAIL_TIME_ZONE,
         tags=("relink", "emails"),
@@ -120,14 +147,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         name="reconnect-connection",
         entrypoint="flows/reconnect_connection.py:reconnect_connection",
-        description="On demand: re-check one connection's stored credentials; refresh its "
+        purpose="re-check one connection's stored credentials; refresh its "
         "datasets when they work, else publish (and optionally email) the reconnect link.",
         tags=("relink", "reconnect"),
     ),
     DeploymentSpec(
         name="refresh-datasets",
         entrypoint="flows/refresh_datasets.py:refresh_datasets",
-        description="On demand: refresh a connection's datasets (or the given datasets).",
+        purpose="refresh a connection's datasets (or the given datasets).",
         tags=("relink", "datasets"),
     ),
 )

@@ -26,6 +26,10 @@ async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
 
     The rule is evaluated at the time the run starts: open, started at least 24 hours
     before, never emailed. A run that was missed is caught up by the next one.
+
+    Args:
+        limit: At most this many emails in this run (empty: every due one); the rest
+            stay due and go out with the next run.
     """
     now = utcnow()
     app = get_app()

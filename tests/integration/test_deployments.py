@@ -110,7 +110,13 @@ def test_flow_names_match_deployment_names():
 @pytest.mark.prefect
 @pytest.mark.parametrize(
     "name",
-    ["reconnect-connection", "refresh-datasets", "check-connections", "check-connections-shard"],
+    [
+        "reconnect-connection",
+        "refresh-datasets",
+        "check-connections",
+        "check-connections-shard",
+        "send-disconnection-emails",
+    ],
 )
 def test_every_parameter_of_a_deployment_has_a_description_on_the_server(prefect_server, name):
     """What the UI's Run form shows: the server's stored parameter_openapi_schema."""

@@ -9,7 +9,13 @@ from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.schedules import Cron
 from prefect.server.schemas import schedules as server_schedules
 
-from deployments.definitions import DEPLOYMENTS, DeploymentSpec, by_name, schedule_of
+from deployments.definitions import (
+    DEPLOYMENTS,
+    DeploymentSpec,
+    by_name,
+    schedule_of,
+    schedule_words,
+)
 
 
 def next_runs(schedule, start: datetime, n: int = 3) -> list[datetime]:
@@ -54,6 +60,19 @@ def test_email_deployment_definition():
         "America/Phoenix",
         None,
     )
+
+
+def test_each_description_says_when_it_runs_with_the_time_zone():
+    """The Prefect UI shows "At 07:00 AM every day" without a zone; the description says it."""
+    email, checks = by_name("send-disconnection-emails"), by_name("check-connections")
+    assert email.description.startswith("Daily at 07:00 MST (14:00 UTC): email the owner")
+    assert checks.description.startswith("Every 15 minutes from 00:00 UTC: check every")
+    assert by_name("refresh-datasets").description.startswith("On demand: refresh")
+
+
+def test_a_zone_with_daylight_saving_time_names_both_utc_times():
+    denver = DeploymentSpec("x", "flows/x.py:x", "x", cron="30 7 * * *", timezone="America/Denver")
+    assert schedule_words(denver) == "Daily at 07:30 MST (13:30 or 14:30 UTC)"
 
 
 def test_checks_run_every_15_minutes_one_at_a_time():
