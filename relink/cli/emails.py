@@ -18,7 +18,7 @@ from relink.cli._common import (
     transaction,
 )
 from relink.directory import get_user
-from relink.emailing.due import plan
+from relink.emailing.due import email_reference, plan
 from relink.emailing.ledger import release
 from relink.emailing.mailer import OutboxMailer, mailer_for, outbox_folder
 from relink.emailing.outbox import get_notification, list_notifications
@@ -190,7 +190,7 @@ def outbox_show(
     for key, value in view.as_dict().items():
         console.print(f"{key}: {value}", markup=False, highlight=False)
     eml = OutboxMailer(outbox_folder(relink.settings)).path_of(
-        f"disconnection-{view.disconnection_id}"
+        email_reference(view.disconnection_id)
     )
     console.print("", highlight=False)
     if eml.exists():

@@ -63,6 +63,11 @@ def due_ids(
     return sorted(session.scalars(query))
 
 
+def email_reference(disconnection_id: int) -> str:
+    """The one email of a disconnection: its outbox file name and SendGrid reference."""
+    return f"disconnection-{disconnection_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class DueEmail:
     """A due disconnection with everything its email needs (no credential)."""
@@ -79,7 +84,7 @@ class DueEmail:
 
     @property
     def reference(self) -> str:
-        return f"disconnection-{self.disconnection_id}"
+        return email_reference(self.disconnection_id)
 
     def facts(self) -> DisconnectionFacts:
         return DisconnectionFacts(

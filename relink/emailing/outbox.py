@@ -49,13 +49,18 @@ class NotificationView:
         }
 
 
-def _views(session: Session, *conditions: sa.ColumnElement[bool], limit: int | None = None):
+def _views(
+    session: Session,
+    *conditions: sa.ColumnElement[bool],
+    limit: int | None = None,
+    newest_first: bool = False,
+):
     query = (
         sa.select(Notification, Disconnection, Connection.name)
         .join(Disconnection, Disconnection.id == Notification.disconnection_id)
         .join(Connection, Connection.id == Disconnection.connection_id)
         .where(*conditions)
-        .order_by(Notification.id)
+        .order_by(Notification.id.desc() if newest_first else Notification.id)
         .limit(limit)
     )
     return [
@@ -79,14 +84,28 @@ def _views(session: Session, *conditions: sa.ColumnElement[bool], limit: int | N
 
 
 def list_notifications(
-    session: Session, *, state: str | None = None, limit: int | None = None
+    session: Session,
+    *,
+    state: str | None = None,
+    limit: int | None = None,
+    account_id: int | None = None,
+    newest_first: bool = False,
 ) -> list[NotificationView]:
+    """The emails (of one account's connections, with `account_id`), oldest first."""
     conditions = [] if state is None else [Notification.state == state]
-    return _views(session, *conditions, limit=limit)
+    if account_id is not None:
+        conditions.append(Connection.account_id == account_id)
+    return _views(session, *conditions, limit=limit, newest_first=newest_first)
 
 
-def get_notification(session: Session, notification_id: int) -> NotificationView:
-    found = _views(session, Notification.id == notification_id)
+def get_notification(
+    session: Session, notification_id: int, *, account_id: int | None = None
+) -> NotificationView:
+    """One email; NotFound when there is none (or it is another account's)."""
+    conditions = [Notification.id == notification_id]
+    if account_id is not None:
+        conditions.append(Connection.account_id == account_id)
+    found = _views(session, *conditions)
     if not found:
         raise NotFound(f"no notification {notification_id}; see `relink outbox list`")
     return found[0]

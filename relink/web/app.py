@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relink.app import Relink
 from relink.errors import NotFound, PermissionDenied, VaultError
-from relink.web import api, docs, pages, views
+from relink.web import api, docs, emails, pages, views
 from relink.web.guards import BadRequest, CsrfFailed, LoginRequired, current_user, relink_of
 from relink.web.sessions import COOKIE_NAME, SessionCodec, WebSession, session_secret
 
@@ -31,7 +31,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "web"
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'{extra}"
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'{extra}{frames}"
 )
 DOCS_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -66,6 +66,7 @@ def create_app(relink: Relink) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
     app.include_router(pages.router)
+    app.include_router(emails.router)
     app.include_router(api.router)
     app.include_router(docs.router)
     return app
@@ -85,6 +86,8 @@ async def _session_and_headers(
         session = WebSession(cleared=raw is not None)  # a bad cookie is dropped
     request.state.web_session = session
     request.state.csp_form_action = ()
+    request.state.csp_frames = False  # a page that frames one of ours (an email's HTML)
+    request.state.csp = None  # a response's own policy (an email's HTML)
 
     response = await call_next(request)
 
@@ -123,11 +126,15 @@ def _security_headers(request: Request, response: Response) -> None:
     headers["Referrer-Policy"] = "same-origin"
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     path = request.url.path
-    if path == "/docs" or path.startswith("/static/docs"):
+    if request.state.csp is not None:
+        headers["Content-Security-Policy"] = request.state.csp
+        headers["X-Frame-Options"] = "SAMEORIGIN"
+    elif path == "/docs" or path.startswith("/static/docs"):
         headers["Content-Security-Policy"] = DOCS_CSP
     else:
         extra = "".join(f" {origin}" for origin in request.state.csp_form_action)
-        headers["Content-Security-Policy"] = CSP.format(extra=extra)
+        frames = "; frame-src 'self'" if request.state.csp_frames else ""
+        headers["Content-Security-Policy"] = CSP.format(extra=extra, frames=frames)
     if path.startswith("/static/"):
         headers.setdefault("Cache-Control", "public, max-age=3600")
     else:

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 import connectors
-from relink.domain.words import Mode, Status
+from relink.domain.words import Mode, NotificationState, Status
 from relink.timeutil import as_utc
 from relink.web.sessions import CSRF_FIELD
 
@@ -24,6 +24,15 @@ STATUS_LABELS = {
 }
 MODE_LABELS = {Mode.WAREHOUSE: "Warehouse", Mode.DIRECT: "Direct query"}
 DATASET_LABELS = {"ok": "OK", "pending": "Not refreshed yet", "error": "Error"}
+EMAIL_STATE_LABELS = {
+    NotificationState.SENT: "Sent",
+    NotificationState.OUTBOX: "In the outbox",
+    NotificationState.UNKNOWN: "Unknown",
+    NotificationState.FAILED: "Failed",
+    NotificationState.RELEASED: "Released",
+    NotificationState.CLAIMED: "Sending",
+    NotificationState.NO_RECIPIENT: "No recipient",
+}
 
 # The list filter: (query value, label); "broken" in the seed's words is disconnected.
 FILTERS = (
@@ -124,6 +133,7 @@ def install_filters(env: jinja2.Environment) -> None:
     env.globals["MODE_LABELS"] = MODE_LABELS
     env.globals["STATUS_LABELS"] = STATUS_LABELS
     env.globals["DATASET_LABELS"] = DATASET_LABELS
+    env.globals["EMAIL_STATE_LABELS"] = EMAIL_STATE_LABELS
     env.globals["CSRF_FIELD"] = CSRF_FIELD
 
 

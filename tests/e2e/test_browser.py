@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,9 @@ from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.domain.words import Status
-from relink.models import Connection
+from relink.emailing.mailer import OutboxMailer, outbox_folder
+from relink.emailing.run import send_due
+from relink.models import Connection, Disconnection
 from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
 from relink.web import create_app
@@ -326,6 +328,57 @@ def test_a_misconfigured_connection_tells_admins_what_to_fix_and_members_to_wait
         assert page.inner_text("#fact-invalid-since") == "—"  # not disconnected
     finally:
         site.relink.settings.oauth = {}
+        with site.relink.transaction() as s:  # the other tests' lists stay as they were
+            s.delete(s.get(Connection, conn_id))
+
+
+# --- the Emails page -------------------------------------------------------------------------
+
+
+def test_an_admin_reads_a_disconnection_email_on_the_emails_page(page, site: Site) -> None:
+    """The email the 07:00 run wrote to the outbox, as its owner reads it: the HTML in its
+    sandboxed frame, the plain text beside it; members have no Emails tab."""
+    now = datetime.now(UTC)
+    with site.relink.transaction() as s:
+        conn = add_connection(
+            s,
+            site.relink.vault,
+            NewConnection(
+                type="postgres",
+                name="Billing DB",
+                owner=EMAILS["owner"],
+                settings={"host": "127.0.0.1", "port": "9", "database": "b", "username": "b"},
+                secrets={"password": "billing-secret-pw"},
+            ),
+            now=now - timedelta(days=3),
+        )
+        s.flush()
+        conn_id = conn.id
+        s.add(Disconnection(connection_id=conn_id, started_at=now - timedelta(hours=25)))
+    mailer = OutboxMailer(outbox_folder(site.relink.settings))
+    try:
+        with ThreadPoolExecutor(1) as elsewhere:  # Playwright's loop runs in this thread
+            run = elsewhere.submit(send_due, site.relink, now=now, mailer=mailer).result()
+        assert run.counts.get("outbox") == 1
+
+        sign_in(page, site, "admin")
+        page.click("#nav-emails")
+        page.wait_for_url(re.compile(r".*/emails$"))
+        row = page.locator("#emails tbody tr", has_text="Billing DB")
+        assert "In the outbox" in row.inner_text() and EMAILS["owner"] in row.inner_text()
+        row.locator("a.name").click()
+        page.wait_for_url(re.compile(r".*/emails/\d+$"))
+        assert page.inner_text("#email-state") == "In the outbox"
+        assert "Billing DB" in page.inner_text("#email-text")
+        frame = page.frame_locator("#email-html")
+        assert "Billing DB" in frame.locator("body").inner_text()
+        assert "billing-secret-pw" not in page.content()
+        page.click("#sign-out")
+        page.wait_for_url(re.compile(r".*/login$"))
+
+        sign_in(page, site, "owner")
+        assert page.locator("#nav-emails").count() == 0
+    finally:
         with site.relink.transaction() as s:  # the other tests' lists stay as they were
             s.delete(s.get(Connection, conn_id))
 

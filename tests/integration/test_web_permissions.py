@@ -35,6 +35,7 @@ from tests.support.web import (
     WHO,
     TestClient,
     World,
+    add_sent_email,
     client_for,
     csrf_of,
     oauth_world,
@@ -52,7 +53,7 @@ Token = Literal["own", "none", "foreign"]
 class Row:
     """One request and the status each visitor gets, in the order of WHO."""
 
-    request: str  # "METHOD /path?query"; {owned}, {other} and {crm} are connection ids
+    request: str  # "METHOD /path?query"; {owned}, {other}, {crm}: connections; {email}: an email
     expect: tuple[int, int, int, int, int, int]
     form: dict[str, str] = field(default_factory=dict)
     token: Token = "own"  # the CSRF token a post carries
@@ -81,6 +82,9 @@ API_SIGNED_IN = (200, 200, 200, 200, 200, 401)
 API_OWNED = (200, 200, 200, 404, 404, 401)
 API_OTHER = (404, 404, 404, 404, 200, 401)
 NOT_FOUND = (404, 404, 404, 404, 404, 303)
+ADMINS = (200, 403, 403, 403, 200, 303)  # each account's admin sees its own emails
+OUR_ADMIN = (200, 403, 403, 403, 404, 303)  # an email of Acme's: Acme's admin only
+ADMIN_REFUSED = (403, 403, 403, 403, 404, 303)  # the admin and the email first, then the token
 BAD = (400, 400, 400, 400, 400, 303)  # refused before anything happens
 REFUSED = (403, 403, 403, 403, 403, 403)  # no valid CSRF token
 OWNED_REFUSED = (403, 403, 403, 404, 404, 303)  # visibility first, then the token
@@ -125,6 +129,17 @@ ROWS = [
     Row("GET /oauth/callback?state=forged&code=x", BAD),
     Row("GET /oauth/callback?state=forged&error=access_denied", BAD),
     Row("GET /oauth/callback", BAD),
+    Row("GET /emails", ADMINS),
+    Row("GET /emails?state=unknown", ADMINS),
+    Row("GET /emails?state=nonsense", ADMINS),
+    Row("GET /emails/{email}", OUR_ADMIN),
+    Row("GET /emails/{email}/html", OUR_ADMIN),
+    Row("GET /emails/999999", (404, 403, 403, 403, 404, 303)),
+    Row("POST /emails/{email}/release", ADMIN_REFUSED, token="none"),
+    Row("POST /emails/{email}/release", ADMIN_REFUSED, token="foreign"),
+    # a sent email: release is refused with a message on the page (the flash, kept in the
+    # session until a page shows it: hence after the refused posts), nothing changes
+    Row("POST /emails/{email}/release", (303, 403, 403, 403, 404, 303), redirect="/emails/"),
     Row("GET /connectors", ALL_OK),
     Row("GET /static/relink.css", ALL_OK),
     Row("GET /static/favicon.svg", ALL_OK),
@@ -152,10 +167,13 @@ class Matrix:
     clients: dict[str, TestClient]
     tokens: dict[str, str]  # each client's CSRF token ("foreign": another session's)
     sandbox_url: str
+    email_id: int  # the email about a disconnection of "Owned DB", sent
 
     def url(self, row: Row) -> str:
         ids = self.world.ids
-        return row.target.format(owned=ids["Owned DB"], other=ids["Other DB"], crm=ids["Owned CRM"])
+        return row.target.format(
+            owned=ids["Owned DB"], other=ids["Other DB"], crm=ids["Owned CRM"], email=self.email_id
+        )
 
 
 @pytest.fixture(scope="module", params=APP_BACKENDS)
@@ -167,11 +185,12 @@ def matrix(
     tmp = tmp_path_factory.mktemp("web")
     postgres = request.getfixturevalue("postgres_url") if request.param != "sqlite" else None
     with oauth_world(request.param, tmp, postgres, sandbox_server, ["Owned CRM"]) as world:
+        email_id = add_sent_email(world.relink, world.ids["Owned DB"])
         app = create_app(world.relink)
         with open_clients(app) as clients:
             tokens = {who: own_token(client, who) for who, client in clients.items()}
             tokens["foreign"] = own_token(TestClient(app), "anonymous")
-            yield Matrix(world, app, clients, tokens, sandbox_server.url)
+            yield Matrix(world, app, clients, tokens, sandbox_server.url, email_id)
 
 
 # --- the cells ----------------------------------------------------------------------------
@@ -240,7 +259,7 @@ def app_routes(app: FastAPI) -> set[tuple[str, str]]:
 
 
 def route_of(row: Row, routes: set[tuple[str, str]]) -> tuple[str, str]:
-    path = row.target.split("?")[0].format(owned=1, other=2, crm=3)
+    path = row.target.split("?")[0].format(owned=1, other=2, crm=3, email=4)
     matches = [
         (method, template)
         for method, template in routes

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from relink.app import Relink
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
-from relink.models import User
+from relink.models import Disconnection, Notification, User
 from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
@@ -177,6 +177,30 @@ def build_world(
         for conn in (owned, api, other):
             world.ids[conn.name] = conn.id
     return world
+
+
+def add_sent_email(relink: Relink, connection_id: int) -> int:
+    """A disconnection of the connection and its email, sent: the email's id."""
+    with relink.transaction() as s:
+        episode = Disconnection(connection_id=connection_id, started_at=T0, reason_code="28P01")
+        s.add(episode)
+        s.flush()
+        sent = T0 + timedelta(days=1)
+        email = Notification(
+            disconnection_id=episode.id,
+            state="sent",
+            recipients=[EMAILS["owner"]],
+            subject="Reconnect your PostgreSQL connection",
+            attempts=1,
+            provider_message_id="sg-1",
+            claimed_at=sent,
+            sent_at=sent,
+            updated_at=sent,
+        )
+        s.add(email)
+        s.get(Disconnection, episode.id).awaiting_email = False
+        s.flush()
+        return email.id
 
 
 def add_items_dataset(relink: Relink, connection_id: int, schema: str) -> int:
