@@ -18,7 +18,8 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-NAMES = ("sweep", "emails", "due_selection", "growth")  # growth last: it reuses the others
+# growth last: it reuses the others
+NAMES = ("sweep", "emails", "due_selection", "cli_startup", "growth")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
