@@ -2,7 +2,9 @@
 
 Against the sandbox provider and the loopback databases, the demo connections show
 each outcome of a check: the PostgreSQL warehouse and "Sales" (OAuth) are healthy,
-"Support" (OAuth) has a revoked token, "Finance" (MariaDB) has a user that does not
+"Support" (OAuth) has a revoked token and has been disconnected for 26 hours (demo data,
+said so in its history), so the first email run emails its owner; "Finance" (MariaDB)
+has a user that does not
 exist (access denied: 1045, or 1698 on some servers): its owner fixes it on its page
 by reconnecting with the loopback MariaDB's own user (`FINANCE_FIX`, printed by
 `relink run`). The sandbox learns the demo's OAuth tokens from `sandbox_tokens`
@@ -12,16 +14,18 @@ by reconnecting with the loopback MariaDB's own user (`FINANCE_FIX`, printed by
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from relink import audit
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
-from relink.models import Account, Connection, User
+from relink.domain.words import Status
+from relink.models import Account, Connection, Disconnection, User
 from relink.vault import Vault
 
 ACCOUNT = "Demo Co"
@@ -36,6 +40,9 @@ FINANCE = "Finance (MariaDB)"
 # What a reconnect of "Finance" enters to fix it: the loopback MariaDB's root user, which
 # has no password there (as on every development and CI machine).
 FINANCE_FIX = {"username": "root", "password": ""}
+BROKEN_FOR = timedelta(hours=26)
+"""How long "Support" has been disconnected when the demo is loaded: past the 24 hours
+after which its owner is emailed, so the first email run has an email to send."""
 
 
 def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[str, str]]]]:
@@ -137,6 +144,8 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
     """Create the demo account; False when it is already there (nothing changes)."""
     if session.scalar(sa.select(Account.id).where(Account.name == ACCOUNT)) is not None:
         return False
+    broken_at = now - BROKEN_FOR
+    now = broken_at - timedelta(days=1)  # the demo was made before "Support" broke
     add_account(session, ACCOUNT, now=now)
     users = {}
     for (email, name), role in ((ADMIN, "admin"), (MEMBER, "member"), (OTHER, "member")):
@@ -153,7 +162,33 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
     billing = session.scalar(sa.select(Connection).where(Connection.name == "Billing API"))
     assert billing is not None
     share(session, billing.id, with_email=MEMBER[0], actor=users[ADMIN[0]], now=now)
+    _broken_since(session, REVOKED_OAUTH, broken_at)
     return True
+
+
+def _broken_since(session: Session, name: str, since: datetime) -> None:
+    """Record `name` as disconnected since `since`, as a failing check would have, with
+    an audit entry that says it is demo data (no check ran then)."""
+    conn = session.scalar(sa.select(Connection).where(Connection.name == name))
+    assert conn is not None
+    session.flush()
+    message = "the refresh token was revoked"
+    conn.status = Status.DISCONNECTED
+    conn.invalid_since = since
+    conn.last_checked_at = since
+    conn.last_error_code = "invalid_grant"
+    conn.last_error_message = message
+    session.add(Disconnection(connection_id=conn.id, started_at=since, reason_code="invalid_grant"))
+    audit.record(
+        session,
+        "connection.status_changed",
+        at=since,
+        connection=conn,
+        before=Status.UNCHECKED,
+        after=Status.DISCONNECTED,
+        code="invalid_grant",
+        message=f"demo data: broken since {since:%Y-%m-%d %H:%M} UTC ({message})",
+    )
 
 
 def set_demo_passwords(session: Session, *, now: datetime) -> list[str]:

@@ -535,6 +535,24 @@ def test_demo_seed_is_idempotent(cli, relink_app):
         assert session.scalar(sa.select(sa.func.count(Dataset.id))) == len(rows)
 
 
+def test_the_demo_has_a_disconnection_past_24_hours_and_says_it_is_demo_data(cli):
+    """So the first email run of `make run` has its one email to send."""
+    cli.ok("demo", "seed")
+    due = cli.json("notify", "--dry-run")
+    assert [d["connection"] for d in due["emails"]] == ["Support (Salesforce sandbox)"]
+    assert due["emails"][0]["to"] == ["max@demo.relink.test"]
+    (support,) = [
+        r
+        for r in cli.json("connections", "list", "--as", "ada@demo.relink.test")
+        if r["name"] == "Support (Salesforce sandbox)"
+    ]
+    assert support["status"] == "disconnected"
+    trail = cli.json("audit", "--connection", str(support["id"]))
+    assert any(
+        "demo data: broken since" in (e.get("details") or {}).get("message", "") for e in trail
+    )
+
+
 def test_connectors_list_and_show(cli):
     types = {c["type"] for c in cli.json("connectors", "list")}
     assert {

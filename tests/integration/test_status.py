@@ -52,11 +52,12 @@ def break_connection(session, name: str, started_at: datetime, *, ended: bool = 
 @pytest.fixture
 def seeded(relink_app):
     with relink_app.transaction() as session:
+        # the demo's own: "Support", broken for 26 h when the demo was loaded: due
         demo.seed(session, relink_app.vault, now=NOW - timedelta(days=3))
-        # open for 23 h at the 14:00 run: due
+        # open for 25 h at the 14:00 run: due
         break_connection(session, "Finance (MariaDB)", datetime(2026, 1, 9, 13, 0, tzinfo=UTC))
         # open for 23 h at the run: not yet
-        break_connection(session, demo.REVOKED_OAUTH, datetime(2026, 1, 9, 15, 0, tzinfo=UTC))
+        break_connection(session, demo.HEALTHY_OAUTH, datetime(2026, 1, 9, 15, 0, tzinfo=UTC))
         # closed before the run: never
         break_connection(session, "Billing API", datetime(2026, 1, 8, 9, 0, tzinfo=UTC), ended=True)
     return relink_app
@@ -66,9 +67,9 @@ def test_status_counts_and_emails_due_at_the_next_run(seeded):
     with seeded.sessions() as session:
         data = collect(session, NOW)
     assert data["connections"]["total"] == 5
-    assert data["connections"]["by_status"]["disconnected"] == 2
-    assert data["open_disconnections"] == 2
-    assert data["emails"] == {"next_run": "2026-01-10T14:00:00+00:00", "due": 1}
+    assert data["connections"]["by_status"]["disconnected"] == 3
+    assert data["open_disconnections"] == 3
+    assert data["emails"] == {"next_run": "2026-01-10T14:00:00+00:00", "due": 2}
     assert data["last_sweep"] is None
 
 
@@ -92,7 +93,7 @@ def test_status_shows_the_last_sweep_and_its_outcome(seeded, settings):
     assert data["last_sweep"]["summary"]["outcomes"] == {"ok": 3, "auth_failed": 2}
     text = cli("status")
     assert text.exit_code == 0, text.output
-    assert "open disconnections: 2" in text.stdout
+    assert "open disconnections: 3" in text.stdout
     assert "last sweep:" in text.stdout and "check-connections, completed: 5 checked" in text.stdout
     assert "2 auth_failed" in text.stdout
 
