@@ -74,7 +74,7 @@ from relink.connections import get_visible, ref_of
 from relink.directory import get_user, viewer_of
 from relink.domain.words import AuthKind, Outcome, Status
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
-from relink.models import Connection, Dataset, OAuthState, User
+from relink.models import AuditEvent, Connection, Dataset, OAuthState, User
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
 from relink.timeutil import utcnow
 
@@ -626,6 +626,31 @@ async def reconnect_with_secrets(
 
 def _hash_state(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
+
+
+OAUTH_RESULTS = ("connection.reconnected", "connection.reconnect_failed")
+
+
+def oauth_result(app: Relink, state: str) -> tuple[str, dict[str, Any]] | None:
+    """How a sign-in started here ended when another process finished it (the web pages'
+    callback): the audit action (`OAUTH_RESULTS`) and its details; None while pending."""
+    with app.sessions() as session:
+        row = session.scalar(
+            sa.select(OAuthState).where(OAuthState.state_hash == _hash_state(state))
+        )
+        if row is None or row.used_at is None:
+            return None
+        event = session.scalar(
+            sa.select(AuditEvent)
+            .where(
+                AuditEvent.connection_id == row.connection_id,
+                AuditEvent.action.in_(OAUTH_RESULTS),
+                AuditEvent.at >= row.used_at,
+            )
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
+        return None if event is None else (event.action, dict(event.details or {}))
 
 
 def _oauth_connector(conn: Connection) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Annotated, Any
@@ -66,14 +67,16 @@ def reconnect(
         ),
     ] = False,
     callback_port: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             max=65535,
             help="OAuth: the local port that receives the provider's redirect "
-            f"(http://127.0.0.1:PORT{CALLBACK_PATH}; 0 picks a free one).",
+            f"(http://127.0.0.1:PORT{CALLBACK_PATH}; 0 picks a free one). Without it the "
+            "web pages' callback is used when they answer at RELINK_BASE_URL (they finish "
+            "the reconnect), else a free port.",
         ),
-    ] = 8000,
+    ] = None,
     code_url: Annotated[
         str | None,
         typer.Option(
@@ -137,7 +140,10 @@ def reconnect(
     if form.oauth:
         if interactive:  # the connection's own client secret: Enter keeps it
             secrets |= _read_secrets([f for f in form.secrets if f.name not in secrets], True)
-        done = _oauth_with_listener(form, as_, callback_port, no_wait, settings, secrets)
+        if callback_port is None and (no_wait or web_pages_answer(relink.settings.base_url)):
+            _oauth_through_web(form, as_, no_wait, settings, secrets, as_json)
+            return
+        done = _oauth_with_listener(form, as_, callback_port or 0, no_wait, settings, secrets)
         if done is None:
             return
     else:
@@ -329,6 +335,83 @@ def _oauth_with_listener(
             connection_id=connection_id,
         )
     )
+
+
+def web_pages_answer(base_url: str) -> bool:
+    """Whether Relink's web pages answer at `base_url` (their sign-in page, within 1 s)."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"{base_url.rstrip('/')}/login", timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200 and 'action="/login"' in answer.text
+
+
+def _oauth_through_web(
+    form: svc.ReconnectForm,
+    actor: str,
+    no_wait: bool,
+    settings: dict[str, str],
+    secrets: dict[str, str],
+    as_json: bool,
+    poll: float = 0.5,
+) -> None:
+    """The provider sends the browser back to the web pages, which finish the reconnect
+    (signed in as `actor`); this waits for the result they record."""
+    relink = app()
+    base_url = relink.settings.base_url.rstrip("/")
+    start = svc.start_oauth(
+        relink,
+        form.connection_id,
+        actor=actor,
+        redirect_uri=f"{base_url}{CALLBACK_PATH}",
+        settings=settings,
+        secrets=secrets,
+    )
+    typer.echo(start.url)
+    until = _hhmm(start.expires_at)
+    finish = (
+        f"relink reconnect {form.connection_id} --as {actor} --code-url 'URL you were "
+        "redirected to'"
+    )
+    if no_wait:
+        err_console.print(
+            f"Open the URL above and allow access (valid until {until}). In a browser signed "
+            f"in to {base_url} as {actor} the web pages finish the reconnect; otherwise "
+            f"finish with: {finish}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    err_console.print(
+        f"Open the URL above in a browser signed in to the web pages ({base_url}) as {actor} "
+        f"and allow access: the pages finish the reconnect. Waiting until {until} "
+        "(Ctrl-C stops).",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    while (result := svc.oauth_result(relink, start.state)) is None:
+        if utcnow() >= start.expires_at:
+            raise fail("no reconnect was finished before the sign-in expired; nothing was changed")
+        time.sleep(poll)
+    action, details = result
+    if as_json:
+        print_json({"connection_id": form.connection_id, "result": action, **details})
+    elif action == "connection.reconnected":
+        console.print(
+            f"connection {form.connection_id} ({form.connection!r}) reconnected by {actor} "
+            "on the web pages",
+            markup=False,
+            highlight=False,
+        )
+    if action != "connection.reconnected":
+        raise fail(
+            f"the reconnect on the web pages failed: {details.get('outcome')} "
+            f"({details.get('code')}); nothing was changed"
+        )
 
 
 def _hhmm(moment: datetime) -> str:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from relink import passwords
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset
 from relink.directory import get_user
@@ -24,6 +25,7 @@ from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, OAuthState
 from relink.reconnect import OAuthStateRefused, finish_oauth, start_oauth
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.web import create_app
 from tests.integration.oauth_fixtures import new_client
 from tests.support import web
 from tests.support.reconnect import (
@@ -290,3 +292,78 @@ def test_cli_waits_for_the_redirect_on_a_local_listener(relink_app, settings, cr
     assert proc.returncode == 0, err
     assert f"reconnected by {SHARED}" in out
     assert connection_view(relink_app, connection_id)["status"] == "connected"
+
+
+def relink_reconnect(settings, *args: str, base_url: str) -> subprocess.Popen:
+    relink = Path(sys.executable).with_name("relink")
+    env = {**os.environ, **Cli(settings).env, "RELINK_BASE_URL": base_url}
+    return subprocess.Popen(
+        [str(relink), "reconnect", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_with_the_web_pages_up_the_cli_uses_their_callback_and_waits_for_them(
+    relink_app, settings, crm
+):
+    """`relink reconnect` beside `relink run`: the pages own port 8000 and the callback;
+    the person allows access in a browser signed in to them, the CLI reports the result."""
+    connection_id = crm[0]
+    port = web.free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    relink_app.settings.base_url = base_url
+    with relink_app.transaction() as session:
+        passwords.set_password(session, SHARED, web.PASSWORD, now=T0)
+    served = web.ServedApp(create_app(relink_app), port).start()
+    proc = relink_reconnect(settings, str(connection_id), "--as", SHARED, base_url=base_url)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read()
+        assert httpx.URL(url).params["redirect_uri"] == f"{base_url}/oauth/callback"
+        with httpx.Client(base_url=base_url, timeout=10) as browser:
+            login = browser.get("/login")
+            signed = browser.post(
+                "/login",
+                data={
+                    "csrf_token": web.csrf_of(login.text),
+                    "email": SHARED,
+                    "password": web.PASSWORD,
+                },
+            )
+            assert signed.status_code == 303
+            answer = browser.post(url, data={"username": "carol", "decision": "allow"})
+            assert answer.status_code == 302
+            landed = browser.get(answer.headers["location"])
+            assert landed.status_code == 303  # to the connection's page, with the flash
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        served.stop()
+    assert proc.returncode == 0, err
+    assert "signed in to the web pages" in err
+    assert f"reconnected by {SHARED} on the web pages" in out
+    assert connection_view(relink_app, connection_id)["status"] == "connected"
+
+
+def test_without_the_web_pages_the_cli_listens_on_a_free_port_not_8000(relink_app, settings, crm):
+    connection_id = crm[0]
+    closed = f"http://127.0.0.1:{web.free_port()}"  # nothing answers there
+    proc = relink_reconnect(settings, str(connection_id), "--as", SHARED, base_url=closed)
+    try:
+        url = proc.stdout.readline().strip()
+        redirect_uri = httpx.URL(httpx.URL(url).params["redirect_uri"])
+        assert redirect_uri.host == "127.0.0.1" and redirect_uri.port not in (None, 8000)
+        answer = httpx.post(url, data={"username": "carol", "decision": "allow"}, timeout=5)
+        assert httpx.get(answer.headers["location"], timeout=5).status_code == 200
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"reconnected by {SHARED}" in out
