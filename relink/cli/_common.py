@@ -12,10 +12,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy.orm import Session
 
 from relink.app import Relink
+from relink.cli import tables
 from relink.errors import RelinkError
 
 P = ParamSpec("P")
@@ -75,12 +75,8 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+    """A table that fits the terminal, or one card per row (relink/cli/tables.py)."""
+    tables.render(console, title, columns, rows)
 
 
 def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
