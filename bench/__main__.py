@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 # growth last: it reuses the others
-NAMES = ("sweep", "emails", "due_selection", "cli_startup", "growth")
+NAMES = ("sweep", "emails", "due_selection", "cli_startup", "token_spend", "growth")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

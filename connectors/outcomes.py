@@ -75,6 +75,7 @@ INVALID_SETTINGS = "invalid_settings"
 INVALID_QUERY = "invalid_query"
 BAD_RESPONSE = "bad_response"
 UNEXPECTED = "error"
+TOKEN_REFRESH_BUSY = "token_refresh_busy"
 
 FINDINGS: dict[str, Judgment] = {
     INVALID_SETTINGS: _row(
@@ -92,6 +93,14 @@ FINDINGS: dict[str, Judgment] = {
         UNREACHABLE,
         "an error we do not classify",
         "only proof breaks a connection, so whatever we cannot classify does not",
+    ),
+    TOKEN_REFRESH_BUSY: _row(
+        UNREACHABLE,
+        "another check of this connection was refreshing its OAuth token for longer than "
+        "RELINK_REFRESH_LOCK_TIMEOUT",
+        "the other process may be spending the refresh token right now; spending it "
+        "again would make a provider that detects reuse revoke the grant, so this check "
+        "waits for the next sweep instead: the source was not asked",
     ),
 }
 

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     # checks
     check_timeout: float = Field(default=10.0, description="Seconds per source request.")
+    refresh_lock_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a check waits for another process refreshing the same "
+        "connection's OAuth token (SQLite: its lock file); past it the check is "
+        "'unreachable' (token_refresh_busy), never a disconnection.",
+    )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets
     warehouse_url: str = Field(

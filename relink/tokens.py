@@ -5,21 +5,26 @@ set must reach the database, and two runs must never both spend the same refresh
 `DbTokenStore.refresh` therefore, per connection:
 
 1. takes an in-process `asyncio.Lock` (per event loop, database and connection id), so
-   the checks of one process are serialized on every backend, SQLite included;
+   the checks of one event loop wait for each other without asking the database;
 2. on backends with row locks (PostgreSQL, MySQL) opens a transaction and reads the row
    with ``SELECT ... FOR UPDATE``; the transaction stays open while the refresh HTTP
    call runs, so another process waits and then sees the rotated tokens. SQLite has no
    row locks (and a read snapshot cannot be upgraded to a write in WAL mode once
-   another writer committed), so there the row is read in a short transaction of its
-   own and step 4's version check is what protects the write;
+   another writer committed), so there the connection's lock file is taken first
+   (`relink.locks`: ``flock`` on ``<database file>-locks/<id>.lock``, shared by every
+   process and thread on the file) and held until the write has committed; the row is
+   read and written in short transactions of their own. Past
+   RELINK_REFRESH_LOCK_TIMEOUT the check is `unreachable` (``token_refresh_busy``):
+   nothing was spent;
 3. when the stored credentials differ from the caller's and are `usable`, returns them
    without calling the provider (another run refreshed first);
 4. otherwise calls `refresh(stored)` and writes its result with
    ``UPDATE connections SET credentials=?, version=version+1, updated_at=? WHERE id=? AND
-   version=?``. When the version moved (SQLite only: someone else wrote the row in
-   between) and the stored credentials are still the ones we refreshed from (a status
-   update, say), the write is retried on the new version; when the credentials changed
-   too (another run or a reconnect stored a set), the stored set wins and is returned.
+   version=?``. When the version moved (SQLite only: a status update or a reconnect,
+   which take no lock file, wrote the row in between) and the stored credentials are
+   still the ones we refreshed from (a status update, say), the write is retried on the
+   new version; when the credentials changed too (a reconnect stored a set), the stored
+   set wins and is returned.
    When the database drops the session between the grant and the write (a restart, a
    failover), the write is made again through a new session, under the same version
    check: the provider has rotated the refresh token already, and the answer in hand is
@@ -30,8 +35,9 @@ no row lock checks a pooled connection out and returns it within its thread (a
 connection kept from one step to the next, by many refreshes at once, emptied the pool,
 and the threads waiting for one left none to return them: a 30-second stall). A locked
 row's `Connection` is used by one thread at a time, step after step. Every step is
-shielded from cancellation and that connection is closed (rolling back, which releases
-the row lock) only after the step running in its thread has finished. At most
+shielded from cancellation; that connection is closed (rolling back, which releases
+the row lock), and a lock file released, only after the step running in its thread has
+finished. At most
 `max_locked` row locks are held by one event loop at a time: each one holds a pooled
 database connection during an HTTP call.
 
@@ -55,7 +61,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from connectors.base import ConnectionSpec, Credentials
+from connectors.outcomes import FINDINGS, TOKEN_REFRESH_BUSY
 from relink.app import Relink
+from relink.locks import ConnectionLocks, LockBusy, lock_dir
 from relink.models import Connection
 from relink.timeutil import utcnow
 
@@ -159,9 +167,20 @@ class _ThreadedConnection:
 class DbTokenStore:
     """`connectors.base.TokenStore` over Relink's app database (see the module docstring)."""
 
-    def __init__(self, app: Relink, *, max_locked: int = DEFAULT_MAX_LOCKED) -> None:
+    def __init__(
+        self,
+        app: Relink,
+        *,
+        max_locked: int = DEFAULT_MAX_LOCKED,
+        locks: ConnectionLocks | None = None,
+    ) -> None:
         self.app = app
         self.max_locked = max_locked
+        directory = lock_dir(app.engine.url)
+        if locks is None and directory is not None:
+            locks = ConnectionLocks(directory, timeout=app.settings.refresh_lock_timeout)
+        # SQLite file databases only; None elsewhere (row locks, or an in-memory database)
+        self.locks = locks
 
     @property
     def _database(self) -> str:
@@ -183,7 +202,7 @@ class DbTokenStore:
     ) -> tuple[Credentials, int]:
         async with _connection_lock(self._database, conn.id):
             if not self._row_locks:
-                return await self._refresh_unlocked(conn, refresh, usable)
+                return await self._refresh_file_locked(conn, refresh, usable)
             state = _loop_locks()
             slots = state.row_slots.setdefault(self._database, asyncio.Semaphore(self.max_locked))
             async with slots:
@@ -227,28 +246,64 @@ class DbTokenStore:
             await db.close()
         return await self._write_again(spec.id, stored, fresh, version)
 
-    async def _refresh_unlocked(
+    async def _refresh_file_locked(
         self,
         spec: ConnectionSpec,
         refresh: Callable[[Credentials], Awaitable[Credentials]],
         usable: Callable[[Credentials], bool],
     ) -> tuple[Credentials, int]:
-        """SQLite: read and write in short transactions of their own, no connection held
-        during the grant; the write's version check protects it."""
-        stored, version = await self._step(lambda conn: self._read(conn, spec.id, lock=False))
+        """SQLite: the connection's lock file is held from before the read until the
+        write has committed, so another process reads the rotated tokens, not the spent
+        ones."""
+        if self.locks is None:  # an in-memory database: no other process sees it
+            return await self._refresh_unlocked(spec, refresh, usable, [])
+        try:
+            held = await self.locks.acquire(spec.id)
+        except LockBusy as busy:
+            raise FINDINGS[TOKEN_REFRESH_BUSY].error(
+                TOKEN_REFRESH_BUSY,
+                f"another check has been refreshing this connection's token for over "
+                f"{busy.timeout:g} s (RELINK_REFRESH_LOCK_TIMEOUT); not refreshed again",
+            ) from None
+        steps: list[asyncio.Future[Any]] = []
+        try:
+            return await self._refresh_unlocked(spec, refresh, usable, steps)
+        finally:
+            await held.release(after=steps)
+
+    async def _refresh_unlocked(
+        self,
+        spec: ConnectionSpec,
+        refresh: Callable[[Credentials], Awaitable[Credentials]],
+        usable: Callable[[Credentials], bool],
+        steps: list[asyncio.Future[Any]],
+    ) -> tuple[Credentials, int]:
+        """Read and write in short transactions of their own, no connection held during
+        the grant; the write's version check protects it. `steps` collects the started
+        steps (the lock is released after the last one)."""
+        stored, version = await self._step(
+            lambda conn: self._read(conn, spec.id, lock=False), steps
+        )
         if dict(stored) != dict(spec.credentials) and usable(stored):
             return stored, version  # another run refreshed already
 
         fresh = dict(await refresh(stored))
         try:
-            return await self._step(lambda conn: self._write(conn, spec.id, stored, fresh, version))
+            return await self._step(
+                lambda conn: self._write(conn, spec.id, stored, fresh, version), steps
+            )
         except sa.exc.DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-        return await self._write_again(spec.id, stored, fresh, version)
+        return await self._write_again(spec.id, stored, fresh, version, steps)
 
     async def _write_again(
-        self, connection_id: int, base: Mapping[str, str], fresh: Mapping[str, str], version: int
+        self,
+        connection_id: int,
+        base: Mapping[str, str],
+        fresh: Mapping[str, str],
+        version: int,
+        steps: list[asyncio.Future[Any]] | None = None,
     ) -> tuple[Credentials, int]:
         """The database dropped our session (a restart, a failover) after the provider had
         rotated the refresh token: `fresh` holds the only copy of the new one, so it is
@@ -256,19 +311,27 @@ class DbTokenStore:
         log.warning(
             "connection %s: database session lost; storing the rotated tokens again", connection_id
         )
-        return await self._step(lambda conn: self._write(conn, connection_id, base, fresh, version))
+        return await self._step(
+            lambda conn: self._write(conn, connection_id, base, fresh, version), steps
+        )
 
-    async def _step(self, step: Callable[[sa.Connection], T]) -> T:
+    async def _step(
+        self, step: Callable[[sa.Connection], T], started: list[asyncio.Future[Any]] | None = None
+    ) -> T:
         """`step` in a transaction of its own, in a worker thread that checks a pooled
         connection out and gives it back before it ends: a thread never waits for a
         connection that only a step queued behind it would return. Shielded like
-        `_ThreadedConnection.run`: a cancelled caller does not stop a started commit."""
+        `_ThreadedConnection.run`: a cancelled caller does not stop a started commit.
+        The step's future is appended to `started`."""
 
         def work() -> T:
             with self.app.engine.begin() as conn:
                 return step(conn)
 
-        return await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(work)))
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        if started is not None:
+            started.append(task)
+        return await asyncio.shield(task)
 
     # --- blocking steps (worker threads) ---------------------------------------------
 

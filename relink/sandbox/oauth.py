@@ -2,6 +2,12 @@
 
 Everything lives in memory behind one re-entrant lock (the WSGI server is threaded);
 an optional JSON ``state_file`` keeps clients, tokens and API keys across restarts.
+
+Refresh tokens rotate: a refresh grant retires the token it used. A client registered
+with ``revoke_on_reuse`` gets reuse detection, as providers with rotating refresh tokens
+do it: a retired refresh token presented again revokes the whole grant (every token set
+descended from the same consent) and is counted by `SandboxProvider.reuses`. A slow
+provider is the ``"slow"`` fault with a ``delay`` (e.g. on ``/oauth/token``).
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ class SandboxClient(ClientMixin):
     # The access token of an authorization-code grant is inactive from the start (as after
     # a slow callback or under clock skew); its refresh token works.
     inactive_code_tokens: bool = False
+    # Reuse detection: a retired (rotated) refresh token presented again revokes its grant.
+    revoke_on_reuse: bool = False
 
     def grants_refresh_token(self, offline: bool) -> bool:
         return self.refresh_tokens == "always" or (self.refresh_tokens == "offline" and offline)
@@ -190,6 +198,8 @@ class SandboxToken(TokenMixin):
     refresh_expires_at: float | None = None
     access_revoked: bool = False
     refresh_revoked: bool = False
+    grant_id: str = ""  # shared by every token set descended from one consent
+    rotated: bool = False  # the refresh token was spent by a refresh grant
 
     def check_client(self, client: ClientMixin) -> bool:
         return self.client_id == client.get_client_id()
@@ -475,6 +485,7 @@ class SandboxProvider:
         self._api_keys: dict[str, bool] = {}  # key -> forbidden
         self._fault: _Fault | None = None
         self._stats: Counter[str] = Counter()
+        self._reuses = 0
         self._token_generator = BearerTokenGenerator(
             _random_access_token, _random_refresh_token, self._expires_in
         )
@@ -496,6 +507,7 @@ class SandboxProvider:
         grant_types: Iterable[str] = _GRANT_TYPES,
         refresh_tokens: RefreshTokens = "always",
         inactive_code_tokens: bool = False,
+        revoke_on_reuse: bool = False,
     ) -> SandboxClient:
         """Register (or replace: a new secret refuses the old one) a confidential client."""
         client = SandboxClient(
@@ -507,6 +519,7 @@ class SandboxProvider:
             list(grant_types),
             refresh_tokens,
             inactive_code_tokens,
+            revoke_on_reuse,
         )
         with self._lock:
             self._clients[client_id] = client
@@ -640,6 +653,12 @@ class SandboxProvider:
         with self._lock:
             self._stats.clear()
 
+    def reuses(self) -> int:
+        """How many times a spent refresh token was presented again (each one revoked its
+        grant when the client has ``revoke_on_reuse``)."""
+        with self._lock:
+            return self._reuses
+
     def _count(self, path: str) -> None:
         with self._lock:
             self._stats[path] += 1
@@ -662,7 +681,11 @@ class SandboxProvider:
 
     def _save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         with self._lock:
-            self._store_token(token, request.client.get_client_id(), request.user.username)
+            spent = request.refresh_token  # a refresh grant: the new set continues its grant
+            grant_id = spent.grant_id if isinstance(spent, SandboxToken) else None
+            self._store_token(
+                token, request.client.get_client_id(), request.user.username, grant_id
+            )
             code = request.authorization_code
             if code is not None:
                 self._code_tokens[code.code] = token["access_token"]
@@ -670,7 +693,9 @@ class SandboxProvider:
                     self._by_access[token["access_token"]].expires_at = time.time() - 1
                     self._persist()
 
-    def _store_token(self, token: dict[str, Any], client_id: str, username: str) -> None:
+    def _store_token(
+        self, token: dict[str, Any], client_id: str, username: str, grant_id: str | None = None
+    ) -> None:
         now = time.time()
         lifetime = token.get("expires_in", self.access_token_lifetime)
         refresh_exp = now + self.refresh_token_lifetime if self.refresh_token_lifetime else None
@@ -683,6 +708,7 @@ class SandboxProvider:
             issued_at=now,
             expires_at=now + lifetime,
             refresh_expires_at=refresh_exp,
+            grant_id=grant_id or generate_token(16),
         )
         self._index(record)
         self._persist()
@@ -741,13 +767,28 @@ class SandboxProvider:
     def _find_refresh(self, refresh_token: str) -> SandboxToken | None:
         with self._lock:
             token = self._by_refresh.get(refresh_token)
+            if token is not None and token.rotated:
+                self._reused(token)
+                return None
             if token is None or token.refresh_revoked or token.refresh_expired():
                 return None
             return token
 
+    def _reused(self, token: SandboxToken) -> None:
+        """A spent refresh token came back: count it, and with reuse detection revoke
+        every token set of its grant (the one a concurrent refresh just got included)."""
+        self._reuses += 1
+        client = self._clients.get(token.client_id)
+        if client is None or not client.revoke_on_reuse:
+            return
+        for other in self._by_access.values():
+            if other is token or (token.grant_id and other.grant_id == token.grant_id):
+                other.access_revoked = other.refresh_revoked = True
+        self._persist()
+
     def _retire_refresh(self, token: SandboxToken) -> None:
         with self._lock:
-            token.refresh_revoked = True
+            token.refresh_revoked = token.rotated = True
             self._persist()
 
     def _find_handle(self, value: str, hint: str | None) -> _TokenHandle | None:
@@ -1051,6 +1092,7 @@ def _add_admin_routes(app: Flask, provider: SandboxProvider) -> None:
                 str(body.get("scope", DEFAULT_SCOPE)),
                 allow_loopback_redirects=bool(body.get("allow_loopback_redirects", False)),
                 grant_types=[str(g) for g in body.get("grant_types", _GRANT_TYPES)],
+                revoke_on_reuse=bool(body.get("revoke_on_reuse", False)),
             )
         except KeyError as exc:
             raise _BadAdminRequest(f"missing {exc.args[0]}") from exc

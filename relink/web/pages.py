@@ -181,7 +181,10 @@ def _details(db: Session, user: User, conn: Connection) -> dict[str, Any]:
     return {
         "conn": svc.detail(db, conn),
         "history": history,
-        "can_reconnect": can_reconnect(viewer_of(user), svc.ref_of(conn)),
+        # misconfigured: the installation is wrong, which a reconnect cannot fix (the
+        # notice says what an admin fixes), so no button offers one
+        "can_reconnect": conn.status != Status.MISCONFIGURED
+        and can_reconnect(viewer_of(user), svc.ref_of(conn)),
         "action_label": action_label(conn),
         "auth_kind": _auth_kind(conn.type),
     }

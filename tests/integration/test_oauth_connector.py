@@ -23,6 +23,7 @@ from connectors.base import AuthFailed, CheckResult, ConnectionSpec, Credentials
 from connectors.oauth2 import OAuth2Connector
 from relink.checks import CheckPolicy, validate_all
 from relink.domain.words import Outcome
+from relink.locks import ConnectionLocks, lock_dir
 from relink.models import Connection
 from relink.sandbox import SandboxProvider, SandboxServer, demo_records
 from relink.tokens import DbTokenStore
@@ -516,12 +517,11 @@ def test_many_refreshes_in_one_batch_all_succeed_and_keep_each_its_own_tokens(
             assert (answer["active"], answer["username"]) == (True, user), (spec.id, kind)
 
 
-def test_checks_in_two_event_loops_refresh_once_under_the_row_lock(
+def test_checks_in_two_event_loops_refresh_once_under_the_database_lock(
     relink_app, owner, sandbox, provider, oauth_client
 ):
-    """Two workers (threads with loops of their own): only the database lock is shared."""
-    if relink_app.engine.dialect.name == "sqlite":
-        pytest.skip("row locks are PostgreSQL's; SQLite relies on the version check")
+    """Two workers (threads with loops of their own): only the database's lock is shared,
+    the row lock on PostgreSQL, the connection's lock file on SQLite."""
     ctx = context(token_store=DbTokenStore(relink_app))
     old = issue(provider, oauth_client, ctx.now, expires_at=expired(ctx.now))
     spec = insert_connection(
@@ -547,6 +547,45 @@ def test_checks_in_two_event_loops_refresh_once_under_the_row_lock(
 
     assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK], results
     assert token_hits(provider) == hits + 1
+
+
+def test_a_refresh_held_by_another_process_past_the_lock_timeout_is_unreachable_busy(
+    relink_app, owner, sandbox, provider, oauth_client
+):
+    """SQLite: another process holds the connection's lock file for longer than
+    RELINK_REFRESH_LOCK_TIMEOUT; the check asks nothing and breaks nothing."""
+    if relink_app.engine.dialect.name != "sqlite":
+        pytest.skip("lock files are SQLite's; PostgreSQL waits on the row lock")
+    waited: list[float] = []
+
+    async def no_real_wait(seconds: float) -> None:
+        waited.append(seconds)
+
+    directory = lock_dir(relink_app.engine.url)
+    locks = ConnectionLocks(directory, timeout=1.0, clock=lambda: sum(waited), sleep=no_real_wait)
+    ctx = context(token_store=DbTokenStore(relink_app, locks=locks))
+    old = issue(provider, oauth_client, ctx.now, expires_at=expired(ctx.now))
+    spec = insert_connection(
+        relink_app,
+        owner,
+        type_="oauth2",
+        settings=oauth_settings(sandbox.url, oauth_client.client_id),
+        credentials=old,
+    )
+    hits = token_hits(provider)
+    other_process = ConnectionLocks(directory)
+
+    async def while_another_holds_it() -> CheckResult:
+        async with other_process.hold(spec.id):
+            return await OAUTH.validate(spec, ctx)
+
+    result = run(while_another_holds_it())
+
+    assert (result.outcome, result.code) == (Outcome.UNREACHABLE, "token_refresh_busy")
+    assert "RELINK_REFRESH_LOCK_TIMEOUT" in result.message
+    assert token_hits(provider) == hits  # the refresh token was not spent
+    assert stored(relink_app, spec.id)[:2] == (old, spec.version)
+    assert run(OAUTH.validate(spec, ctx)).outcome is Outcome.OK  # released: refreshed
 
 
 def test_a_newer_token_set_stored_by_another_worker_is_used(

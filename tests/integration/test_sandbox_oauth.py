@@ -214,6 +214,50 @@ def test_refresh_rotates_and_old_token_dies(http: httpx.Client) -> None:
     assert http.post("/oauth/token", data=newer, auth=AUTH).status_code == 200
 
 
+def test_a_spent_refresh_token_presented_again_revokes_the_grant_with_reuse_detection(
+    http: httpx.Client, provider: SandboxProvider
+) -> None:
+    """As providers with reuse detection do: the set a concurrent refresh just got dies
+    too, while another grant of the same client lives on."""
+    client = {"client_id": "reuse-detecting", "client_secret": "s3cret-reuse"}
+    created = http.post("/_sandbox/clients", json={**client, "revoke_on_reuse": True})
+    assert created.status_code == 201
+    auth = (client["client_id"], client["client_secret"])
+    old = provider.issue_token(client["client_id"], "alice")
+    other = provider.issue_token(client["client_id"], "bob")
+    spend = {"grant_type": "refresh_token", "refresh_token": old["refresh_token"]}
+    new = http.post("/oauth/token", data=spend, auth=auth).json()
+    newer = http.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": new["refresh_token"]},
+        auth=auth,
+    ).json()
+    reuses = provider.reuses()
+
+    again = http.post("/oauth/token", data=spend, auth=auth)
+
+    assert (again.status_code, again.json()["error"]) == (400, "invalid_grant")
+    assert provider.reuses() == reuses + 1
+    assert http.get("/api/me", headers=bearer(newer["access_token"])).status_code == 401
+    kept = {"grant_type": "refresh_token", "refresh_token": newer["refresh_token"]}
+    assert http.post("/oauth/token", data=kept, auth=auth).json()["error"] == "invalid_grant"
+    assert http.get("/api/me", headers=bearer(other["access_token"])).status_code == 200
+
+
+def test_without_reuse_detection_a_spent_refresh_token_is_only_counted(
+    http: httpx.Client, provider: SandboxProvider
+) -> None:
+    old = new_tokens(http)
+    spend = {"grant_type": "refresh_token", "refresh_token": old["refresh_token"]}
+    new = http.post("/oauth/token", data=spend, auth=AUTH).json()
+    reuses = provider.reuses()
+
+    assert http.post("/oauth/token", data=spend, auth=AUTH).status_code == 400
+
+    assert provider.reuses() == reuses + 1
+    assert http.get("/api/me", headers=bearer(new["access_token"])).status_code == 200
+
+
 # ------------------------------------------------------- introspection / revocation
 
 

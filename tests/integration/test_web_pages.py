@@ -360,6 +360,29 @@ def test_details_page_shows_the_action_for_the_mode(web: Any, world: World) -> N
     assert history.index("Shared") < history.index("Connection created")  # newest first
 
 
+@pytest.mark.parametrize("who", ["admin", "owner"])
+def test_a_misconfigured_connection_offers_no_reconnect_until_an_admin_fixes_it(
+    web: Any, relink: Relink, world: World, who: str
+) -> None:
+    """The installation is wrong (the OAuth app refused): a reconnect goes through the
+    same app and cannot help, so the page offers none, and says who fixes it."""
+    connection_id = world.ids["Owned DB"]
+    with relink.transaction() as s:
+        conn = s.get(Connection, connection_id)
+        conn.status = Status.MISCONFIGURED
+        conn.last_error_code = "invalid_client"
+        conn.last_error_message = "the provider refused the installation's OAuth app"
+    client = client_for(web, who)
+
+    page = client.get(f"/connections/{connection_id}").text
+
+    assert 'id="misconfigured"' in page
+    assert 'id="reconnect"' not in page and ">Reconnect</a>" not in page
+    with relink.transaction() as s:
+        s.get(Connection, connection_id).status = Status.CONNECTED  # the admin fixed it
+    assert ">Reconnect</a>" in client.get(f"/connections/{connection_id}").text
+
+
 def test_reconnect_form_never_prefills_secrets(web: Any, world: World) -> None:
     client = client_for(web, "owner")
     page = client.get(f"/connections/{world.ids['Owned DB']}/reconnect").text

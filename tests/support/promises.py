@@ -7,13 +7,16 @@ A test states how much it tried with pytest's own `record_property`:
     record_property("outcome", "20 of 20 due emails received exactly once")
 
 `make test` runs the quick set; `make soak` sets RELINK_SOAK=1 (see `scale`), runs only
-the promises and rewrites `docs/reliability.md` from the run.
+the promises and rewrites `docs/reliability.md` from the run. A run of some of the
+promises (one test file, say) replaces their rows and keeps the other rows of the file
+it rewrites, saying so under the table.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -111,6 +114,11 @@ class Report:
 
     def render(self, session: pytest.Session) -> str:
         command = shlex.join(["pytest", *session.config.invocation_params.args])
+        mine = {p.text: self.row(p) for p in self.promises.values()}
+        previous, previous_run = self.previous()
+        rows = [mine.pop(text, line) for text, line in previous]
+        kept = len(rows) - (len(self.promises) - len(mine))
+        rows += mine.values()
         lines = [
             "# Reliability and security",
             "",
@@ -129,17 +137,44 @@ class Report:
             "",
             "| promise | tests | trials / inputs | result | last run |",
             "| --- | --- | ---: | --- | --- |",
+            *rows,
         ]
-        for promise in self.promises.values():
-            tests = "<br>".join(f"`{t}`" for t in sorted(promise.tests))
-            notes = "<br>".join(dict.fromkeys(promise.notes)) or "-"
-            lines.append(
-                f"| {promise.text} | {tests} | {promise.trials:,} | {promise.result} "
-                f"({promise.seconds:.0f} s) | {notes} |"
-            )
+        if kept:
+            lines += [
+                "",
+                f"{kept} of these rows are kept from the run before ({previous_run}): this "
+                "command did not run their promises.",
+            ]
         per_file: dict[str, int] = defaultdict(int)
-        for promise in self.promises.values():
-            for test_id in promise.tests:
+        for row in rows:
+            for test_id in re.findall(r"`(tests/[^`]+?::[^`]+)`", row.split(" | ")[1]):
                 per_file[test_id.split("::")[0]] += 1
         lines += ["", "Files: " + ", ".join(f"`{f}` ({n})" for f, n in sorted(per_file.items()))]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def row(promise: Promise) -> str:
+        tests = "<br>".join(f"`{t}`" for t in sorted(promise.tests))
+        notes = "<br>".join(dict.fromkeys(promise.notes)) or "-"
+        return (
+            f"| {promise.text} | {tests} | {promise.trials:,} | {promise.result} "
+            f"({promise.seconds:.0f} s) | {notes} |"
+        )
+
+    def previous(self) -> tuple[list[tuple[str, str]], str]:
+        """The rows of the file being replaced, by promise, and when that run was."""
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return [], ""
+        found = re.search(r"^Last run: ([^,]+),", text, re.M)
+        rows = []
+        in_table = False
+        for line in text.splitlines():
+            if line.startswith("| --- |"):
+                in_table = True
+            elif in_table and line.startswith("| "):
+                rows.append((line[2:].split(" | ", 1)[0], line))
+            elif in_table:
+                break
+        return rows, found.group(1) if found else "an earlier run"
