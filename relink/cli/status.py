@@ -12,13 +12,13 @@ import typer
 from sqlalchemy.orm import Session
 
 import connectors
-from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.domain.schedule import EMAIL_TIME_ZONE
 from relink.domain.words import Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
-from relink.sweeps import last_sweep
+from relink.sweep.record import last_sweep
+from relink.sweep.summary import InstallationProblem
 from relink.timeutil import utcnow
 
 EMAIL_RUN_TIME = time(7, 0)
