@@ -21,11 +21,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from deployments.definitions import SHARD_SIZE
+from flows.logical_time import logical_now
 from relink.app import get_app
 from relink.models import Connection
 from relink.sweep.run import SweepPolicy, run_sweep
 from relink.sweep.validate import CheckPolicy
-from relink.timeutil import utcnow
 from tasks.checks import STEPS
 
 PARALLEL_BATCHES = 2
@@ -67,7 +67,8 @@ async def check_connections(
     """Check every connection (or only `connection_ids`) and publish a summary.
 
     Connections are read in keyset batches; each batch is one task run that checks
-    its connections concurrently.
+    its connections concurrently. Every check is recorded at the run's scheduled start
+    (its logical time), however late the run starts or long it takes.
 
     Args:
         connection_ids: Check only these connection ids; empty checks every connection.
@@ -91,7 +92,7 @@ async def check_connections(
     )
     report = await run_sweep(
         app,
-        now=utcnow(),
+        now=logical_now(),
         steps=STEPS,
         policy=policy,
         source="check-connections",

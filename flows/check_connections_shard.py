@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.check_connections import sweep_policy
+from flows.logical_time import logical_now
 from relink.app import get_app
 from relink.sweep.run import run_shard
 from relink.sweep.shards import worker_identity
-from relink.timeutil import utcnow
 from tasks.checks import STEPS
 
 
@@ -51,7 +51,7 @@ async def check_connections_shard(
     me = worker_identity()
     done = await run_shard(
         app,
-        now=as_of or utcnow(),
+        now=as_of or logical_now(),
         steps=STEPS,
         policy=sweep_policy(batch_size, concurrency, per_provider),
         sweep_id=sweep_id,
