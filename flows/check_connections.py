@@ -7,7 +7,9 @@ providers and the fix; they break no connection, and the run still completes.
 A small sweep runs here, batch by batch. A large one (more than one shard of
 `shard_size` connections, run as a deployment) fans out: one check-connections-shard
 flow run per shard, so the work pool's workers share the sweep; each shard is claimed
-in the database, so no two workers check the same connections. The sweep itself is
+in the database, so no two workers check the same connections. A shard run not started
+within RELINK_SHARD_START_TIMEOUT is cancelled: its connections are reported not
+checked, the run fails saying so, and the next sweep checks them. The sweep itself is
 `relink.sweep.run.run_sweep`; this flow hands it Prefect tasks and publishes its summary.
 """
 
@@ -88,7 +90,12 @@ async def check_connections(
     if fan_out is None and deployment.id is None:
         fan_out = False
     policy = sweep_policy(
-        batch_size, concurrency, per_provider, fan_out=fan_out, shard_size=shard_size
+        batch_size,
+        concurrency,
+        per_provider,
+        fan_out=fan_out,
+        shard_size=shard_size,
+        shard_start_timeout=app.settings.shard_start_timeout,
     )
     report = await run_sweep(
         app,

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     )
     # checks
     check_timeout: float = Field(default=10.0, description="Seconds per source request.")
+    shard_start_timeout: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a sweep waits for a shard run to start; then the shard is "
+        "cancelled and its connections wait for the next sweep.",
+    )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets
     warehouse_url: str = Field(
