@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -19,13 +19,10 @@ from deployments.definitions import ato_deployment, by_name
 from flows.check_connections import check_connections
 from flows.check_connections_shard import check_connections_shard
 from relink.app import set_app
-from relink.connections import NewConnection, add_connection
-from relink.directory import add_account, add_user
 from relink.models import Connection, SweepShard
 from relink.sweep.record import last_sweep
 from relink.sweep.shards import WITHDRAWN
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+from tests.integration.test_deployments import add_connections
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -49,22 +46,7 @@ def shard_deployment() -> Iterator[str]:
 
 @pytest.fixture
 def app_with_connections(relink_app):
-    with relink_app.transaction() as session:
-        add_account(session, "Shards", now=T0)
-        add_user(session, email="o@shards.test", name="O", role="admin", account="Shards", now=T0)
-        for i in range(5):
-            add_connection(
-                session,
-                relink_app.vault,
-                NewConnection(
-                    type="api_key",
-                    name=f"c{i}",
-                    owner="o@shards.test",
-                    settings={"base_url": "http://127.0.0.1:9", "probe_path": "/me"},
-                    secrets={"api_key": f"k{i}"},
-                ),
-                now=T0,
-            )
+    add_connections(relink_app, 5)
     relink_app.settings.shard_start_timeout = 0  # no shard run ever starts in time
     relink_app.settings.check_timeout = 2
     set_app(relink_app)
