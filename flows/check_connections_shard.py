@@ -61,8 +61,8 @@ async def check_connections_shard(
     if done is None:
         logger.info("shard %d of sweep %s is already claimed: nothing to do", shard, sweep_id)
         return {"sweep_id": sweep_id, "shard": shard, "claimed": False}
-    after_id, upto_id, batches, summary = done
-    upto = "end" if upto_id is None else upto_id
+    after_id, summary = done.after_id, done.summary
+    upto = "end" if done.upto_id is None else done.upto_id
     logger.info(
         "shard %d (ids %d..%s] by %s: %d checked", shard, after_id, upto, me, summary["checked"]
     )
@@ -70,7 +70,7 @@ async def check_connections_shard(
     await acreate_markdown_artifact(
         f"# Shard {shard} of sweep {sweep_id}\n\n"
         f"Connection ids ({after_id}, {upto}], checked by `{me}`: "
-        f"{summary['checked']} connection(s) in {batches} batch(es).\n\n"
+        f"{summary['checked']} connection(s) in {done.batches} batch(es).\n\n"
         f"| outcome | connections |\n| --- | --- |\n{outcomes}\n\n"
         f"Disconnections opened: {summary['opened']}; closed: {summary['closed']}.\n",
         key="check-connections-shard",

@@ -132,11 +132,13 @@ def status(
         return
     summary = sweep.get("summary", {})
     outcomes = ", ".join(f"{v} {k}" for k, v in summary.get("outcomes", {}).items() if v)
+    not_checked = sum(summary.get("not_checked", {}).values())
     console.print(
         f"last sweep: {sweep['at']} by {sweep.get('source', '?')}, "
         f"{sweep.get('outcome', 'completed')}: {summary.get('checked', 0)} checked"
         + (f" ({outcomes})" if outcomes else "")
         + f", {summary.get('opened', 0)} disconnection(s) opened, "
-        f"{summary.get('closed', 0)} closed",
+        f"{summary.get('closed', 0)} closed"
+        + (f", {not_checked} not checked (the next sweep checks them)" if not_checked else ""),
         highlight=False,
     )

@@ -159,20 +159,21 @@ async def run_sweep(
     if steps.run_shards is not None and policy.fan_out is not False and not connection_ids:
         with app.sessions() as session:
             shards = plan_window(session, max(1, policy.shard_size))
-    fan_out = bool(shards) and (policy.fan_out is True or len(shards) > 1)
-    report = SweepReport(
-        SweepSummary.combine([], duration_s=0.0),
-        sweep_id,
-        shard_start_timeout=policy.shard_start_timeout,
-    )
-    if fan_out:
-        batches, not_checked = await _fan_out(app, now, steps, policy, sweep_id, shards, report)
+    if bool(shards) and (policy.fan_out is True or len(shards) > 1):
+        done = await _fan_out(app, now, steps, policy, sweep_id, shards)
     else:
         with app.sessions() as session:
             ranges = plan_batches(session, policy.check.batch_size, connection_ids)
-        batches, not_checked = await check_batches(steps, now, ranges, policy, connection_ids), {}
-    report.summary = SweepSummary.combine(
-        batches, duration_s=time.perf_counter() - started, not_checked=not_checked
+        done = _Done(await check_batches(steps, now, ranges, policy, connection_ids))
+    report = SweepReport(
+        SweepSummary.combine(
+            done.batches, duration_s=time.perf_counter() - started, not_checked=done.not_checked
+        ),
+        sweep_id,
+        shards=done.shards,
+        failed_shards=done.failed_shards,
+        not_started_shards=done.not_started_shards,
+        shard_start_timeout=policy.shard_start_timeout,
     )
     if source is not None:
         with app.transaction() as session:
@@ -206,6 +207,17 @@ async def check_batches(
     return list(await asyncio.gather(*(one(a, b) for a, b in ranges)))
 
 
+@dataclass
+class _Done:
+    """What the checking part of a sweep leaves: its batches' summaries, and its shards."""
+
+    batches: list[dict[str, Any]]
+    shards: int = 0
+    failed_shards: list[int] = field(default_factory=list)
+    not_started_shards: list[int] = field(default_factory=list)
+    not_checked: dict[str, int] = field(default_factory=dict)
+
+
 async def _fan_out(
     app: Relink,
     now: datetime,
@@ -213,8 +225,7 @@ async def _fan_out(
     policy: SweepPolicy,
     sweep_id: str,
     shards: Sequence[Range],
-    report: SweepReport,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> _Done:
     """One shard run per shard; the finished shards' summaries and what went unchecked."""
     assert steps.run_shards is not None
     with app.transaction() as session:
@@ -226,15 +237,26 @@ async def _fan_out(
         rows = shards_of(session, sweep_id)
         withdrawn = [row for row in rows if row.shard in runs.not_started]
         not_started = sum(connections_in(session, r.after_id, r.upto_id) for r in withdrawn)
-    report.shards = len(numbers)
-    report.not_started_shards = sorted(runs.not_started)
-    report.failed_shards = [
-        row.shard for row in rows if row.finished_at is None and row.shard not in runs.not_started
-    ]
     batches = [row.summary for row in rows if row.summary is not None]
-    return ([merge_batches(batches)] if batches else []), (
-        {"not_started": not_started} if withdrawn else {}
+    return _Done(
+        [merge_batches(batches)] if batches else [],
+        shards=len(numbers),
+        failed_shards=[
+            r.shard for r in rows if r.finished_at is None and r.shard not in runs.not_started
+        ],
+        not_started_shards=sorted(runs.not_started),
+        not_checked={"not_started": not_started} if withdrawn else {},
     )
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """One shard checked: its id range, how many batches, its merged batch summary."""
+
+    after_id: int
+    upto_id: int | None
+    batches: int
+    summary: dict[str, Any]
 
 
 async def run_shard(
@@ -246,9 +268,9 @@ async def run_shard(
     sweep_id: str,
     shard: int,
     claimant: str,
-) -> tuple[int, int | None, int, dict[str, Any]] | None:
-    """Claim one shard of a fanned-out sweep and check its connections as of `now`:
-    (after_id, upto_id, batches, merged summary), or None when someone else has it."""
+) -> ShardDone | None:
+    """Claim one shard of a fanned-out sweep and check its connections as of `now`; None
+    when someone else has it."""
     claim = await asyncio.to_thread(claim_shard, app, sweep_id, shard, claimant=claimant, now=now)
     if claim is None:
         return None
@@ -258,7 +280,7 @@ async def run_shard(
         )
     summary = merge_batches(await check_batches(steps, now, ranges, policy))
     await asyncio.to_thread(finish_shard, app, sweep_id, shard, summary, now=now)
-    return claim.after_id, claim.upto_id, len(ranges), summary
+    return ShardDone(claim.after_id, claim.upto_id, len(ranges), summary)
 
 
 # --- the steps as plain calls in this process ----------------------------------------------

@@ -23,6 +23,7 @@ from relink.models import Connection, SweepShard
 from relink.sweep.record import last_sweep
 from relink.sweep.shards import WITHDRAWN
 from tests.integration.test_deployments import add_connections
+from tests.support.reconnect import Cli
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -102,6 +103,10 @@ def test_a_shard_run_never_started_is_cancelled_and_its_connections_reported(
     scheduled = asyncio.run(sweep_time())
     # each shard was to check as of its sweep's logical time
     assert [datetime.fromisoformat(str(r.parameters["as_of"])) for r in runs] == [scheduled] * 3
+
+    shown = " ".join(Cli(app.settings).ok("status").stdout.split())
+    assert "failed: 0 checked" in shown
+    assert "5 not checked (the next sweep checks them)" in shown
 
     # a worker that starts a cancelled shard's run late checks nothing
     late = asyncio.run(check_connections_shard(sweep_id, 2))
