@@ -86,7 +86,6 @@ async def run_shard_flows(
     get_run_logger().info("sweep %s: started %d shard run(s)", sweep_id, len(runs))
     shard_of = {run.id: number for run, number in zip(runs, numbers, strict=True)}
     pending = set(shard_of)
-    failed: set[uuid.UUID] = set()
     withdrawn: set[uuid.UUID] = set()
     started = time.monotonic()
     async with get_client() as client:
@@ -97,8 +96,14 @@ async def run_shard_flows(
                 state = (await client.read_flow_run(run_id)).state
                 if state is not None and state.is_final():
                     pending.discard(run_id)
-                    if not state.is_completed():
-                        failed.add(run_id)
+                    if not state.is_completed():  # the sweep fails if its shard is unfinished
+                        get_run_logger().warning(
+                            "sweep %s: shard %d's run ended %s: %s",
+                            sweep_id,
+                            shard_of[run_id],
+                            state.type.value,
+                            state.message,
+                        )
                 elif (
                     too_late
                     and _not_started(state)
@@ -106,10 +111,7 @@ async def run_shard_flows(
                 ):
                     pending.discard(run_id)
                     withdrawn.add(run_id)
-    return ShardRuns(
-        failed=sorted(shard_of[r] for r in failed),
-        not_started=sorted(shard_of[r] for r in withdrawn),
-    )
+    return ShardRuns(not_started=sorted(shard_of[r] for r in withdrawn))
 
 
 def _not_started(state: State | None) -> bool:

@@ -59,9 +59,9 @@ class SweepPolicy:
 
 @dataclass(frozen=True)
 class ShardRuns:
-    """How the shard runs of a fanned-out sweep ended, by shard number."""
+    """How the shard runs of a fanned-out sweep ended, by shard number (whether a shard
+    finished is read from its row)."""
 
-    failed: list[int] = field(default_factory=list)  # ended other than completed
     not_started: list[int] = field(default_factory=list)  # cancelled before they started
 
 
