@@ -13,9 +13,9 @@ Variants at the headline size, to see where the time goes:
 - raw, one client per check: the same, but a new client per check: what the connector
   saves by sharing one `AsyncOAuth2Client` between the checks of a batch
   (`connectors.http.SharedClients`);
-- connector: `relink.checks.validate_all` over the decrypted connections (no database,
+- connector: `relink.sweep.validate.validate_all` over the decrypted connections (no database,
   no Prefect);
-- core sweep: `relink.checks.sweep` (load, validate, record batch by batch; no Prefect);
+- core sweep: `relink.sweep.run.sweep` (load, validate, record batch by batch; no Prefect);
 - flow: `check_connections` (one task run per batch, 2 batches in flight).
 """
 
@@ -398,8 +398,9 @@ def raw(bench: Bench, n: int, *, shared: bool = True) -> Run:
 def connector(bench: Bench, app: Any, n: int) -> Run:
     """`validate_all` over the connections, decrypted beforehand: no database, no Prefect."""
     from connectors.base import ConnectionSpec
-    from relink.checks import CheckPolicy, load_batch, make_context_factory, validate_all
     from relink.domain.words import Outcome
+    from relink.sweep.load import load_batch
+    from relink.sweep.validate import CheckPolicy, make_context_factory, validate_all
     from relink.tokens import DbTokenStore
 
     specs = [s for s in load_batch(app, 0, None) if isinstance(s, ConnectionSpec)]
@@ -416,8 +417,9 @@ def connector(bench: Bench, app: Any, n: int) -> Run:
 
 
 def core(bench: Bench, app: Any, n: int) -> Run:
-    """`relink.checks.sweep`: the flow's work in this process, batches one after another."""
-    from relink.checks import CheckPolicy, sweep
+    """`relink.sweep.run.sweep`: the flow's work in this process, batches one after another."""
+    from relink.sweep.run import sweep
+    from relink.sweep.validate import CheckPolicy
 
     policy = CheckPolicy(batch_size=BATCH_SIZE, concurrency=CONCURRENCY, per_provider=CONCURRENCY)
 

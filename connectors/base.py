@@ -187,7 +187,7 @@ class CheckContext:
     token_store: TokenStore | None = None
     # refresh an OAuth access token that expires within this many seconds
     refresh_window: float = 300.0
-    # HTTP clients shared by the checks of one batch (`relink.checks.validate_all`);
+    # HTTP clients shared by the checks of one batch (`relink.sweep.validate.validate_all`);
     # None: an HTTP connector makes a client for the call and closes it afterwards
     clients: SharedClients | None = None
 

@@ -9,29 +9,30 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
+from flows.logical_time import logical_now
 from relink.app import get_app
 from relink.emailing.policy import NotifyPolicy
 from relink.emailing.run import run_emails
-from relink.timeutil import utcnow
 from tasks.emails import STEPS
 
 
 def _run_name() -> str:
-    return f"disconnection emails at {utcnow():%Y-%m-%d %H:%M} UTC"
+    return f"disconnection emails at {logical_now():%Y-%m-%d %H:%M} UTC"
 
 
 @flow(name="send-disconnection-emails", flow_run_name=_run_name, log_prints=False)
 async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
     """Email every due disconnection (at most `limit`) and publish a summary.
 
-    The rule is evaluated at the time the run starts: open, started at least 24 hours
-    before, never emailed. A run that was missed is caught up by the next one.
+    The rule is evaluated at the run's scheduled start (its logical time), however late
+    it starts: open, started at least 24 hours before, never emailed. A run that was
+    missed is caught up by the next one.
 
     Args:
         limit: At most this many emails in this run (empty: every due one); the rest
             stay due and go out with the next run.
     """
-    now = utcnow()
+    now = logical_now()
     app = get_app()
     app.ensure_schema()
     summary = await run_emails(app, now=now, steps=STEPS, policy=NotifyPolicy(), limit=limit)

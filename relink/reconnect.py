@@ -69,13 +69,14 @@ from connectors.base import CheckError, CheckResult, ConnectionSpec, Connector, 
 from relink import audit
 from relink.access import can_reconnect
 from relink.app import Relink
-from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
+from relink.checks import check_range, record_batch
 from relink.connections import get_visible, ref_of
 from relink.directory import get_user, viewer_of
 from relink.domain.words import AuthKind, Outcome, Status
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import AuditEvent, Connection, Dataset, OAuthState, User
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
+from relink.sweep.validate import Checked, CheckPolicy, make_context_factory
 from relink.timeutil import utcnow
 
 OAUTH_STATE_TTL = timedelta(minutes=10)

@@ -48,10 +48,10 @@ from connectors.base import (
 )
 from relink import audit, db
 from relink.app import Relink
-from relink.checks import CheckPolicy, make_context_factory
 from relink.domain.words import DatasetStatus, Mode, Status
 from relink.errors import InvalidInput, NotFound, VaultError
 from relink.models import Connection, Dataset, User
+from relink.sweep.validate import CheckPolicy, make_context_factory
 from relink.timeutil import utcnow
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"

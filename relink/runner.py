@@ -333,7 +333,7 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
     """Run the served check-connections deployment once and wait for it, so the demo
     shows broken connections and the Prefect UI shows a run with its artifact."""
-    from relink.sweeps import last_sweep
+    from relink.sweep.record import last_sweep
 
     flow_run: dict[str, Any] = {}
 

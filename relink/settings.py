@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "connection's OAuth token (SQLite: its lock file); past it the check is "
         "'unreachable' (token_refresh_busy), never a disconnection.",
     )
+    shard_start_timeout: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a sweep waits for a shard run to start; then the shard is "
+        "cancelled and its connections wait for the next sweep.",
+    )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets
     warehouse_url: str = Field(

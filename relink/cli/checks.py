@@ -10,10 +10,10 @@ import sqlalchemy as sa
 import typer
 
 from relink.app import Relink
-from relink.checks import CheckPolicy, sweep
 from relink.cli._common import app, console, fail, handle_errors, print_json, print_table
 from relink.models import MAX_ID, Connection
-from relink.sweeps import record_sweep
+from relink.sweep.run import SweepPolicy, plain_steps, run_sweep
+from relink.sweep.validate import CheckPolicy
 from relink.timeutil import utcnow
 
 
@@ -39,16 +39,18 @@ def check(
     if connection:
         _require_connections(relink, connection)
     policy = CheckPolicy(concurrency=concurrency, timeout=relink.settings.check_timeout)
-    summary = asyncio.run(sweep(relink, now=utcnow(), policy=policy, connection_ids=connection))
-    with relink.transaction() as session:
-        record_sweep(
-            session,
-            summary.as_dict(),
+    report = asyncio.run(
+        run_sweep(
+            relink,
             now=utcnow(),
+            steps=plain_steps(relink),
+            policy=SweepPolicy(check=policy),
             source="relink check",
-            outcome="completed",
-            connection_ids=connection or None,
+            connection_ids=connection,
+            details={"connection_ids": connection or None},
         )
+    )
+    summary = report.summary
     if as_json:
         print_json(summary.as_dict())
         return

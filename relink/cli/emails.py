@@ -71,8 +71,9 @@ def notify(
         typer.Option(
             "--as-of",
             metavar="ISO8601",
-            help="With --dry-run: evaluate the rule at this time (e.g. tomorrow's "
-            "2026-03-02T07:00-07:00) instead of now. Without an offset: UTC.",
+            help="Decide as the run scheduled at this time would (e.g. 2026-03-02T07:00-07:00): "
+            "with --dry-run any time (tomorrow's run, say), without it a past one, to "
+            "catch up a missed run. Without an offset: UTC.",
         ),
     ] = None,
     limit: Annotated[
@@ -82,10 +83,15 @@ def notify(
 ) -> None:
     """Email every disconnection open for 24 hours that was never emailed (the
     send-disconnection-emails flow's run, here without Prefect). Without an API key
-    (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead."""
-    if as_of is not None and not dry_run:
-        raise fail("--as-of only works with --dry-run: a real run always uses the current time")
-    moment = parse_as_of(as_of) if as_of is not None else utcnow()
+    (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead. With --as-of it
+    decides exactly as the run scheduled at that time does."""
+    now = utcnow()
+    moment = parse_as_of(as_of) if as_of is not None else now
+    if moment > now and not dry_run:
+        raise fail(
+            f"--as-of {as_of!r} is in the future: a run can only catch up a time that has "
+            "passed (add --dry-run to see what that run will send)"
+        )
     relink = app()
     relink.ensure_schema()
     if dry_run:

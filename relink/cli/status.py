@@ -12,13 +12,13 @@ import typer
 from sqlalchemy.orm import Session
 
 import connectors
-from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.domain.schedule import EMAIL_TIME_ZONE
 from relink.domain.words import Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
-from relink.sweeps import last_sweep
+from relink.sweep.record import last_sweep
+from relink.sweep.summary import InstallationProblem
 from relink.timeutil import utcnow
 
 EMAIL_RUN_TIME = time(7, 0)
@@ -132,11 +132,13 @@ def status(
         return
     summary = sweep.get("summary", {})
     outcomes = ", ".join(f"{v} {k}" for k, v in summary.get("outcomes", {}).items() if v)
+    not_checked = sum(summary.get("not_checked", {}).values())
     console.print(
         f"last sweep: {sweep['at']} by {sweep.get('source', '?')}, "
         f"{sweep.get('outcome', 'completed')}: {summary.get('checked', 0)} checked"
         + (f" ({outcomes})" if outcomes else "")
         + f", {summary.get('opened', 0)} disconnection(s) opened, "
-        f"{summary.get('closed', 0)} closed",
+        f"{summary.get('closed', 0)} closed"
+        + (f", {not_checked} not checked (the next sweep checks them)" if not_checked else ""),
         highlight=False,
     )

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from relink import demo
 from relink.app import Relink
-from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.domain.words import Status
@@ -30,6 +29,7 @@ from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection
 from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
+from relink.sweep.run import sweep
 from relink.web import create_app
 from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
 from tests.integration.oauth_fixtures import add_app_connections, installation_app

@@ -5,16 +5,19 @@ connection never stopping the sweep."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from relink.checks import CheckPolicy, sweep
 from relink.directory import add_account, add_user
 from relink.models import AuditEvent, Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.sweep.record import last_sweep
+from relink.sweep.run import SweepPolicy, SweepSteps, plain_steps, run_sweep, sweep
+from relink.sweep.validate import CheckPolicy
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FAST = CheckPolicy(
@@ -213,3 +216,62 @@ def test_only_the_given_connections_are_checked(relink_app, owner, sandbox):
             session.scalars(sa.select(Connection.id).where(Connection.last_checked_at.is_not(None)))
         )
     assert checked == {2, 4}
+
+
+def test_run_sweep_with_plain_steps_checks_batches_side_by_side_and_records_the_sweep(
+    relink_app, owner, sandbox, closed_port
+):
+    """The sweep service itself, as `relink check` runs it: its plain steps, two batches
+    in flight sharing the sweep's caps, every check and the sweep's record at `now`."""
+    add_api_connections(relink_app, owner, sandbox.url, "good-key", 5, "ok")
+    add_api_connections(relink_app, owner, sandbox.url, "revoked-key", 2, "revoked")
+    add_api_connections(relink_app, owner, f"http://127.0.0.1:{closed_port}", "good-key", 1, "down")
+    calls: list[tuple[datetime, int, int | None, dict]] = []
+    plain = plain_steps(relink_app)
+
+    async def check_batch(now, after_id, upto_id, policy, only):
+        calls.append((now, after_id, upto_id, policy))
+        return await plain.check_batch(now, after_id, upto_id, policy, only)
+
+    policy = SweepPolicy(
+        check=dataclasses.replace(FAST, batch_size=3, concurrency=8, per_provider=5),
+        parallel_batches=2,
+    )
+    report = asyncio.run(
+        run_sweep(
+            relink_app,
+            now=T0,
+            steps=SweepSteps(check_batch=check_batch),
+            policy=policy,
+            source="a test",
+            details={"by": "test_check_sweep"},
+        )
+    )
+
+    assert report.summary.checked == 8 and report.summary.batches == 3
+    assert report.summary.outcomes == {
+        "ok": 5,
+        "auth_failed": 2,
+        "misconfigured": 0,
+        "unreachable": 1,
+        "error": 0,
+    }
+    assert not report.failed and report.failure() == ""
+    assert [(a, b) for _, a, b, _ in sorted(calls, key=lambda c: c[1])] == [
+        (0, 3),
+        (3, 6),
+        (6, None),
+    ]
+    assert {c[0] for c in calls} == {T0}
+    # each of the two batches in flight gets half the sweep's caps
+    assert {(c[3]["concurrency"], c[3]["per_provider"]) for c in calls} == {(4, 3)}
+    with relink_app.sessions() as session:
+        assert set(session.scalars(sa.select(Connection.last_checked_at))) == {T0}
+        last = last_sweep(session)
+    assert last["at"] == T0.isoformat()
+    assert (last["source"], last["outcome"], last["by"]) == (
+        "a test",
+        "completed",
+        "test_check_sweep",
+    )
+    assert last["summary"]["checked"] == 8 and last["summary"]["opened"] == 2

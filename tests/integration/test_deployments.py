@@ -194,7 +194,7 @@ def add_connections(app, n: int) -> list[int]:
 
 
 def test_shards_cover_every_connection_once(relink_app):
-    from relink.sweeps import plan_window
+    from relink.sweep.plan import plan_window
 
     ids = add_connections(relink_app, 7)
     with relink_app.sessions() as session:
@@ -209,7 +209,7 @@ def test_a_shard_is_claimed_once(relink_app):
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
 
-    from relink.sweeps import claim_shard, create_shards
+    from relink.sweep.shards import claim_shard, create_shards
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     with relink_app.transaction() as session:
@@ -236,7 +236,7 @@ def test_a_shard_run_that_finds_its_shard_claimed_checks_nothing(prefect_server,
     from flows.check_connections_shard import check_connections_shard
     from relink.app import set_app
     from relink.models import Connection
-    from relink.sweeps import create_shards
+    from relink.sweep.shards import create_shards
 
     add_connections(relink_app, 2)
     with relink_app.transaction() as session:
@@ -259,7 +259,7 @@ def test_a_shard_run_that_finds_its_shard_claimed_checks_nothing(prefect_server,
 def test_a_sweep_in_one_run_records_its_summary(prefect_server, relink_app):
     from flows.check_connections import check_connections
     from relink.app import set_app
-    from relink.sweeps import last_sweep
+    from relink.sweep.record import last_sweep
 
     add_connections(relink_app, 3)
     set_app(relink_app)

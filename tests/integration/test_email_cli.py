@@ -77,13 +77,32 @@ def test_dry_run_as_of_lists_exactly_the_due_ones_and_writes_nothing(cli, world,
     assert not (relink_app.settings.data_dir / "outbox").exists()
 
 
-def test_as_of_without_dry_run_is_refused(cli, world):
-    result = cli("notify", "--as-of", "2026-03-02T07:00-07:00")
+def test_as_of_without_dry_run_catches_up_a_missed_run_as_its_dry_run_showed(cli, world):
+    """An operator re-runs yesterday's 07:00: it decides at 07:00, not at the wall clock,
+    so it emails exactly what `--dry-run --as-of` listed for that time."""
+    due_at_run = world.broken(RUN - timedelta(hours=24), name="Sales DB")
+    world.broken(RUN - timedelta(hours=2), name="CRM")  # due only from the next day's run
+    planned = cli.json("notify", "--dry-run", "--as-of", "2026-03-02T07:00-07:00")
+    assert [e["disconnection_id"] for e in planned["emails"]] == [due_at_run]
+
+    ran = cli.json("notify", "--as-of", "2026-03-02T07:00-07:00")
+    assert ran["outbox"] == 1 and ran["sent"] == 0
+    assert world.states() == {due_at_run: "outbox"}
+    again = cli.json("notify", "--as-of", "2026-03-02T14:00Z")  # once per disconnection
+    assert again["outbox"] == 0 and world.states() == {due_at_run: "outbox"}
+
+
+def test_as_of_in_the_future_without_dry_run_is_refused(cli, world):
+    world.broken(RUN - timedelta(hours=24), name="Sales DB")
+    tomorrow = (utcnow() + timedelta(days=1)).isoformat()
+    result = cli("notify", "--as-of", tomorrow)
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "error: --as-of only works with --dry-run: a real run always uses the current time"
+        f"error: --as-of {tomorrow!r} is in the future: a run can only catch up a time that "
+        "has passed (add --dry-run to see what that run will send)"
     )
     assert world.notifications() == {}
+    assert cli("notify", "--dry-run", "--as-of", tomorrow).exit_code == 0
 
 
 def test_malformed_as_of_is_a_clear_error(cli, world):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from relink.checks import sweep
+from relink.sweep.run import sweep
 from tests.support.reconnect import (
     FAST_CHECKS,
     OUTSIDER,

@@ -15,11 +15,13 @@ import sqlalchemy as sa
 
 from connectors.base import CheckResult
 from relink import reconnect as reconnect_module
-from relink.checks import Checked, record_batch, sweep
+from relink.checks import record_batch
 from relink.domain.words import Outcome
 from relink.errors import Conflict, NotFound, PermissionDenied
 from relink.models import AuditEvent, Connection, Disconnection
 from relink.reconnect import CredentialsRefused, SourceUnreachable, reconnect_with_secrets
+from relink.sweep.run import sweep
+from relink.sweep.validate import Checked
 from tests.support.reconnect import (
     ADMIN,
     FAST_CHECKS,

@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 
 from relink import demo
-from relink.checks import sweep
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.errors import InvalidInput
@@ -30,6 +29,7 @@ from relink.reconnect import (
     reconnect_with_secrets,
     start_oauth,
 )
+from relink.sweep.run import sweep
 from tests.integration.oauth_fixtures import (
     REDIRECT_URI,
     new_client,

@@ -15,7 +15,7 @@ from relink.cli.status import collect, next_email_run
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
-from relink.sweeps import record_sweep
+from relink.sweep.record import record_sweep
 from tests.integration.oauth_fixtures import add_app_connections
 from tests.support.reconnect import Cli
 

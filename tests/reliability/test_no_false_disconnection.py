@@ -5,7 +5,7 @@ its `invalid_since`, and revoked credentials are all found by the first sweep af
 Connections of every kind (API key; OAuth checked through the token endpoint, the
 introspection endpoint or userinfo; PostgreSQL; MariaDB) reach their source through a
 `FaultySource` (tests/support/faulty_sources.py), a proxy in front of the real peer. The
-production sweep (`relink.checks.sweep`, what `relink check` and the check-connections
+production sweep (`relink.sweep.run.sweep`, what `relink check` and the check-connections
 flow's batches run, on a PostgreSQL app database) checks them all while every source
 fails in its own way; then the sources recover, the credentials are revoked at the real
 peers, and one more sweep must find every connection broken.
@@ -34,10 +34,11 @@ import pytest
 import sqlalchemy as sa
 
 from relink.app import Relink
-from relink.checks import CheckPolicy, sweep
 from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection, Notification
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.sweep.run import sweep
+from relink.sweep.validate import CheckPolicy
 from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,

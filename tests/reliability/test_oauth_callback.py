@@ -27,10 +27,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from relink.app import Relink
-from relink.checks import sweep
 from relink.models import OAuthState
 from relink.reconnect import OAUTH_STATE_TTL, start_oauth
 from relink.sandbox import SandboxServer
+from relink.sweep.run import sweep
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key
 from relink.web import create_app

@@ -27,18 +27,14 @@ import sqlalchemy as sa
 
 from connectors.base import CheckResult
 from relink.app import Relink
-from relink.checks import (
-    CheckPolicy,
-    _record_with_retry,
-    load_batch,
-    make_context_factory,
-    validate_all,
-)
+from relink.checks import _record_with_retry
 from relink.domain.words import Outcome
 from relink.errors import Conflict
 from relink.models import Connection, Disconnection
 from relink.reconnect import Reconnected, finish_oauth, start_oauth
 from relink.sandbox import SandboxProvider, SandboxServer
+from relink.sweep.load import load_batch
+from relink.sweep.validate import CheckPolicy, make_context_factory, validate_all
 from relink.tokens import DbTokenStore
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,

@@ -63,7 +63,7 @@ from relink.directory import get_user
 from relink.models import Connection, Disconnection, OAuthState
 from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import OAuthApp, Settings
-from relink.sweeps import create_shards
+from relink.sweep.shards import create_shards
 from relink.timeutil import utcnow
 from relink.vault import generate_key
 from relink.web import create_app

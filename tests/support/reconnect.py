@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from relink.app import Relink
-from relink.checks import CheckPolicy, sweep
 from relink.connections import NewConnection, add_connection, detail, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user, get_user
@@ -22,6 +21,8 @@ from relink.models import Base, Connection
 from relink.reconnect import Reconnected, finish_oauth, start_oauth
 from relink.refresh import RefreshPolicy
 from relink.sandbox import SandboxServer
+from relink.sweep.run import sweep
+from relink.sweep.validate import CheckPolicy
 from tests.integration.oauth_fixtures import REDIRECT_URI, OAuthClient, issue, oauth_settings
 from tests.support.web import consent
 
