@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 import connectors
 from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
+from relink.connections import listed_counts
 from relink.domain.schedule import EMAIL_TIME_ZONE
 from relink.domain.words import Status
 from relink.emailing.due import due_ids
@@ -65,12 +66,7 @@ def _provider(type_: str) -> str:
 
 
 def collect(session: Session, now: datetime) -> dict[str, Any]:
-    counts = dict(
-        session.execute(
-            sa.select(Connection.status, sa.func.count(Connection.id)).group_by(Connection.status)
-        ).all()
-    )
-    by_status = {str(s): int(counts.get(str(s), 0)) for s in Status}
+    by_status = listed_counts(session, sa.true())  # as the pages' filters count
     open_count = session.scalar(
         sa.select(sa.func.count(Disconnection.id)).where(Disconnection.ended_at.is_(None))
     )
