@@ -16,7 +16,7 @@ from relink.checks import InstallationProblem
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.connections import listed_counts
 from relink.domain.schedule import EMAIL_TIME_ZONE
-from relink.domain.words import Status
+from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
 from relink.sweeps import last_sweep
@@ -40,17 +40,21 @@ def next_email_run(now: datetime) -> datetime:
 
 
 def installation_problems(session: Session) -> list[InstallationProblem]:
-    """The misconfigured connections by provider and code, with what an admin fixes."""
+    """The connections whose last check met a misconfigured installation, by provider and
+    code, with what an admin fixes: as the sweep reports them, so a connection broken
+    before (listed Disconnected, its error the one that broke it) is counted too."""
+    # the fix is the check's message, which only a connection not broken keeps as its error
+    fix = sa.case((Connection.status == Status.MISCONFIGURED, Connection.last_error_message))
     rows = session.execute(
         sa.select(
             Connection.type,
-            Connection.last_error_code,
+            Connection.last_outcome_code,
             sa.func.count(Connection.id),
-            sa.func.min(Connection.last_error_message),
+            sa.func.min(fix),
         )
-        .where(Connection.status == Status.MISCONFIGURED)
-        .group_by(Connection.type, Connection.last_error_code)
-        .order_by(Connection.type, Connection.last_error_code)
+        .where(Connection.last_outcome == Outcome.MISCONFIGURED)
+        .group_by(Connection.type, Connection.last_outcome_code)
+        .order_by(Connection.type, Connection.last_outcome_code)
     ).all()
     return [
         InstallationProblem(_provider(type_), code, count, fix or "")

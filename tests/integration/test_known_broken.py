@@ -168,6 +168,46 @@ def test_a_recheck_of_a_connection_that_is_only_unreachable_hands_out_no_reconne
     assert (api["status"], api["broken"], api["unreachable_now"]) == ("unreachable", False, True)
 
 
+def test_an_installation_problem_counts_a_broken_connection_as_the_sweep_does(relink_app, settings):
+    """The installation's Salesforce app was refused: `relink status` lists the problem for
+    every connection the sweep met it on, the one broken before included (which stays
+    Disconnected, the problem a second fact)."""
+    from relink.directory import add_account, add_user
+    from relink.sandbox import SandboxProvider, SandboxServer
+    from tests.integration.oauth_fixtures import add_app_connections
+
+    provider = SandboxProvider()
+    provider.register_client("sf-app", "the-rotated-secret", ["http://127.0.0.1:9/cb"])
+    with relink_app.transaction() as session:
+        add_account(session, "Acme", now=T0)
+        add_user(session, email="o@acme.test", name="O", role="member", account="Acme", now=T0)
+    with SandboxServer(provider) as sandbox:
+        ids = add_app_connections(
+            relink_app,
+            provider,
+            sandbox.url,
+            app_id="sf-app",
+            owner="o@acme.test",
+            names=["Sales 0", "Sales 1", "Sales 2"],
+            now=T0,
+        )
+        with relink_app.transaction() as session:  # broken before the app was refused
+            conn = session.get(Connection, ids[0])
+            conn.status, conn.invalid_since, conn.last_error_code = "disconnected", T0, "401"
+            session.add(Disconnection(connection_id=ids[0], started_at=T0, reason_code="401"))
+        cli = Cli(settings)
+        cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_ID"] = "sf-app"
+        cli.env["RELINK_OAUTH__SALESFORCE__CLIENT_SECRET"] = "an-old-secret"
+        swept = json.loads(cli.ok("check", "--json").stdout)
+
+    (problem,) = swept["installation_problems"]
+    assert problem["connections"] == 3
+    status = json.loads(cli.ok("status", "--json").stdout)
+    assert status["installation_problems"] == [problem]
+    assert status["connections"]["by_status"]["disconnected"] == 1
+    assert status["connections"]["by_status"]["misconfigured"] == 2
+
+
 # --- rows the earlier rule left behind --------------------------------------------------------
 
 
