@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from relink import db
 from relink.app import Relink
 from relink.checks import sweep
 from relink.connections import list_visible, listed_counts
@@ -206,47 +205,6 @@ def test_an_installation_problem_counts_a_broken_connection_as_the_sweep_does(re
     assert status["installation_problems"] == [problem]
     assert status["connections"]["by_status"]["disconnected"] == 1
     assert status["connections"]["by_status"]["misconfigured"] == 2
-
-
-# --- rows the earlier rule left behind --------------------------------------------------------
-
-
-def test_the_migration_puts_a_broken_connection_left_unreachable_back_to_disconnected(
-    relink_app,
-):
-    """0008: a row that an outage moved off `disconnected` while its disconnection stayed
-    open is disconnected again, with the code that broke it; its last outcome is kept."""
-    engine = relink_app.engine
-    db.downgrade(engine, "0007")
-    with engine.begin() as conn:
-        for sql in (
-            "INSERT INTO accounts (id, name, created_at) VALUES (1, 'Acme', '2026-01-01')",
-            "INSERT INTO users (id, account_id, email, name, role, active, created_at)"
-            " VALUES (1, 1, 'a@acme.test', 'A', 'admin', true, '2026-01-01')",
-            "INSERT INTO connections (id, account_id, type, name, mode, settings, credentials,"
-            " owner_id, status, invalid_since, last_checked_at, last_error_code,"
-            " last_error_message, version, created_at, updated_at) VALUES (1, 1, 'postgres',"
-            " 'Sales', 'direct', '{}', 'x', 1, 'unreachable', '2026-01-02', '2026-01-03',"
-            " 'timeout', 'timed out', 1, '2026-01-01', '2026-01-01')",
-            "INSERT INTO connections (id, account_id, type, name, mode, settings, credentials,"
-            " owner_id, status, last_checked_at, last_error_code, last_error_message, version,"
-            " created_at, updated_at) VALUES (2, 1, 'postgres', 'Ops', 'direct', '{}', 'x', 1,"
-            " 'unreachable', '2026-01-03', 'timeout', 'timed out', 1, '2026-01-01',"
-            " '2026-01-01')",
-            "INSERT INTO disconnections (id, connection_id, started_at, reason_code)"
-            " VALUES (1, 1, '2026-01-02', '28P01')",
-        ):
-            conn.exec_driver_sql(sql)
-    db.upgrade(engine)
-    with relink_app.sessions() as session:
-        rows = {
-            c.name: (c.status, c.last_error_code, c.last_outcome, c.last_outcome_code)
-            for c in session.scalars(sa.select(Connection))
-        }
-    assert rows == {
-        "Sales": ("disconnected", "28P01", "unreachable", "timeout"),
-        "Ops": ("unreachable", "timeout", "unreachable", "timeout"),
-    }
 
 
 # --- the SQL form is the pure rule ----------------------------------------------------------

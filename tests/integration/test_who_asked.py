@@ -15,21 +15,18 @@ import pytest
 import sqlalchemy as sa
 
 from relink.app import set_app
-from relink.checks import sweep
 from relink.models import AuditEvent, Dataset
 from relink.reconnect import reconnect_with_secrets
 from relink.web import create_app
 from tests.conftest import APP_BACKENDS
 from tests.support.reconnect import (
     ADMIN,
-    FAST_CHECKS,
     FAST_REFRESH,
     OWNER,
     SHARED,
     T0,
     Cli,
-    add_people,
-    add_pg_connection,
+    add_broken_pg_connection,
     connection_view,
     pg_settings,
     snapshot,
@@ -45,17 +42,7 @@ T2 = T0 + timedelta(hours=2)
 @pytest.fixture
 def broken(relink_app, pg_admin: PgAdmin, postgres_url):
     """A connection broken by a password change at the source; `fix()` puts it back."""
-    role = pg_admin.create_role()
-    schema = pg_admin.create_schema(role.name)
-    add_people(relink_app)
-    world = add_pg_connection(
-        relink_app,
-        settings=pg_settings(postgres_url, role.name),
-        password=role.password,
-        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
-    )
-    pg_admin.set_password(role.name, "changed-at-the-source")
-    asyncio.run(sweep(relink_app, now=T0 + timedelta(hours=1), policy=FAST_CHECKS))
+    world, role = add_broken_pg_connection(relink_app, pg_admin, postgres_url)
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
     return world, role, lambda: pg_admin.set_password(role.name, role.password)
 
