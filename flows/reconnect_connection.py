@@ -39,7 +39,7 @@ async def reconnect_connection(
     name = checked["connection"]
     if checked["status"] == "connected":
         logger.info("connection %d (%s) works again; refreshing its datasets", connection_id, name)
-        refreshed = await refresh_datasets(connection_id=connection_id)
+        refreshed = await refresh_datasets(connection_id=connection_id, requested_by=requested_by)
         await acreate_markdown_artifact(
             f"# Connection {connection_id} ({_md(name)}) works again\n\n"
             f"The stored credentials were accepted; the disconnection is closed"
@@ -61,6 +61,22 @@ async def reconnect_connection(
             f"# Connection {connection_id} ({_md(name)}) waits for an administrator\n\n"
             "Relink's own setup for this source is wrong; reconnecting cannot help, and its "
             f"owner is not emailed.\n\n{_md(checked['message'] or checked['code'])}\n",
+            key="reconnect-connection",
+            description=f"Reconnect connection {connection_id}",
+        )
+        return {"connection": checked, "refresh": None, "reconnect_url": None, "emailed": None}
+    if checked["reconnect_url"] is None:  # not broken: the source could not be asked
+        logger.warning(
+            "connection %d (%s) could not be checked: %s; Relink keeps checking",
+            connection_id,
+            name,
+            checked["message"] or checked["code"] or checked["outcome"],
+        )
+        await acreate_markdown_artifact(
+            f"# Connection {connection_id} ({_md(name)}) could not be checked\n\n"
+            "The source could not be asked; this is not a credentials problem, so there is "
+            f"nothing for its owner to do and nobody is emailed.\n\n"
+            f"{_md(checked['message'] or checked['code'] or checked['outcome'])}\n",
             key="reconnect-connection",
             description=f"Reconnect connection {connection_id}",
         )

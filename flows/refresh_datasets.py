@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from relink.app import get_app
+from relink.directory import get_user
 from relink.refresh import RefreshPolicy, RefreshSummary, select_datasets
 from tasks.refresh import refresh_dataset
 
@@ -33,6 +34,7 @@ async def refresh_datasets(
     concurrency: int = 4,
     attempts: int = 3,
     backoff: float = 1.0,
+    requested_by: str | None = None,
 ) -> dict[str, Any]:
     """Refresh datasets, at most `concurrency` at once; an unreachable source is asked
     `attempts` times with exponential backoff. One failing dataset never stops the
@@ -44,10 +46,13 @@ async def refresh_datasets(
         concurrency: Datasets refreshed at once.
         attempts: Times an unreachable source is asked before the dataset fails.
         backoff: Seconds before the first retry, doubled after each.
+        requested_by: The email of the person asking, recorded as the actor of each
+            refresh in the audit trail (none: Relink itself).
     """
     app = get_app()
     app.ensure_schema()
     with app.sessions() as session:
+        actor_id = get_user(session, requested_by).id if requested_by else None
         ids = select_datasets(session, connection_id=connection_id, dataset_ids=dataset_ids)
     policy = RefreshPolicy(concurrency=concurrency, attempts=attempts, backoff=backoff)
     params = dataclasses.asdict(policy)
@@ -56,7 +61,7 @@ async def refresh_datasets(
 
     async def one(dataset_id: int) -> dict[str, Any]:
         async with gate:
-            return await refresh_dataset(dataset_id, params)
+            return await refresh_dataset(dataset_id, params, actor_id)
 
     results = await asyncio.gather(*(one(i) for i in ids))
     summary = RefreshSummary.from_dicts(results, time.perf_counter() - started)

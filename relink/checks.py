@@ -21,7 +21,7 @@ from connectors.base import CheckResult, ConnectionSpec
 from relink import audit
 from relink.app import Relink
 from relink.domain.words import Outcome
-from relink.models import Connection, Disconnection
+from relink.models import Connection, Disconnection, User
 from relink.state import ConnState, decide
 from relink.sweep.load import Unloadable, load_batch
 from relink.sweep.summary import BatchSummary
@@ -42,8 +42,10 @@ async def check_range(
     now: datetime,
     policy: CheckPolicy,
     only: Sequence[int] | None = None,
+    actor_id: int | None = None,
 ) -> BatchSummary:
-    """Load, validate and record one batch, checked as of `now`; returns its counts."""
+    """Load, validate and record one batch, checked as of `now`; returns its counts.
+    `actor_id`: who asked (None: the schedule)."""
     from relink.tokens import DbTokenStore
 
     loaded = await asyncio.to_thread(load_batch, app, after_id, upto_id, only)
@@ -51,20 +53,24 @@ async def check_range(
     unloadable = [s for s in loaded if isinstance(s, Unloadable)]
     make_ctx = make_context_factory(app, policy, now=now, token_store=DbTokenStore(app))
     checked = await validate_all(specs, make_ctx, policy)
-    return await asyncio.to_thread(_record_with_retry, app, checked, unloadable, now)
+    return await asyncio.to_thread(_record_with_retry, app, checked, unloadable, now, actor_id)
 
 
 def _record_with_retry(
-    app: Relink, checked: Sequence[Checked], unloadable: Sequence[Unloadable], now: datetime
+    app: Relink,
+    checked: Sequence[Checked],
+    unloadable: Sequence[Unloadable],
+    now: datetime,
+    actor_id: int | None = None,
 ) -> BatchSummary:
     try:
         with app.transaction() as session:
-            return record_batch(session, checked, unloadable, now=now)
+            return record_batch(session, checked, unloadable, now=now, actor_id=actor_id)
     except StaleDataError:
         # someone changed a connection between our read and write: the version
         # check in record_batch skips it on the second pass
         with app.transaction() as session:
-            return record_batch(session, checked, unloadable, now=now)
+            return record_batch(session, checked, unloadable, now=now, actor_id=actor_id)
 
 
 def record_batch(
@@ -73,8 +79,10 @@ def record_batch(
     unloadable: Sequence[Unloadable],
     *,
     now: datetime,
+    actor_id: int | None = None,
 ) -> BatchSummary:
-    """Apply the state rules to every result of a batch, in the caller's transaction."""
+    """Apply the state rules to every result of a batch, in the caller's transaction;
+    `actor_id` is the user who asked for the check (None: the schedule)."""
     summary = BatchSummary()
     ids = [c.connection_id for c in checked] + [u.connection_id for u in unloadable]
     if not ids:
@@ -111,7 +119,7 @@ def record_batch(
         if item.result.outcome is Outcome.MISCONFIGURED:
             key = f"{item.provider}|{item.result.code or ''}"
             summary.installation.setdefault(key, item.result.message)
-        row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary)
+        row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary, actor_id)
         if row is not None:
             plain.append(row)
     for bad in unloadable:
@@ -137,10 +145,12 @@ class _Bookkeeping:
     error_code: str | None
     error_message: str | None
     invalid_since: datetime | None
+    last_outcome: str
+    last_outcome_code: str | None
 
     @classmethod
     def error(cls, conn: Connection, code: str, message: str) -> _Bookkeeping:
-        return cls(conn, code, message[:1000], conn.invalid_since)
+        return cls(conn, code, message[:1000], conn.invalid_since, ERROR, code)
 
 
 _CONNECTIONS = Connection.__table__
@@ -157,6 +167,8 @@ _BOOKKEEPING_UPDATE = (
         last_error_code=sa.bindparam("b_error_code"),
         last_error_message=sa.bindparam("b_error_message"),
         invalid_since=sa.bindparam("b_invalid_since"),
+        last_outcome=sa.bindparam("b_last_outcome"),
+        last_outcome_code=sa.bindparam("b_last_outcome_code"),
         version=_CONNECTIONS.c.version + 1,
     )
 )
@@ -173,6 +185,8 @@ def _write_bookkeeping(session: Session, rows: Sequence[_Bookkeeping], now: date
             "b_error_code": r.error_code,
             "b_error_message": r.error_message,
             "b_invalid_since": r.invalid_since,
+            "b_last_outcome": r.last_outcome,
+            "b_last_outcome_code": r.last_outcome_code,
         }
         for r in rows
     ]
@@ -186,6 +200,8 @@ def _write_bookkeeping(session: Session, rows: Sequence[_Bookkeeping], now: date
             ("last_error_code", r.error_code),
             ("last_error_message", r.error_message),
             ("invalid_since", r.invalid_since),
+            ("last_outcome", r.last_outcome),
+            ("last_outcome_code", r.last_outcome_code),
             ("version", r.conn.version + 1),
         ):
             set_committed_value(r.conn, name, value)
@@ -198,6 +214,7 @@ def _apply(
     result: CheckResult,
     now: datetime,
     summary: BatchSummary,
+    actor_id: int | None = None,
 ) -> _Bookkeeping | None:
     """Apply the state rules to one result; a change of status or episode is made on the
     session's object, anything less is returned for the batch's one bookkeeping UPDATE."""
@@ -213,8 +230,17 @@ def _apply(
     opens = decision.open_disconnection
     closes = decision.close_disconnection and open_ep is not None
     if not (opens or closes or decision.changes_status(before)):
-        return _Bookkeeping(conn, decision.error_code, message, decision.invalid_since)
+        return _Bookkeeping(
+            conn,
+            decision.error_code,
+            message,
+            decision.invalid_since,
+            decision.last_outcome,
+            decision.last_outcome_code,
+        )
     conn.last_checked_at = now
+    conn.last_outcome = decision.last_outcome
+    conn.last_outcome_code = decision.last_outcome_code
     conn.last_error_code = decision.error_code
     conn.last_error_message = message
     conn.invalid_since = decision.invalid_since
@@ -234,6 +260,7 @@ def _apply(
             "connection.status_changed",
             at=now,
             connection=conn,
+            actor=session.get(User, actor_id) if actor_id is not None else None,
             before=before.status,
             after=decision.status,
             code=result.code,

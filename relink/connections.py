@@ -1,4 +1,6 @@
-"""Connections: add, import, list and show what a user may see, share."""
+"""Connections: add, import, list and show what a user may see, share; and the SQL form of
+what "broken" means and which filter a connection is listed under (relink/domain/broken.py
+is the rule; a property test keeps the two in step)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import connectors
 from relink import audit
 from relink.access import ConnectionRef, Viewer, can_share
 from relink.directory import get_user, viewer_of
+from relink.domain.broken import is_broken, listed_under, unreachable_now
 from relink.domain.words import Mode, Status
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.health import dataset_error, metric_error
@@ -202,6 +205,36 @@ def import_connections(
     return created
 
 
+# --- broken, in SQL -----------------------------------------------------------------
+
+
+def broken_clause() -> sa.ColumnElement[bool]:
+    """The SQL form of `domain.broken.is_broken`."""
+    return sa.or_(Connection.status == Status.DISCONNECTED, Connection.invalid_since.is_not(None))
+
+
+def listed_under_clause(status: str) -> sa.ColumnElement[bool]:
+    """The connections `domain.broken.listed_under` puts under `status` (a filter)."""
+    if status == Status.DISCONNECTED:
+        return broken_clause()
+    return sa.and_(Connection.status == status, sa.not_(broken_clause()))
+
+
+def listed_as() -> sa.ColumnElement[str]:
+    """`domain.broken.listed_under` as a column: what the filters count."""
+    return sa.case((broken_clause(), sa.literal(str(Status.DISCONNECTED))), else_=Connection.status)
+
+
+def listed_counts(session: Session, where: sa.ColumnElement[bool]) -> dict[str, int]:
+    """How many connections (of those `where` selects) each filter lists, every status
+    named."""
+    shown = listed_as().label("shown")
+    rows = session.execute(sa.select(shown, sa.func.count()).where(where).group_by(shown))
+    counts = {str(s): 0 for s in Status}
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
+
+
 # --- what a user may see ------------------------------------------------------------
 
 
@@ -237,7 +270,7 @@ def list_visible(
         .limit(limit)
     )
     if status is not None:
-        query = query.where(Connection.status == status)
+        query = query.where(listed_under_clause(status))
     return list(session.scalars(query))
 
 
@@ -290,7 +323,11 @@ def summary(conn: Connection) -> dict[str, Any]:
         "name": conn.name,
         "type": conn.type,
         "mode": conn.mode,
-        "status": conn.status,
+        "status": str(listed_under(conn.status, conn.invalid_since)),
+        "broken": is_broken(conn.status, conn.invalid_since),
+        "last_outcome": conn.last_outcome,
+        "last_outcome_code": conn.last_outcome_code,
+        "unreachable_now": unreachable_now(conn.last_outcome),
         "created_by": conn.owner.name,
         "created_by_email": conn.owner.email,
         "invalid_since": _iso(conn.invalid_since),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from relink.domain.broken import is_broken
 from relink.domain.words import DatasetStatus, Status
 
 
@@ -25,9 +26,9 @@ def dataset_error(
     """The message a dataset shows, or None when it is fine.
 
     A connection whose credentials failed stays broken through a later outage
-    (status unreachable, `invalid_since` still set).
+    (`relink.domain.broken`).
     """
-    if connection_status == Status.DISCONNECTED or connection_invalid_since is not None:
+    if is_broken(connection_status, connection_invalid_since):
         reason = connection_error or "credentials no longer valid"
         return f"connection {connection_name!r} is disconnected: {reason}; reconnect it"
     if connection_status == Status.MISCONFIGURED:

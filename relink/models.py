@@ -109,6 +109,10 @@ class Connection(Base):
     last_checked_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     last_error_message: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    # what the last check found (an outcome, or "error": not checkable), whatever the
+    # status shows: a broken connection stays disconnected through an outage
+    last_outcome: Mapped[str | None] = mapped_column(sa.String(16), default=None)
+    last_outcome_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

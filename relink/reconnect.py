@@ -72,6 +72,7 @@ from relink.app import Relink
 from relink.checks import check_range, record_batch
 from relink.connections import get_visible, ref_of
 from relink.directory import get_user, viewer_of
+from relink.domain.broken import is_broken
 from relink.domain.words import AuthKind, Outcome, Status
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import AuditEvent, Connection, Dataset, OAuthState, User
@@ -205,6 +206,7 @@ class Rechecked:
     owner_name: str
     reconnect_url: str | None  # where the owner reconnects, when still broken
     disconnection_closed: bool
+    requested_by_id: int | None = None  # who asked: the actor of what follows (a refresh)
 
     @property
     def connected(self) -> bool:
@@ -455,7 +457,7 @@ def _commit(
         # is locked and its version compared (skipped = changed since we read it).
         outcome = CheckResult.ok("reconnected with new credentials")
         checked = Checked(target.connection_id, target.provider, outcome, target.version)
-        summary = record_batch(session, [checked], [], now=now)
+        summary = record_batch(session, [checked], [], now=now, actor_id=target.actor_id)
         if summary.skipped:
             raise _Stale
         conn = session.get(Connection, target.connection_id)
@@ -866,18 +868,24 @@ async def recheck(
     """Check the stored credentials through the check sweep (same state rules, same
     recording): the problem may have been fixed at the source."""
     now = now or utcnow()
-    await asyncio.to_thread(_authorized, app, requested_by, connection_id)
+    actor_id = await asyncio.to_thread(_authorized, app, requested_by, connection_id)
     policy = policy or CheckPolicy(timeout=app.settings.check_timeout, backoff=1.0)
     summary = await check_range(
-        app, connection_id - 1, connection_id, now=now, policy=policy, only=[connection_id]
+        app,
+        connection_id - 1,
+        connection_id,
+        now=now,
+        policy=policy,
+        only=[connection_id],
+        actor_id=actor_id,
     )
     outcome = next((k for k, v in summary.outcomes.items() if v), "skipped")
     code = next((key.split("|")[2] or None for key in summary.by_provider), None)
     with app.sessions() as session:
         conn = session.get(Connection, connection_id)
         assert conn is not None
-        # a misconfigured installation is no owner's to fix: no reconnect link for it
-        broken = conn.status not in (Status.CONNECTED, Status.MISCONFIGURED)
+        # an outage or a misconfigured installation is no owner's to fix: no link for it
+        broken = is_broken(conn.status, conn.invalid_since)
         return Rechecked(
             connection_id=conn.id,
             connection=conn.name,
@@ -889,12 +897,14 @@ async def recheck(
             owner_name=conn.owner.name,
             reconnect_url=reconnect_url(app, conn.id) if broken else None,
             disconnection_closed=summary.closed > 0,
+            requested_by_id=actor_id,
         )
 
 
-def _authorized(app: Relink, actor: str, connection_id: int) -> None:
+def _authorized(app: Relink, actor: str, connection_id: int) -> int:
     with app.sessions() as session:
-        authorize(session, actor, connection_id)
+        user, _ = authorize(session, actor, connection_id)
+        return user.id
 
 
 # --- tell the owner -----------------------------------------------------------------------

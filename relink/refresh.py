@@ -48,7 +48,8 @@ from connectors.base import (
 )
 from relink import audit, db
 from relink.app import Relink
-from relink.domain.words import DatasetStatus, Mode, Status
+from relink.domain.broken import is_broken
+from relink.domain.words import DatasetStatus, Mode
 from relink.errors import InvalidInput, NotFound, VaultError
 from relink.models import Connection, Dataset, User
 from relink.sweep.validate import CheckPolicy, make_context_factory
@@ -197,7 +198,7 @@ def _load(app: Relink, dataset_id: int) -> _Job | Refreshed:
             return Refreshed(dataset_id, "?", 0, ERROR, error_code="not_found", error="deleted")
         conn = ds.connection
         base = {"dataset_id": ds.id, "dataset": ds.name, "connection_id": conn.id}
-        if conn.status == Status.DISCONNECTED or conn.invalid_since is not None:
+        if is_broken(conn.status, conn.invalid_since):
             return Refreshed(
                 **base,
                 status=SKIPPED,

@@ -7,12 +7,12 @@ rules decide:
   time of that check; later failures keep it;
 - `ok` (or a reconnect) closes the open Disconnection; a failure after that is a
   new Disconnection;
-- `unreachable` never opens a Disconnection and never moves `invalid_since`; one
-  already open stays open (an outage never starts the 24-hour clock);
-- `misconfigured` (the installation is wrong) never opens, closes or moves anything
-  either: the connection shows `misconfigured` until an admin fixes the installation,
-  except that one with an open Disconnection stays `disconnected` with the error that
-  broke it (what its owner is told).
+- `unreachable` and `misconfigured` (the installation is wrong) never open, close or
+  move anything (an outage never starts the 24-hour clock): the connection shows
+  `unreachable` or `misconfigured` (until an admin fixes the installation), except that
+  one with an open Disconnection stays `disconnected` with the error that broke it (what
+  its owner is told); the outage or the installation problem is a second fact, kept with
+  every check as the connection's last outcome (`Decision.last_outcome`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class Decision:
     close_disconnection: bool  # end the open episode now
     error_code: str | None
     error_message: str | None
+    last_outcome: str  # what this check found, whatever the status shows
+    last_outcome_code: str | None
 
     def changes_status(self, before: ConnState) -> bool:
         return self.status != before.status
@@ -50,6 +52,7 @@ class Decision:
 def decide(
     state: ConnState, outcome: Outcome, code: str | None, message: str, *, now: datetime
 ) -> Decision:
+    found = {"last_outcome": str(outcome), "last_outcome_code": code}
     if outcome is Outcome.OK:
         return Decision(
             status=Status.CONNECTED,
@@ -58,6 +61,7 @@ def decide(
             close_disconnection=state.has_open_disconnection,
             error_code=None,
             error_message=None,
+            **found,
         )
     if outcome is Outcome.AUTH_FAILED:
         opening = not state.has_open_disconnection
@@ -68,8 +72,9 @@ def decide(
             close_disconnection=False,
             error_code=code,
             error_message=message,
+            **found,
         )
-    if outcome is Outcome.MISCONFIGURED and state.has_open_disconnection:
+    if state.has_open_disconnection:  # known broken: an outage does not hide it
         return Decision(
             status=Status.DISCONNECTED,
             invalid_since=state.invalid_since,
@@ -77,6 +82,7 @@ def decide(
             close_disconnection=False,
             error_code=state.error_code,
             error_message=state.error_message,
+            **found,
         )
     return Decision(
         status=Status.MISCONFIGURED if outcome is Outcome.MISCONFIGURED else Status.UNREACHABLE,
@@ -85,6 +91,7 @@ def decide(
         close_disconnection=False,
         error_code=code,
         error_message=message,
+        **found,
     )
 
 

@@ -21,10 +21,14 @@ from relink.timeutil import utcnow
 
 
 @task(name="refresh-dataset", task_run_name="refresh dataset {dataset_id}")
-async def refresh_dataset(dataset_id: int, policy: dict[str, Any]) -> dict[str, Any]:
+async def refresh_dataset(
+    dataset_id: int, policy: dict[str, Any], actor_id: int | None = None
+) -> dict[str, Any]:
     """Fetch the dataset through its connector and store the rows (warehouse) or the
-    shape (direct query); record ok/error on the dataset."""
-    result = await refresh_one(get_app(), dataset_id, policy=RefreshPolicy(**policy))
+    shape (direct query); record ok/error on the dataset, `actor_id` as who asked."""
+    result = await refresh_one(
+        get_app(), dataset_id, policy=RefreshPolicy(**policy), actor_id=actor_id
+    )
     if result.status == ERROR:
         get_run_logger().warning(
             "dataset %d (%s) failed after %d attempt(s): %s",

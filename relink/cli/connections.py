@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -147,7 +147,7 @@ def connections_list(
                 r["name"],
                 r["type"],
                 r["mode"],
-                r["status"],
+                _status_text(r),
                 r["invalid_since"],
                 r["created_by"],
                 r["last_checked_at"],
@@ -155,6 +155,12 @@ def connections_list(
             for r in rows
         ],
     )
+
+
+def _status_text(row: dict[str, Any]) -> str:
+    """The status, and for a broken connection the second fact of an outage."""
+    also = " (source unreachable now)" if row["broken"] and row["unreachable_now"] else ""
+    return f"{row['status']}{also}"
 
 
 @connections_app.command("show")

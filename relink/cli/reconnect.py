@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import sqlalchemy as sa
 import typer
+from sqlalchemy.orm import Session
 
 from connectors.base import Field
 from relink import reconnect as svc
@@ -30,6 +31,7 @@ from relink.cli._common import (
 )
 from relink.connections import get_visible, visible_filter
 from relink.directory import get_user, viewer_of
+from relink.domain.broken import is_broken
 from relink.domain.words import Status
 from relink.models import MAX_ID, AuditEvent, Connection, Role, User
 from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
@@ -444,7 +446,9 @@ def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
     checked = asyncio.run(svc.recheck(relink, connection_id, requested_by=actor))
     refreshed = None
     if checked.connected:
-        refreshed = asyncio.run(svc.refresh_connection(relink, connection_id))
+        refreshed = asyncio.run(
+            svc.refresh_connection(relink, connection_id, actor_id=checked.requested_by_id)
+        )
     if as_json:
         print_json({"connection": checked.as_dict(), "refresh": refreshed and refreshed.as_dict()})
     elif checked.connected:
@@ -461,6 +465,12 @@ def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
         raise fail(
             f"connection {connection_id} ({checked.connection!r}) waits for an admin to fix "
             f"the installation ({checked.message or checked.outcome})"
+        )
+    if checked.reconnect_url is None and not checked.connected:  # not broken: an outage
+        raise fail(
+            f"connection {connection_id} ({checked.connection!r}): the source could not be "
+            f"asked ({checked.message or checked.outcome}); not a credentials problem, Relink "
+            "keeps checking"
         )
     if not checked.connected:
         raise fail(
@@ -487,7 +497,8 @@ def datasets_refresh(
     as_json: JsonOpt = False,
 ) -> None:
     """Refresh datasets now, in this process (the refresh-datasets flow without Prefect).
-    Exits 1 when a dataset failed."""
+    Exits 1 when a dataset failed, or at once, refreshing nothing, when the --connection
+    is broken (the line says how to reconnect it)."""
     if connection is None and not dataset_ids:
         raise fail("give --connection ID or one or more DATASET_IDs")
     if connection is not None and dataset_ids:
@@ -495,6 +506,8 @@ def datasets_refresh(
     relink = app()
     with transaction() as session:
         ids = select_datasets(session, connection_id=connection, dataset_ids=dataset_ids)
+        if connection is not None:
+            _refuse_broken(session, connection)
     policy = RefreshPolicy(concurrency=concurrency)
     summary = asyncio.run(refresh_many(relink, ids, policy=policy))
     if as_json:
@@ -504,6 +517,19 @@ def datasets_refresh(
     failed = summary.count(ERROR)
     if failed:
         raise fail(f"{failed} of {len(summary.results)} dataset(s) failed to refresh")
+
+
+def _refuse_broken(session: Session, connection_id: int) -> None:
+    """A broken connection's datasets cannot be refreshed: say why and how to reconnect
+    (given by id, such a dataset is skipped among the others)."""
+    conn = session.get(Connection, connection_id)
+    if conn is None or not is_broken(conn.status, conn.invalid_since):
+        return
+    since = f" since {conn.invalid_since:%Y-%m-%d %H:%M} UTC" if conn.invalid_since else ""
+    raise fail(
+        f"connection {conn.id} ({conn.name!r}) is disconnected{since}: its credentials no "
+        f"longer work; reconnect it first: relink reconnect {conn.id} --as {conn.owner.email}"
+    )
 
 
 def _print_refresh(summary: RefreshSummary) -> None:

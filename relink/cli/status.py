@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 import connectors
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
+from relink.connections import listed_counts
 from relink.domain.schedule import EMAIL_TIME_ZONE
-from relink.domain.words import Status
+from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
 from relink.sweep.record import last_sweep
@@ -39,17 +40,21 @@ def next_email_run(now: datetime) -> datetime:
 
 
 def installation_problems(session: Session) -> list[InstallationProblem]:
-    """The misconfigured connections by provider and code, with what an admin fixes."""
+    """The connections whose last check met a misconfigured installation, by provider and
+    code, with what an admin fixes: as the sweep reports them, so a connection broken
+    before (listed Disconnected, its error the one that broke it) is counted too."""
+    # the fix is the check's message, which only a connection not broken keeps as its error
+    fix = sa.case((Connection.status == Status.MISCONFIGURED, Connection.last_error_message))
     rows = session.execute(
         sa.select(
             Connection.type,
-            Connection.last_error_code,
+            Connection.last_outcome_code,
             sa.func.count(Connection.id),
-            sa.func.min(Connection.last_error_message),
+            sa.func.min(fix),
         )
-        .where(Connection.status == Status.MISCONFIGURED)
-        .group_by(Connection.type, Connection.last_error_code)
-        .order_by(Connection.type, Connection.last_error_code)
+        .where(Connection.last_outcome == Outcome.MISCONFIGURED)
+        .group_by(Connection.type, Connection.last_outcome_code)
+        .order_by(Connection.type, Connection.last_outcome_code)
     ).all()
     return [
         InstallationProblem(_provider(type_), code, count, fix or "")
@@ -65,12 +70,7 @@ def _provider(type_: str) -> str:
 
 
 def collect(session: Session, now: datetime) -> dict[str, Any]:
-    counts = dict(
-        session.execute(
-            sa.select(Connection.status, sa.func.count(Connection.id)).group_by(Connection.status)
-        ).all()
-    )
-    by_status = {str(s): int(counts.get(str(s), 0)) for s in Status}
+    by_status = listed_counts(session, sa.true())  # as the pages' filters count
     open_count = session.scalar(
         sa.select(sa.func.count(Disconnection.id)).where(Disconnection.ended_at.is_(None))
     )

@@ -30,6 +30,15 @@ class ConnectionSummary(BaseModel):
     type: str
     mode: str
     status: str
+    broken: bool
+    """Its credentials are known to fail (an open disconnection): it shows Disconnected
+    whatever the last check met."""
+    last_outcome: str | None
+    """What the last check found: ok, auth_failed, misconfigured, unreachable, or error
+    (not checkable); null before the first check."""
+    last_outcome_code: str | None
+    unreachable_now: bool
+    """The last check could not reach the source (for a broken connection, a second fact)."""
     created_by: str
     created_by_email: str
     invalid_since: str | None
@@ -71,7 +80,10 @@ class ConnectionDetail(ConnectionSummary):
 @router.get("/connections", response_model=ConnectionPage, responses=ERRORS)
 def list_connections(
     request: Request,
-    status: Annotated[Status | None, Query(description="Only connections in this status.")] = None,
+    status: Annotated[
+        Status | None,
+        Query(description="Only connections listed under this status (as the page's filters)."),
+    ] = None,
     after: Annotated[
         int, Query(ge=0, le=MAX_ID, description="The last id of the previous page.")
     ] = 0,

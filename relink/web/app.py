@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relink.app import Relink
 from relink.errors import NotFound, PermissionDenied, VaultError
-from relink.web import api, docs, emails, pages, views
+from relink.web import api, checking, docs, emails, pages, views
 from relink.web.guards import BadRequest, CsrfFailed, LoginRequired, current_user, relink_of
 from relink.web.sessions import COOKIE_NAME, SessionCodec, WebSession, session_secret
 
@@ -67,6 +67,7 @@ def create_app(relink: Relink) -> FastAPI:
 
     app.include_router(pages.router)
     app.include_router(emails.router)
+    app.include_router(checking.router)
     app.include_router(api.router)
     app.include_router(docs.router)
     return app

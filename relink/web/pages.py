@@ -115,12 +115,14 @@ def connections_page(
     with signed_in(request) as (db, user):
         if status is not None and status not in set(Status):
             status = None
+        viewer = viewer_of(user)
         found = svc.list_visible(
-            db, viewer_of(user), status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
+            db, viewer, status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
         )
         rows = [svc.summary(conn) for conn in found[:PAGE_SIZE]]
         next_after = rows[-1]["id"] if len(found) > PAGE_SIZE else None
-        counts = _status_counts(db, user)
+        counts: dict[str | None, int] = {**svc.listed_counts(db, svc.visible_filter(viewer))}
+        counts[None] = sum(counts.values())
         return views.render(
             request,
             "connections.html",
@@ -134,17 +136,6 @@ def connections_page(
             },
             user=user,
         )
-
-
-def _status_counts(db: Session, user: User) -> dict[str | None, int]:
-    query = (
-        sa.select(Connection.status, sa.func.count())
-        .where(svc.visible_filter(viewer_of(user)))
-        .group_by(Connection.status)
-    )
-    counts: dict[str | None, int] = {status: n for status, n in db.execute(query)}
-    counts[None] = sum(counts.values())
-    return counts
 
 
 def _page_link(status: str | None, after: int | None) -> str:

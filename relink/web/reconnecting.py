@@ -146,18 +146,24 @@ async def _refreshed(
     actor_id: int,
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
-    task = asyncio.create_task(
-        service.refresh_connection(relink, done.connection_id, actor_id=actor_id)
-    )
-    background.add(task)
-    task.add_done_callback(_forget(background, done.connection_id))
-    finished, _ = await asyncio.wait({task}, timeout=REFRESH_WAIT)
     owner = "" if done.owner == done.previous_owner else " You are now its Created By."
     head = f"Reconnected {done.connection!r}: the new credentials work.{owner}"
+    line = await refresh_datasets(relink, done.connection_id, actor_id, background)
+    return Outcome(True, f"{head} {line}", connection_id=done.connection_id)
+
+
+async def refresh_datasets(
+    relink: Relink, connection_id: int, actor_id: int, background: set[asyncio.Task[Any]]
+) -> str:
+    """Refresh the connection's datasets for `actor_id`, waiting up to `REFRESH_WAIT`;
+    the line that says how it went (or that it goes on)."""
+    task = asyncio.create_task(service.refresh_connection(relink, connection_id, actor_id=actor_id))
+    background.add(task)
+    task.add_done_callback(_forget(background, connection_id))
+    finished, _ = await asyncio.wait({task}, timeout=REFRESH_WAIT)
     if not finished:
-        return Outcome(True, f"{head} Refreshing its datasets…", connection_id=done.connection_id)
-    summary = task.result() if not task.exception() else None
-    return Outcome(True, f"{head} {_refresh_line(summary)}", connection_id=done.connection_id)
+        return "Refreshing its datasets…"
+    return _refresh_line(task.result() if not task.exception() else None)
 
 
 def _refresh_line(summary: RefreshSummary | None) -> str:
@@ -177,7 +183,7 @@ def _forget(background: set[asyncio.Task[Any]], connection_id: int) -> Any:
         background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning(
-                "refresh after reconnect of connection %s failed: %s",
+                "refresh of connection %s's datasets failed: %s",
                 connection_id,
                 type(task.exception()).__name__,
             )

@@ -34,14 +34,20 @@ EMAIL_STATE_LABELS = {
     NotificationState.NO_RECIPIENT: "No recipient",
 }
 
-# The list filter: (query value, label); "broken" in the seed's words is disconnected.
+# The list filter: (query value, label), the label the status's own word; a connection
+# is listed under one filter (`relink.domain.broken.listed_under`).
 FILTERS = (
     (None, "All"),
-    (Status.DISCONNECTED, "Broken"),
-    (Status.MISCONFIGURED, "Needs an admin"),
-    (Status.UNREACHABLE, "Unreachable"),
-    (Status.CONNECTED, "Connected"),
-    (Status.UNCHECKED, "Unchecked"),
+    *(
+        (status, STATUS_LABELS[status])
+        for status in (
+            Status.DISCONNECTED,
+            Status.MISCONFIGURED,
+            Status.UNREACHABLE,
+            Status.CONNECTED,
+            Status.UNCHECKED,
+        )
+    ),
 )
 
 ACTIONS = {

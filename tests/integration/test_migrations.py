@@ -138,3 +138,33 @@ def test_the_misconfigured_status_migrates_both_ways_on_mariadb(mariadb_url):
         with server.begin() as conn:
             conn.exec_driver_sql(f"DROP DATABASE {name}")
         server.dispose()
+
+
+def test_0008_puts_a_broken_connection_an_outage_moved_back_to_disconnected(relink_app):
+    """A row that an outage moved off `disconnected` while its disconnection stayed open is
+    disconnected again, with the code that broke it; the outage is its last outcome. One
+    without an open disconnection keeps its status."""
+    engine = relink_app.engine
+    db.downgrade(engine, "0007")
+    _one_of_each(engine)  # connection 1 with an open disconnection (28P01)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE connections SET status = 'unreachable', last_checked_at = '2026-01-03',"
+            " last_error_code = 'timeout', last_error_message = 'timed out'"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO connections (id, account_id, type, name, mode, settings, credentials,"
+            " owner_id, status, last_checked_at, last_error_code, version, created_at,"
+            " updated_at) VALUES (2, 1, 'postgres', 'Ops', 'direct', '{}', 'x', 1,"
+            " 'unreachable', '2026-01-03', 'timeout', 1, '2026-01-01', '2026-01-01')"
+        )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT name, status, last_error_code, last_error_message, last_outcome,"
+            " last_outcome_code FROM connections ORDER BY id"
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("Sales", "disconnected", "28P01", None, "unreachable", "timeout"),
+        ("Ops", "unreachable", "timeout", None, "unreachable", "timeout"),
+    ]

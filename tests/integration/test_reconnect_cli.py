@@ -21,6 +21,7 @@ from tests.support.reconnect import (
     SHARED,
     T0,
     Cli,
+    add_broken_pg_connection,
     add_people,
     add_pg_connection,
     connection_view,
@@ -44,18 +45,7 @@ def cli(relink_app, settings) -> Cli:
 
 @pytest.fixture
 def broken(relink_app, pg_admin: PgAdmin, postgres_url):
-    role = pg_admin.create_role()
-    schema = pg_admin.create_schema(role.name)
-    add_people(relink_app)
-    world = add_pg_connection(
-        relink_app,
-        settings=pg_settings(postgres_url, role.name),
-        password=role.password,
-        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
-    )
-    pg_admin.set_password(role.name, NEW_PASSWORD)
-    asyncio.run(sweep(relink_app, now=T0 + timedelta(hours=1), policy=FAST_CHECKS))
-    return world, role
+    return add_broken_pg_connection(relink_app, pg_admin, postgres_url, new_password=NEW_PASSWORD)
 
 
 def test_reconnect_reads_the_new_password_from_stdin_and_refreshes(relink_app, cli, broken):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,14 +15,13 @@ from flows.reconnect_connection import reconnect_connection
 from flows.refresh_datasets import refresh_datasets
 from relink.app import set_app
 from relink.sandbox import SandboxProvider, SandboxServer
-from relink.sweep.run import sweep
 from tests.conftest import APP_BACKENDS
 from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.reconnect import (
     ADMIN,
-    FAST_CHECKS,
     OWNER,
     T0,
+    add_broken_pg_connection,
     add_people,
     add_pg_connection,
     connection_view,
@@ -45,17 +43,9 @@ pytestmark = [
 @pytest.fixture
 def broken(relink_app, pg_admin: PgAdmin, postgres_url):
     """A connection whose password was changed at the source, found broken by a check."""
-    role = pg_admin.create_role()
-    schema = pg_admin.create_schema(role.name)
-    add_people(relink_app)
-    world = add_pg_connection(
-        relink_app,
-        settings=pg_settings(postgres_url, role.name),
-        password=role.password,
-        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
+    world, role = add_broken_pg_connection(
+        relink_app, pg_admin, postgres_url, new_password="changed-at-source-marker"
     )
-    pg_admin.set_password(role.name, "changed-at-source-marker")
-    asyncio.run(sweep(relink_app, now=T0 + timedelta(hours=1), policy=FAST_CHECKS))
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
     set_app(relink_app)
     yield world, role

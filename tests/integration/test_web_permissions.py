@@ -9,8 +9,9 @@ The table lists requests, not routes: `test_the_table_covers_every_route` reads 
 routes off the app, so a new route without a row fails. A form post carries the
 visitor's own CSRF token unless its row says otherwise; a post with no token or another
 session's token is refused before anything happens (the session cookie stays as it was).
-No post changes a table of the app database, except the OAuth start: it stores the
-pending sign-in.
+No post changes a table of the app database, except the OAuth start (it stores the
+pending sign-in) and "Check again" (the check's record: the connection, a disconnection it
+opens, the status change in the audit trail).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Row:
     token: Token = "own"  # the CSRF token a post carries
     redirect: str = "/login"  # where a 303 sends a signed-in visitor
     ends_session: bool = False  # signs out: a client of its own, signed out afterwards
-    writes: str | None = None  # the one table a post may change (the OAuth start's state)
+    writes: tuple[str, ...] = ()  # the tables a post may change (the OAuth start's state)
 
     @property
     def method(self) -> str:
@@ -92,6 +93,7 @@ WRONG_PASSWORD = {"email": EMAILS["admin"], "password": "not the password"}
 RIGHT_PASSWORD = {"email": EMAILS["admin"], "password": PASSWORD}
 NEW_DB_PASSWORD = {"password": "a-new-db-password"}
 AUTHORIZE = "{sandbox}/oauth/authorize?"
+CHECKED = ("connections", "disconnections", "audit_events")  # what a check may record
 
 ROWS = [
     Row("GET /", (303,) * 6, redirect="/connections"),
@@ -122,10 +124,26 @@ ROWS = [
         "POST /connections/{crm}/reconnect",
         (303, 303, 303, 404, 404, 303),
         redirect=AUTHORIZE,
-        writes="oauth_states",
+        writes=("oauth_states",),
     ),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="none"),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="foreign"),
+    # "Check again": who may reconnect it asks for a check now, then sees the page again
+    Row(
+        "POST /connections/{owned}/check",
+        (303, 303, 303, 404, 404, 303),
+        redirect="/connections/",
+        writes=CHECKED,
+    ),
+    Row(
+        "POST /connections/{other}/check",
+        (404, 404, 404, 404, 303, 303),
+        redirect="/connections/",
+        writes=CHECKED,
+    ),
+    Row("POST /connections/999999/check", NOT_FOUND),
+    Row("POST /connections/{owned}/check", OWNED_REFUSED, token="none"),
+    Row("POST /connections/{owned}/check", OWNED_REFUSED, token="foreign"),
     Row("GET /oauth/callback?state=forged&code=x", BAD),
     Row("GET /oauth/callback?state=forged&error=access_denied", BAD),
     Row("GET /oauth/callback", BAD),
@@ -237,7 +255,7 @@ def test_status(matrix: Matrix, row: Row, who: str, record_property: Any) -> Non
     if database is not None:
         after = snapshot(matrix.world.relink)
         changed = {table for table, rows in after.items() if rows != database[table]}
-        assert changed <= {row.writes}, f"the post changed {changed}"
+        assert changed <= set(row.writes), f"the post changed {changed}"
     if row.token != "own":
         assert session_cookie(client) == session, "a refused post changed the session"
     if row.ends_session:

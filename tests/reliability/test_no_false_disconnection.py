@@ -229,7 +229,7 @@ class Fleet:
                     Connection.name,
                     Connection.status,
                     Connection.invalid_since,
-                    Connection.last_error_code,
+                    Connection.last_outcome_code,  # what the last check met
                 ).order_by(Connection.id)
             ).all()
         return [Seen(*row, member=self.members[row.name]) for row in rows]
@@ -334,6 +334,8 @@ def test_outages_break_nothing_and_revocations_are_all_found_in_one_sweep(
         seen = fleet.seen()
         assert outage.checked == CHECKS and outage.opened == 0, outage.as_dict()
         assert [s.name for s in seen if s.status == "disconnected" and not s.broken_before] == []
+        # a connection broken before the outage still shows it, the outage a second fact
+        assert [s.name for s in seen if s.broken_before and s.status != "disconnected"] == []
         moved = [s.name for s in seen if s.invalid_since != (SINCE if s.broken_before else None)]
         assert moved == []
         assert disconnections(relink_app) == broken_before

@@ -108,6 +108,27 @@ def add_pg_connection(
         return World(conn.id, ids, metric_id)
 
 
+def add_broken_pg_connection(
+    app: Relink, pg_admin: Any, postgres_url: str, *, new_password: str = "changed-at-source"
+) -> tuple[World, Any]:
+    """The account, and a warehouse connection of a real PostgreSQL role with a dataset of
+    its table, found broken by a check after the role's password changed at the source to
+    `new_password`; the connection and the role (`pg_admin.set_password(role.name,
+    role.password)` fixes it)."""
+    role = pg_admin.create_role()
+    schema = pg_admin.create_schema(role.name)
+    add_people(app)
+    world = add_pg_connection(
+        app,
+        settings=pg_settings(postgres_url, role.name),
+        password=role.password,
+        queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
+    )
+    pg_admin.set_password(role.name, new_password)
+    asyncio.run(sweep(app, now=T1, policy=FAST_CHECKS))
+    return world, role
+
+
 def add_broken_oauth_connection(
     app: Relink,
     sandbox: SandboxServer,
