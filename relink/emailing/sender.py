@@ -1,7 +1,10 @@
 """Sending: `send_batch` loads a batch of due emails and delivers them `concurrency` at a
 time; `Sender.deliver` claims one email in the ledger, sends it (retrying only what
-SendGrid certainly did not take: 429, 5xx, unreachable) and marks its result. The
-`Breaker` stops a run that keeps failing to deliver or whose key is refused."""
+SendGrid certainly did not take: 429, 5xx, unreachable) and marks its result; an email
+whose delivery raises is recorded on it and the others go on. The `Breaker` stops a run
+that keeps failing to deliver or whose key is refused. `email_disconnection` sends one
+connection's disconnection email on request through the same ledger (the
+reconnect-connection flow's `notify_owner`), so it is that disconnection's one email."""
 
 from __future__ import annotations
 
@@ -14,13 +17,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from relink.app import Relink
 from relink.domain.words import NotificationState
 from relink.emailing import ledger
 from relink.emailing.due import DueEmail, load_due
-from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result
+from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result, mailer_for
+from relink.emailing.outbox import notification_of
 from relink.emailing.policy import NotifyPolicy
 from relink.emailing.render import render_disconnection_email
+from relink.models import Disconnection
 
 State = NotificationState
 
@@ -307,4 +314,68 @@ def send_batch(sender: Sender, ids: Sequence[int]) -> BatchResult:
         {k: v for k, v in counts.items() if v},
         stopped=sender.breaker.reason,
         failures=sender.failures[before:],
+    )
+
+
+@dataclass(frozen=True)
+class DisconnectionEmailed:
+    """What became of the email about a connection's open disconnection, asked for now
+    (the reconnect-connection flow's `notify_owner`): the ledger's state of that one email."""
+
+    to: tuple[str, ...]
+    why: str  # "owner", "admins: <reason>", or why nobody was emailed
+    result: str  # the ledger's state (sent, outbox, unknown, failed, released, ...) or "none"
+    notification_id: int | None = None
+    earlier: bool = False  # emailed before this request (by the 07:00 run or another request)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "to": list(self.to),
+            "why": self.why,
+            "result": self.result,
+            "notification_id": self.notification_id,
+            "earlier": self.earlier,
+            "error": self.error,
+        }
+
+
+def email_disconnection(
+    app: Relink,
+    connection_id: int,
+    *,
+    now: datetime,
+    mailer: Mailer | None = None,
+    policy: NotifyPolicy | None = None,
+) -> DisconnectionEmailed:
+    """Email the connection's open disconnection now, through the ledger exactly as the
+    07:00 run does (claim, send with its retries, mark; the same recipients and redacted
+    last error): it is that disconnection's one email, so no run sends another. When it
+    has been emailed already, nothing is sent and its state is told."""
+    with app.sessions() as session:
+        disconnection_id = session.scalar(
+            sa.select(Disconnection.id).where(
+                Disconnection.connection_id == connection_id, Disconnection.ended_at.is_(None)
+            )
+        )
+    if disconnection_id is None:
+        return DisconnectionEmailed((), "no open disconnection: nothing to email", "none")
+    items = load_due(app, [disconnection_id])
+    if not items:
+        return DisconnectionEmailed((), "no open disconnection: nothing to email", "none")
+    sender = Sender(app, mailer or mailer_for(app.settings), now, policy or NotifyPolicy())
+    outcome = sender.deliver(items[0])
+    with app.sessions() as session:
+        view = notification_of(session, disconnection_id)
+    if view is None:  # closed meanwhile, or the claim itself failed
+        error = sender.failures[0]["error"] if sender.failures else None
+        why = "the disconnection closed meanwhile" if error is None else "not claimed"
+        return DisconnectionEmailed((), why, "error" if error else "none", error=error)
+    return DisconnectionEmailed(
+        tuple(view.to),
+        items[0].recipients.why,
+        view.state,
+        view.id,
+        earlier=outcome == "skipped",
+        error=view.last_error,
     )
