@@ -32,7 +32,8 @@ What a reconnect does:
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
    open Disconnection closed, `connection.status_changed`), the settings and the
    credentials (encrypted) are replaced, the reconnecting user becomes the owner
-   ("Created By") when different, and `connection.reconnected` names who, the previous
+   ("Created By") when different (the previous owner keeps it, shared with them, unless
+   deactivated: `people.keep_access`), and `connection.reconnected` names who, the previous
    owner and the changed settings. The connection's version must be the one validated
    against; when someone changed it meanwhile the credentials are validated again
    once, then `Conflict`.
@@ -71,11 +72,12 @@ from relink.access import can_reconnect
 from relink.app import Relink
 from relink.checks import Checked, CheckPolicy, check_range, make_context_factory, record_batch
 from relink.connections import get_visible, ref_of
-from relink.directory import get_user, viewer_of
+from relink.directory import get_actor, get_user, viewer_of
 from relink.domain.words import AuthKind, Outcome, Status
 from relink.emailing.sender import DisconnectionEmailed, email_disconnection
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import AuditEvent, Connection, Dataset, OAuthState, User
+from relink.people import keep_access
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
 from relink.timeutil import utcnow
 
@@ -234,7 +236,7 @@ def reconnect_url(app: Relink, connection_id: int) -> str:
 
 def authorize(session: Session, actor_email: str, connection_id: int) -> tuple[User, Connection]:
     """The actor and the connection they may reconnect (NotFound / PermissionDenied)."""
-    actor = get_user(session, actor_email)
+    actor = get_actor(session, actor_email)
     viewer = viewer_of(actor)
     conn = get_visible(session, viewer, connection_id)
     if not can_reconnect(viewer, ref_of(conn)):
@@ -467,6 +469,7 @@ def _commit(
         conn.credentials = app.vault.encrypt(credentials)
         conn.updated_at = now
         if conn.owner_id != actor.id:
+            keep_access(session, conn, conn.owner, actor=actor, now=now)  # shared with them
             conn.owner = actor
         audit.record(
             session,
