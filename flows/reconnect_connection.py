@@ -24,7 +24,9 @@ async def reconnect_connection(
     """Re-check connection `connection_id` for `requested_by` (an email; they must be
     allowed to reconnect it). The problem may have been fixed at the source: then the
     disconnection closes and the datasets are refreshed. Otherwise the reconnect link
-    for the owner is logged and published, and emailed when `notify_owner`.
+    for the owner is logged and published, and emailed when `notify_owner`: that is the
+    disconnection's one email, through the same ledger as the 07:00 run, which then
+    sends no other.
 
     Takes ids, never credentials: new credentials are entered by a person, on the
     connection's page or with `relink reconnect`.
@@ -93,12 +95,7 @@ async def reconnect_connection(
         link,
     )
     emailed = await email_link(connection_id, requested_by) if notify_owner else None
-    told = (
-        f"Emailed to {', '.join(emailed['to']) or 'nobody'} ({emailed['why']}; "
-        f"{emailed['result']})."
-        if emailed
-        else "Not emailed (run with notify_owner=true to email it)."
-    )
+    told = _told(emailed)
     await acreate_markdown_artifact(
         f"# Connection {connection_id} ({_md(name)}) still needs a reconnect\n\n"
         f"Status **{checked['status']}**: {_md(checked['message'] or checked['outcome'])}\n\n"
@@ -109,6 +106,24 @@ async def reconnect_connection(
         description=f"Reconnect connection {connection_id}",
     )
     return {"connection": checked, "refresh": None, "reconnect_url": link, "emailed": emailed}
+
+
+def _told(emailed: dict[str, Any] | None) -> str:
+    """What became of the email, as the ledger records it (`relink outbox list`)."""
+    if emailed is None:
+        return "Not emailed (run with notify_owner=true to email it)."
+    if emailed["result"] in ("none", "error"):
+        return f"Not emailed: {_md(emailed['error'] or emailed['why'])}."
+    to = ", ".join(emailed["to"]) or "nobody"
+    if emailed["earlier"]:
+        return (
+            f"Already emailed about this disconnection (to {_md(to)}, {emailed['result']}, "
+            f"notification {emailed['notification_id']}): not sent again."
+        )
+    return (
+        f"Emailed to {_md(to)} ({_md(emailed['why'])}): {emailed['result']} "
+        f"(notification {emailed['notification_id']} in `relink outbox list`)."
+    )
 
 
 def _md(text: str) -> str:

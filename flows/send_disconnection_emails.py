@@ -40,6 +40,15 @@ async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
     logger.info("disconnection emails: %s", summary.counts)
     if summary.stopped:
         logger.warning("stopped early: %s", summary.stopped)
+    if summary.failures:
+        logger.warning(
+            "%d email(s) failed on the way, each recorded on it; the run went on: %s",
+            len(summary.failures),
+            "; ".join(
+                f"disconnection {f['disconnection_id']} now {f['state']} ({f['error']})"
+                for f in summary.failures
+            ),
+        )
     if summary.awaiting_decision:
         logger.warning(
             "%d email(s) in state unknown await an admin's decision "

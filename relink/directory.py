@@ -1,4 +1,4 @@
-"""Accounts and users."""
+"""Accounts and users, and the user an action runs as (`get_actor`: active users only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from relink.access import Viewer
 from relink.domain.recipients import valid_address
-from relink.errors import Conflict, InvalidInput, NotFound
+from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.models import Account, Role, User
 from relink.names import limit_of, one_line
 
@@ -59,6 +59,18 @@ def get_user(session: Session, email: str) -> User:
     user = session.scalar(sa.select(User).where(User.email == normalize_email(email)))
     if user is None:
         raise NotFound(f"unknown user {email!r}; add them with `relink users add`")
+    return user
+
+
+def get_actor(session: Session, email: str) -> User:
+    """The user acting (`--as`, a flow's `requested_by`): PermissionDenied when they were
+    deactivated, as they can no longer sign in."""
+    user = get_user(session, email)
+    if not user.active:
+        raise PermissionDenied(
+            f"{user.email} is deactivated and cannot sign in "
+            f"(`relink users reactivate {user.email}` restores them)"
+        )
     return user
 
 

@@ -32,7 +32,8 @@ What a reconnect does:
    (`checks.record_batch`: status connected, invalid_since and last error cleared, the
    open Disconnection closed, `connection.status_changed`), the settings and the
    credentials (encrypted) are replaced, the reconnecting user becomes the owner
-   ("Created By") when different, and `connection.reconnected` names who, the previous
+   ("Created By") when different (the previous owner keeps it, shared with them, unless
+   deactivated: `people.keep_access`), and `connection.reconnected` names who, the previous
    owner and the changed settings. The connection's version must be the one validated
    against; when someone changed it meanwhile the credentials are validated again
    once, then `Conflict`.
@@ -71,11 +72,13 @@ from relink.access import can_reconnect
 from relink.app import Relink
 from relink.checks import check_range, record_batch
 from relink.connections import get_visible, ref_of
-from relink.directory import get_user, viewer_of
+from relink.directory import get_actor, get_user, viewer_of
 from relink.domain.broken import is_broken
 from relink.domain.words import AuthKind, Outcome, Status
+from relink.emailing.sender import DisconnectionEmailed, email_disconnection
 from relink.errors import Conflict, InvalidInput, PermissionDenied, RelinkError, VaultError
 from relink.models import AuditEvent, Connection, Dataset, OAuthState, User
+from relink.people import keep_access
 from relink.refresh import RefreshPolicy, RefreshSummary, refresh_many
 from relink.sweep.validate import Checked, CheckPolicy, make_context_factory
 from relink.timeutil import utcnow
@@ -236,7 +239,7 @@ def reconnect_url(app: Relink, connection_id: int) -> str:
 
 def authorize(session: Session, actor_email: str, connection_id: int) -> tuple[User, Connection]:
     """The actor and the connection they may reconnect (NotFound / PermissionDenied)."""
-    actor = get_user(session, actor_email)
+    actor = get_actor(session, actor_email)
     viewer = viewer_of(actor)
     conn = get_visible(session, viewer, connection_id)
     if not can_reconnect(viewer, ref_of(conn)):
@@ -469,6 +472,7 @@ def _commit(
         conn.credentials = app.vault.encrypt(credentials)
         conn.updated_at = now
         if conn.owner_id != actor.id:
+            keep_access(session, conn, conn.owner, actor=actor, now=now)  # shared with them
             conn.owner = actor
         audit.record(
             session,
@@ -910,58 +914,17 @@ def _authorized(app: Relink, actor: str, connection_id: int) -> int:
 # --- tell the owner -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LinkEmailed:
-    to: tuple[str, ...]
-    why: str  # "owner", "admins: <reason>", or why nobody could be emailed
-    result: str  # the mailer's answer (sent, retry, failed, ...) or "nobody"
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"to": list(self.to), "why": self.why, "result": self.result, "error": self.error}
-
-
 def email_reconnect_link(
     app: Relink, connection_id: int, *, requested_by: str, now: datetime | None = None
-) -> LinkEmailed:
-    """Email the connection's owner (or, when the owner cannot receive it, the account's
-    admins) the link to the connection page, through the configured mailer (SendGrid or
-    the outbox). The email is the disconnection email; it carries no secret."""
-    from relink.domain.recipients import Person, choose_recipients
-    from relink.emailing.mailer import OutgoingEmail, mailer_for
-    from relink.emailing.render import DisconnectionFacts, render_disconnection_email
-
+) -> DisconnectionEmailed:
+    """Email the connection's open disconnection to its owner (or, when the owner cannot
+    receive it, the account's admins) now, through the exactly-once ledger
+    (`email_disconnection`): the 07:00 run never sends a second one. Audited with the
+    ledger's state of the email."""
     now = now or utcnow()
     with app.sessions() as session:
-        actor, conn = authorize(session, requested_by, connection_id)
-        users = session.scalars(sa.select(User).where(User.account_id == conn.account_id))
-        people = [Person(u.email, u.active, u.role, u.name) for u in users]
-        owner = conn.owner
-        recipients = choose_recipients(
-            Person(owner.email, owner.active, owner.role, owner.name), people
-        )
-        facts = DisconnectionFacts(
-            connection_id=conn.id,
-            connection_name=conn.name,
-            source_type=_connector(conn).display_name,
-            invalid_since=conn.invalid_since or now,
-            last_error=conn.last_error_message,
-        )
-    if recipients.nobody:
-        sent = LinkEmailed((), recipients.why, "nobody")
-    else:
-        rendered = render_disconnection_email(facts, base_url=app.settings.base_url)
-        email = OutgoingEmail(
-            reference=f"reconnect-{conn.id}-{now:%Y%m%dT%H%M%S}",
-            sender=app.settings.email_from,
-            to=recipients.to,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            custom_args={"connection_id": str(conn.id), "kind": "reconnect-request"},
-        )
-        attempt = mailer_for(app.settings).send(email)
-        sent = LinkEmailed(recipients.to, recipients.why, str(attempt.result), attempt.error)
+        actor, _ = authorize(session, requested_by, connection_id)
+    emailed = email_disconnection(app, connection_id, now=now)
     with app.transaction() as session:
         audit.record(
             session,
@@ -970,7 +933,9 @@ def email_reconnect_link(
             connection=session.get(Connection, connection_id),
             actor=session.get(User, actor.id),
             link=reconnect_url(app, connection_id),
-            emailed=list(sent.to),
-            result=sent.result,
+            emailed=list(emailed.to),
+            result=emailed.result,
+            notification_id=emailed.notification_id,
+            earlier=emailed.earlier,
         )
-    return sent
+    return emailed

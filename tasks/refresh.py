@@ -49,7 +49,8 @@ async def recheck_connection(connection_id: int, requested_by: str) -> dict[str,
 
 @task(name="email-reconnect-link", task_run_name="email the reconnect link of {connection_id}")
 async def email_link(connection_id: int, requested_by: str) -> dict[str, Any]:
-    """Email the owner the connection page's link. Not retried: a retry could send twice."""
+    """Email the open disconnection to its owner, through the ledger (its one email).
+    Not retried: the claim makes a retry send nothing, and an ambiguous send is `unknown`."""
     sent = await asyncio.to_thread(
         email_reconnect_link, get_app(), connection_id, requested_by=requested_by, now=utcnow()
     )

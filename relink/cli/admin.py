@@ -19,6 +19,7 @@ from relink.cli._common import (
 )
 from relink.directory import add_account, add_user, get_account
 from relink.models import Account, Connection, OAuthState, Role, User
+from relink.people import deactivate, reactivate
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key, prepend_key_file
 
@@ -182,3 +183,28 @@ def users_list(
         print_json(rows)
     else:
         print_table("Users", list(rows[0]) if rows else ["id"], [list(r.values()) for r in rows])
+
+
+@users_app.command("deactivate")
+@handle_errors
+def users_deactivate(email: Annotated[str, typer.Argument(help="The user who left.")]) -> None:
+    """The user can no longer sign in (web pages, `--as`). Their connections stay checked;
+    their disconnection emails go to the account's admins until someone reconnects the
+    connection or an admin transfers it (`relink connections transfer`). Refused for the
+    last active admin of an account."""
+    with transaction() as session:
+        user = deactivate(session, email, now=utcnow())
+    console.print(
+        f"user {user.email} deactivated: cannot sign in; their connections' emails go to "
+        "the account's admins",
+        highlight=False,
+    )
+
+
+@users_app.command("reactivate")
+@handle_errors
+def users_reactivate(email: Annotated[str, typer.Argument(help="A deactivated user.")]) -> None:
+    """The user can sign in again and sees what they saw before."""
+    with transaction() as session:
+        user = reactivate(session, email, now=utcnow())
+    console.print(f"user {user.email} reactivated", highlight=False)

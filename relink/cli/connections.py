@@ -23,9 +23,10 @@ from relink.cli._common import (
     transaction,
 )
 from relink.datasets import add_dataset, add_metric
-from relink.directory import get_user, viewer_of
+from relink.directory import get_actor, viewer_of
 from relink.domain.words import Mode, Status
 from relink.models import MAX_ID
+from relink.people import transfer
 from relink.timeutil import utcnow
 
 connections_app = typer.Typer(help="Data connections.", no_args_is_help=True)
@@ -130,7 +131,7 @@ def connections_list(
 ) -> None:
     """List the connections this user may see."""
     with transaction() as session:
-        viewer = viewer_of(get_user(session, as_))
+        viewer = viewer_of(get_actor(session, as_))
         rows, after = [], 0
         while page := svc.list_visible(session, viewer, status=status, after_id=after):
             rows.extend(svc.summary(c) for c in page)
@@ -172,7 +173,7 @@ def connections_show(
 ) -> None:
     """Show one connection with its datasets and metrics and their error state."""
     with transaction() as session:
-        viewer = viewer_of(get_user(session, as_))
+        viewer = viewer_of(get_actor(session, as_))
         data = svc.detail(session, svc.get_visible(session, viewer, connection_id))
     if as_json:
         print_json(data)
@@ -216,9 +217,25 @@ def connections_share(
 ) -> None:
     """Share a connection with a user of the same account (admins and the owner may)."""
     with transaction() as session:
-        actor = get_user(session, as_)
+        actor = get_actor(session, as_)
         svc.share(session, connection_id, with_email=with_, actor=actor, now=utcnow())
     console.print(f"connection {connection_id} shared with {with_}", highlight=False)
+
+
+@connections_app.command("transfer")
+@handle_errors
+def connections_transfer(
+    connection_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)],
+    to: Annotated[str, typer.Option("--to", help="Email of the new owner, in the account.")],
+    as_: Annotated[str, typer.Option("--as", help="The admin handing it over (audited).")],
+) -> None:
+    """Make another user of the account the connection's owner ("Created By"): they get
+    its emails from now on. The previous owner keeps seeing it (shared with them) unless
+    deactivated. Admins only."""
+    with transaction() as session:
+        conn = transfer(session, connection_id, to_email=to, actor_email=as_, now=utcnow())
+        owner = conn.owner.email
+    console.print(f"connection {connection_id} now belongs to {owner}", highlight=False)
 
 
 @datasets_app.command("add")

@@ -106,6 +106,12 @@ def notify(
     print_table("", ["result", "emails"], list(summary.counts.items()))
     if summary.stopped:
         console.print(f"stopped early: {summary.stopped}", style="bold red", highlight=False)
+    if summary.failures:
+        print_table(
+            f"{len(summary.failures)} email(s) failed on the way (the run went on)",
+            ["disconnection", "now", "error"],
+            [(f["disconnection_id"], f["state"], f["error"]) for f in summary.failures],
+        )
     if summary.awaiting_decision:
         console.print(
             f"{len(summary.awaiting_decision)} email(s) in state unknown may have been sent: "

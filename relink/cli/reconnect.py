@@ -30,7 +30,7 @@ from relink.cli._common import (
     transaction,
 )
 from relink.connections import get_visible, visible_filter
-from relink.directory import get_user, viewer_of
+from relink.directory import get_actor, viewer_of
 from relink.domain.broken import is_broken
 from relink.domain.words import Status
 from relink.models import MAX_ID, AuditEvent, Connection, Role, User
@@ -572,7 +572,7 @@ def audit_trail(
             .limit(limit)
         )
         if as_ is not None:
-            viewer = viewer_of(get_user(session, as_))
+            viewer = viewer_of(get_actor(session, as_))
             if connection is not None:
                 get_visible(session, viewer, connection)  # NotFound: no hint it exists
             visible = sa.select(Connection.id).where(visible_filter(viewer))

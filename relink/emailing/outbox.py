@@ -126,3 +126,9 @@ def awaiting_decision(app: Relink, limit: int = 100) -> list[dict[str, Any]]:
         }
         for v in views
     ]
+
+
+def notification_of(session: Session, disconnection_id: int) -> NotificationView | None:
+    """The one email of a disconnection, if it has one."""
+    found = _views(session, Notification.disconnection_id == disconnection_id)
+    return found[0] if found else None

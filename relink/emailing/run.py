@@ -1,7 +1,8 @@
 """The email run, written once as it reads: expire the claims of runs that died, find
 the emails due at `now`, send them batch by batch until done or SendGrid stops the run,
-and summarise it (`EmailRunSummary`: the counts, the emails awaiting an admin's
-decision, a markdown artifact). Its I/O steps come in as `EmailRunSteps`: `send_due`
+and summarise it (`EmailRunSummary`: the counts, the emails whose delivery raised and
+what each is left as, the emails awaiting an admin's decision, a markdown artifact). One
+email's error never stops the run. Its I/O steps come in as `EmailRunSteps`: `send_due`
 (`relink notify`, the tests, the benchmark) passes the step functions below as plain
 calls; the send-disconnection-emails flow passes Prefect tasks wrapping the same
 functions (tasks/emails.py)."""
@@ -33,6 +34,7 @@ COUNTS = (
     "no_recipient",  # nobody to email: the notification says why
     "skipped",  # claimed by another run meanwhile, or the disconnection closed meanwhile
     "deferred",  # not attempted: the run stopped early (SendGrid unavailable or refusing us)
+    "error",  # its delivery raised (the database, a bug): recorded on it in `failures`
     "expired_claims",  # claims of a run that died, marked unknown (they may have been sent)
 )
 
@@ -157,6 +159,7 @@ class EmailRunSummary:
     counts: dict[str, int]
     batches: int
     stopped: str | None
+    failures: list[dict[str, Any]]
     awaiting_decision: list[dict[str, Any]]
     duration_s: float
 
@@ -172,17 +175,20 @@ class EmailRunSummary:
     ) -> EmailRunSummary:
         totals: Counter[str] = Counter()
         stopped = None
+        failures: list[dict[str, Any]] = []
         n = 0
         for batch in batches:
             n += 1
             totals.update(batch["counts"])
             stopped = stopped or batch["stopped"]
+            failures += batch.get("failures", [])
         totals["expired_claims"] += expired_claims
         totals["deferred"] += deferred
         return cls(
             counts={k: totals.get(k, 0) for k in COUNTS},
             batches=n,
             stopped=stopped,
+            failures=failures,
             awaiting_decision=awaiting_decision,
             duration_s=round(duration_s, 3),
         )
@@ -192,6 +198,7 @@ class EmailRunSummary:
             **self.counts,
             "batches": self.batches,
             "stopped": self.stopped,
+            "failures": self.failures,
             "awaiting_decision": self.awaiting_decision,
             "duration_s": self.duration_s,
         }
@@ -207,6 +214,19 @@ class EmailRunSummary:
         ]
         if self.stopped:
             lines += ["", f"**Stopped early**: {self.stopped}. The rest waits for the next run."]
+        if self.failures:
+            lines += [
+                "",
+                f"## {len(self.failures)} email(s) failed on the way; the run went on",
+                "",
+                "| disconnection | connection | now | error |",
+                "| --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {f['disconnection_id']} | {f['connection_id'] or ''} | {_md(f['state'])} "
+                f"| {_md(f['error'])} |"
+                for f in self.failures
+            ]
         if self.awaiting_decision:
             lines += [
                 "",

@@ -1,7 +1,10 @@
 """Sending: `send_batch` loads a batch of due emails and delivers them `concurrency` at a
 time; `Sender.deliver` claims one email in the ledger, sends it (retrying only what
-SendGrid certainly did not take: 429, 5xx, unreachable) and marks its result. The
-`Breaker` stops a run that keeps failing to deliver or whose key is refused."""
+SendGrid certainly did not take: 429, 5xx, unreachable) and marks its result; an email
+whose delivery raises is recorded on it and the others go on. The `Breaker` stops a run
+that keeps failing to deliver or whose key is refused. `email_disconnection` sends one
+connection's disconnection email on request through the same ledger (the
+reconnect-connection flow's `notify_owner`), so it is that disconnection's one email."""
 
 from __future__ import annotations
 
@@ -14,13 +17,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from relink.app import Relink
 from relink.domain.words import NotificationState
 from relink.emailing import ledger
 from relink.emailing.due import DueEmail, load_due
-from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result
+from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result, mailer_for
+from relink.emailing.outbox import notification_of
 from relink.emailing.policy import NotifyPolicy
 from relink.emailing.render import render_disconnection_email
+from relink.models import Disconnection
 
 State = NotificationState
 
@@ -76,6 +83,31 @@ _STATE_OF = {
 }
 
 
+@dataclass
+class _Progress:
+    """How far one email got, for recording an error on the way."""
+
+    held: ledger.HeldClaim | None = None
+    requested: bool = False  # the request may have gone out
+    attempt: Attempt | None = None
+    requests: int = 0
+    in_hook: bool = False
+
+    def hook(self, call: Callable[..., None], *args: Any) -> None:
+        self.in_hook = True
+        call(*args)
+        self.in_hook = False
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a run's summary and the ledger: the exception's class and the first
+    line of its message (the database driver's own for a database error: SQLAlchemy's
+    text adds the statement and its parameters, addresses among them)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def advancing_clock(start: datetime) -> Callable[[], datetime]:
     """`start`, advancing with the time this process spends (monotonic)."""
     origin = time.monotonic()
@@ -100,7 +132,11 @@ class Sender:
     breaker: Breaker | None = None
     clock: Callable[[], datetime] | None = None
 
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per email whose delivery raised (ids, its state now, the error)."""
+
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()
         if self.breaker is None:
             self.breaker = Breaker(self.policy.breaker_threshold)
         if self.clock is None:
@@ -111,7 +147,19 @@ class Sender:
         return max(self.now, self.clock())
 
     def deliver(self, item: DueEmail) -> str:
-        """Claim, send and mark one email; the counter it adds to."""
+        """Claim, send and mark one email; the counter it adds to. An error on the way
+        (the database, a bug) is recorded on this email, in the ledger as far as the
+        ledger can still be written and in `failures`, and counts as `error`: the other
+        emails go on. A hook that raises stops the run there, as the crash it stands for."""
+        progress = _Progress()
+        try:
+            return self._deliver(item, progress)
+        except Exception as exc:
+            if progress.in_hook:
+                raise
+            return self._failed(item, progress, exc)
+
+    def _deliver(self, item: DueEmail, progress: _Progress) -> str:
         assert self.breaker is not None
         if self.breaker.is_open:
             return "deferred"
@@ -126,14 +174,16 @@ class Sender:
             return "no_recipient" if held else "skipped"
         settings = self.app.settings
         email = build_email(item, sender=settings.email_from, base_url=settings.base_url)
-        held = ledger.claim(self.app, item, now=self._time(), subject=email.subject[:500])
-        if held is None:
+        progress.held = ledger.claim(self.app, item, now=self._time(), subject=email.subject[:500])
+        if progress.held is None:
             return "skipped"
         if self.hooks.after_claim:
-            self.hooks.after_claim(item)
+            progress.hook(self.hooks.after_claim, item)
+        progress.requested = True
         attempt, requests = self._send_with_retries(email)
+        progress.attempt, progress.requests = attempt, requests
         if self.hooks.after_send:
-            self.hooks.after_send(item, attempt)
+            progress.hook(self.hooks.after_send, item, attempt)
         self.breaker.record(attempt)
         state = (
             self.mailer.delivered_state
@@ -142,7 +192,7 @@ class Sender:
         )
         ledger.mark(
             self.app,
-            held,
+            progress.held,
             state,
             now=self._time(),
             attempts=requests,
@@ -150,6 +200,42 @@ class Sender:
             error=attempt.error,
         )
         return str(state)
+
+    def _failed(self, item: DueEmail, progress: _Progress, exc: Exception) -> str:
+        """Record what is known of one email whose delivery raised: not claimed (the claim
+        rolled back: due again for the next run), claimed but certainly not sent
+        (released), or possibly sent (unknown, never resent automatically)."""
+        error = describe_error(exc)
+        if progress.held is None:
+            state = "due"
+        else:
+            maybe_delivered = progress.requested and (
+                progress.attempt is None or progress.attempt.result in (Result.SENT, Result.UNKNOWN)
+            )
+            final = State.UNKNOWN if maybe_delivered else State.RELEASED
+            try:
+                recorded = ledger.mark(
+                    self.app,
+                    progress.held,
+                    final,
+                    now=self._time(),
+                    attempts=progress.requests,
+                    message_id=progress.attempt and progress.attempt.message_id,
+                    error=error,
+                )
+                state = str(final) if recorded else "taken over by another run"
+            except Exception:  # noqa: BLE001 - the lease turns the claim unknown later
+                state = "claimed (becomes unknown after the lease: it may have been sent)"
+        with self._lock:
+            self.failures.append(
+                {
+                    "disconnection_id": item.disconnection_id,
+                    "connection_id": item.connection_id,
+                    "state": state,
+                    "error": error,
+                }
+            )
+        return "error"
 
     def _send_with_retries(self, email: OutgoingEmail) -> tuple[Attempt, int]:
         """Retries only what certainly did not go out (429, 5xx, unreachable)."""
@@ -190,24 +276,106 @@ def build_email(item: DueEmail, *, sender: str, base_url: str) -> OutgoingEmail:
 
 @dataclass
 class BatchResult:
-    """Plain, JSON-able counts of one batch (a Prefect task result: no secrets)."""
+    """Plain, JSON-able counts of one batch (a Prefect task result: ids, states and
+    errors, no address and no secret)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None  # why the run should stop (SendGrid unavailable, key refused)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # `Sender.failures`
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts, "stopped": self.stopped}
+        return {"counts": self.counts, "stopped": self.stopped, "failures": self.failures}
 
 
 def send_batch(sender: Sender, ids: Sequence[int]) -> BatchResult:
     """Claim, send and record the emails of these due disconnections, `concurrency` at
-    a time. Each claim re-checks that the disconnection is still open and unclaimed."""
-    items = load_due(sender.app, ids)
+    a time. Each claim re-checks that the disconnection is still open and unclaimed; an
+    email whose delivery raised is recorded on it and the others go on."""
     counts: Counter[str] = Counter()
+    before = len(sender.failures)
+    try:
+        items = load_due(sender.app, ids)
+    except Exception as exc:  # noqa: BLE001 - nothing claimed: all of them stay due
+        error = describe_error(exc)
+        items = []
+        counts["error"] += len(ids)
+        sender.failures.extend(
+            {"disconnection_id": i, "connection_id": None, "state": "due", "error": error}
+            for i in ids
+        )
+    else:
+        counts["skipped"] += len(ids) - len(items)  # deleted meanwhile
     if items:
         workers = max(1, min(sender.policy.concurrency, len(items)))
         with ThreadPoolExecutor(workers, thread_name_prefix="relink-email") as pool:
             counts.update(pool.map(sender.deliver, items))
-    counts["skipped"] += len(ids) - len(items)  # deleted meanwhile
     assert sender.breaker is not None
-    return BatchResult({k: v for k, v in counts.items() if v}, stopped=sender.breaker.reason)
+    return BatchResult(
+        {k: v for k, v in counts.items() if v},
+        stopped=sender.breaker.reason,
+        failures=sender.failures[before:],
+    )
+
+
+@dataclass(frozen=True)
+class DisconnectionEmailed:
+    """What became of the email about a connection's open disconnection, asked for now
+    (the reconnect-connection flow's `notify_owner`): the ledger's state of that one email."""
+
+    to: tuple[str, ...]
+    why: str  # "owner", "admins: <reason>", or why nobody was emailed
+    result: str  # the ledger's state (sent, outbox, unknown, failed, released, ...) or "none"
+    notification_id: int | None = None
+    earlier: bool = False  # emailed before this request (by the 07:00 run or another request)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "to": list(self.to),
+            "why": self.why,
+            "result": self.result,
+            "notification_id": self.notification_id,
+            "earlier": self.earlier,
+            "error": self.error,
+        }
+
+
+def email_disconnection(
+    app: Relink,
+    connection_id: int,
+    *,
+    now: datetime,
+    mailer: Mailer | None = None,
+    policy: NotifyPolicy | None = None,
+) -> DisconnectionEmailed:
+    """Email the connection's open disconnection now, through the ledger exactly as the
+    07:00 run does (claim, send with its retries, mark; the same recipients and redacted
+    last error): it is that disconnection's one email, so no run sends another. When it
+    has been emailed already, nothing is sent and its state is told."""
+    with app.sessions() as session:
+        disconnection_id = session.scalar(
+            sa.select(Disconnection.id).where(
+                Disconnection.connection_id == connection_id, Disconnection.ended_at.is_(None)
+            )
+        )
+    if disconnection_id is None:
+        return DisconnectionEmailed((), "no open disconnection: nothing to email", "none")
+    items = load_due(app, [disconnection_id])
+    if not items:
+        return DisconnectionEmailed((), "no open disconnection: nothing to email", "none")
+    sender = Sender(app, mailer or mailer_for(app.settings), now, policy or NotifyPolicy())
+    outcome = sender.deliver(items[0])
+    with app.sessions() as session:
+        view = notification_of(session, disconnection_id)
+    if view is None:  # closed meanwhile, or the claim itself failed
+        error = sender.failures[0]["error"] if sender.failures else None
+        why = "the disconnection closed meanwhile" if error is None else "not claimed"
+        return DisconnectionEmailed((), why, "error" if error else "none", error=error)
+    return DisconnectionEmailed(
+        tuple(view.to),
+        items[0].recipients.why,
+        view.state,
+        view.id,
+        earlier=outcome == "skipped",
+        error=view.last_error,
+    )

@@ -136,12 +136,14 @@ def test_reconnect_by_a_shared_user_fixes_the_connection_and_refreshes_the_wareh
         ("connection.status_changed", "connected"),
         ("connection.status_changed", "disconnected"),
         ("connection.status_changed", "connected"),
+        ("connection.shared", None),  # the previous owner keeps seeing it
         ("connection.reconnected", None),
         ("dataset.refreshed", None),
         ("dataset.refreshed", None),
     ]
-    reconnected = events[7]
-    assert actors[7] == SHARED
+    assert events[7].details == {"shared_with": OWNER, "reason": "previous owner"}
+    reconnected = events[8]
+    assert actors[8] == SHARED
     assert reconnected.details["previous_owner"] == OWNER
     assert reconnected.details["owner"] == SHARED
     assert reconnected.details["status_before"] == "disconnected"
