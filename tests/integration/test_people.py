@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from relink.checks import sweep
 from relink.emailing.due import plan
 from relink.models import AuditEvent, Connection, ConnectionShare, User
 from relink.reconnect import reconnect_with_secrets
+from relink.sweep.run import sweep
 from tests.integration.test_cli import Cli
 from tests.support import reconnect as rc
 from tests.support.emaildata import ADMIN, OWNER, RUN, World

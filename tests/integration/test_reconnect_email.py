@@ -13,12 +13,12 @@ from pydantic import SecretStr
 
 from flows.reconnect_connection import reconnect_connection
 from relink.app import Relink, set_app
-from relink.checks import sweep
 from relink.emailing.mailer import SendGridMailer
 from relink.emailing.outbox import list_notifications
 from relink.emailing.run import send_due
 from relink.models import AuditEvent
 from relink.reconnect import email_reconnect_link
+from relink.sweep.run import sweep
 from tests.conftest import APP_BACKENDS
 from tests.support import emaildata
 from tests.support.emaildata import API_KEY, RUN, SECRET, Sleeps

@@ -94,6 +94,7 @@ def test_a_reconnects_own_status_change_names_who_reconnected(relink_app, broken
     )
     assert trail(relink_app, world.connection_id, before) == [
         ("connection.status_changed", ADMIN, "connected"),
+        ("connection.shared", ADMIN, None),  # the previous owner keeps it (issue 16.4)
         ("connection.reconnected", ADMIN, None),
         ("dataset.refreshed", ADMIN, None),
     ]
