@@ -20,7 +20,12 @@ from relink.settings import Settings
 from relink.vault import generate_key
 from tests.support.pg import temporary_schema
 
-pytest_plugins = ["tests.support.promises"]
+pytest_plugins = [
+    "pytester",
+    "tests.support.promises",
+    "tests.support.private_pg",
+    "tests.support.host_guard",
+]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"

@@ -43,13 +43,13 @@ def cli(relink_app, settings) -> Cli:
 
 
 @pytest.fixture
-def broken(relink_app, pg_admin: PgAdmin, postgres_url):
+def broken(relink_app, pg_admin: PgAdmin):
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(role.name)
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, role.name),
+        settings=pg_settings(pg_admin.url, role.name),
         password=role.password,
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )
@@ -152,14 +152,14 @@ def test_datasets_refresh_and_audit_visibility(relink_app, cli, broken, postgres
 
 
 @pytest.fixture
-def wrong_user(relink_app, pg_admin: PgAdmin, postgres_url):
+def wrong_user(relink_app, pg_admin: PgAdmin):
     """A connection that names a role that does not exist; the right one exists."""
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(role.name)
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, "relink_no_such_role"),
+        settings=pg_settings(pg_admin.url, "relink_no_such_role"),
         password="old",
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )

@@ -43,14 +43,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def broken(relink_app, pg_admin: PgAdmin, postgres_url):
+def broken(relink_app, pg_admin: PgAdmin):
     """A connection whose password was changed at the source, found broken by a check."""
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(role.name)
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, role.name),
+        settings=pg_settings(pg_admin.url, role.name),
         password=role.password,
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )

@@ -109,7 +109,7 @@ class World:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, pg_admin: PgAdmin, maria_admin: MariaAdmin, postgres_url: str, mariadb_url: str
+    tmp_path: Path, pg_admin: PgAdmin, maria_admin: MariaAdmin, mariadb_url: str
 ) -> Iterator[World]:
     markers = Markers()
     sendgrid_key = markers.new("sendgrid api key")
@@ -119,7 +119,7 @@ def world(
         world = World(relink, markers, sandbox, endpoint)
         add_people(relink)
         set_web_passwords(world)
-        add_sql_connections(world, pg_admin, maria_admin, postgres_url, mariadb_url)
+        add_sql_connections(world, pg_admin, maria_admin, pg_admin.url, mariadb_url)
         add_http_connections(world)
         set_app(relink)
         try:
