@@ -81,12 +81,35 @@ def mariadb_url() -> str:
     return _require_peer("RELINK_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
 
 
-# --- the app database: every test on SQLite, and again on PostgreSQL when configured ----
+# --- the app database: SQLite, and PostgreSQL too where the behaviour can differ --------
 
 APP_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("RELINK_TEST_POSTGRES_URL") else [])
+BOTH_BACKENDS = "both_backends"  # the marker: locks, types, transactions, SQL forms of rules
 
 
-@pytest.fixture(params=APP_BACKENDS)
+def runs_on_both_backends(item: pytest.Function | pytest.Metafunc) -> bool:
+    """Marked `both_backends` (itself or its module), or a reliability promise."""
+    definition = item.definition if isinstance(item, pytest.Metafunc) else item
+    return any(definition.iter_markers(BOTH_BACKENDS)) or any(definition.iter_markers("promise"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test on the app database runs on SQLite; on PostgreSQL too when it is marked
+    (a test that parametrizes `database_url` itself keeps its own choice)."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    defs = metafunc._arg2fixturedefs.get("database_url", ())
+    if defs and defs[-1].func.__module__ != __name__:  # a module's own database_url
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "database_url" in (names.split(",") if isinstance(names, str) else names):
+            return
+    backends = APP_BACKENDS if runs_on_both_backends(metafunc) else ["sqlite"]
+    metafunc.parametrize("database_url", backends, indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty app database of its own: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":

@@ -16,6 +16,8 @@ from relink.directory import add_account, add_user
 from relink.models import AuditEvent, Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
 
+pytestmark = pytest.mark.both_backends  # a sweep claims its connections with row locks
+
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FAST = CheckPolicy(
     batch_size=200, concurrency=32, per_provider=32, attempts=2, backoff=0.0, timeout=5.0
