@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from relink import db
 from relink.app import Relink
 from relink.settings import Settings
 from relink.vault import generate_key
+from tests.support import app_db
 from tests.support.pg import temporary_schema
 
 pytest_plugins = [
@@ -134,7 +134,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 def relink_app(settings: Settings) -> Iterator[Relink]:
     """A Relink on a migrated, empty database."""
     app = Relink(settings)
-    db.upgrade(app.engine)
+    app_db.migrate(app.engine)
     yield app
     app.close()
 
