@@ -1,5 +1,5 @@
 """Reconnecting a password connection end to end, on the real loopback PostgreSQL with
-real password checks (`pg_password_auth`): the password changes at the source, the
+real password checks (a private cluster, `pg_admin`): the password changes at the source, the
 check breaks the connection, another user reconnects with the new password, the
 datasets' rows land in the warehouse, and the metric's error is gone."""
 
