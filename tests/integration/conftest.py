@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from tests.support.private_pg import PWCHECK_GROUP
+from tests.support.private_pg import PWCHECK_GROUP, admin_engine
 
 
 def unique_name() -> str:
@@ -97,11 +97,8 @@ class PgAdmin:
 @pytest.fixture(scope="session")
 def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
     """A superuser engine on the loopback test server (the app databases live there)."""
-    engine = sa.create_engine(
-        postgres_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    yield engine
-    engine.dispose()
+    with admin_engine(postgres_url) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -246,10 +247,17 @@ def pwcheck_postgres_url(private_postgres: PrivatePostgres) -> str:
     return private_postgres.url
 
 
+@contextmanager
+def admin_engine(url: str) -> Iterator[sa.Engine]:
+    """A superuser engine, each statement committed on its own, no pooled connections."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def pwcheck_engine(pwcheck_postgres_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(
-        pwcheck_postgres_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    yield engine
-    engine.dispose()
+    with admin_engine(pwcheck_postgres_url) as engine:
+        yield engine
