@@ -54,6 +54,9 @@ def _copy_template(engine: sa.Engine, target: Path) -> None:
 
 def _replay(engine: sa.Engine) -> None:
     global _recorded
+    if sa.inspect(engine).has_table("alembic_version"):
+        db.upgrade(engine)  # migrated already (a second app on the same schema)
+        return
     if _recorded is None:
         statements: list[tuple[str, Any, bool]] = []
 
