@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: setup browser run test soak bench lint format clean
 
 CHROMIUM ?= /usr/bin/chromium
+TEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
@@ -32,11 +33,11 @@ browser:
 	  fi; \
 	fi
 
-## test: lint and the whole suite (PostgreSQL and MariaDB on loopback when reachable)
+## test: lint and the whole suite on TEST_WORKERS processes (PostgreSQL and MariaDB on loopback when reachable)
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## soak: the reliability and security promises with many trials; writes docs/reliability.md
 soak: setup browser

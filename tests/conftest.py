@@ -14,13 +14,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from relink import db
 from relink.app import Relink
 from relink.settings import Settings
 from relink.vault import generate_key
+from tests.support import app_db
 from tests.support.pg import temporary_schema
 
-pytest_plugins = ["tests.support.promises"]
+pytest_plugins = [
+    "pytester",
+    "tests.support.promises",
+    "tests.support.private_pg",
+    "tests.support.host_guard",
+]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -76,12 +81,35 @@ def mariadb_url() -> str:
     return _require_peer("RELINK_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
 
 
-# --- the app database: every test on SQLite, and again on PostgreSQL when configured ----
+# --- the app database: SQLite, and PostgreSQL too where the behaviour can differ --------
 
 APP_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("RELINK_TEST_POSTGRES_URL") else [])
+BOTH_BACKENDS = "both_backends"  # the marker: locks, types, transactions, SQL forms of rules
 
 
-@pytest.fixture(params=APP_BACKENDS)
+def runs_on_both_backends(item: pytest.Function | pytest.Metafunc) -> bool:
+    """Marked `both_backends` (itself or its module), or a reliability promise."""
+    definition = item.definition if isinstance(item, pytest.Metafunc) else item
+    return any(definition.iter_markers(BOTH_BACKENDS)) or any(definition.iter_markers("promise"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test on the app database runs on SQLite; on PostgreSQL too when it is marked
+    (a test that parametrizes `database_url` itself keeps its own choice)."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    defs = metafunc._arg2fixturedefs.get("database_url", ())
+    if defs and defs[-1].func.__module__ != __name__:  # a module's own database_url
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "database_url" in (names.split(",") if isinstance(names, str) else names):
+            return
+    backends = APP_BACKENDS if runs_on_both_backends(metafunc) else ["sqlite"]
+    metafunc.parametrize("database_url", backends, indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty app database of its own: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
@@ -106,7 +134,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 def relink_app(settings: Settings) -> Iterator[Relink]:
     """A Relink on a migrated, empty database."""
     app = Relink(settings)
-    db.upgrade(app.engine)
+    app_db.migrate(app.engine)
     yield app
     app.close()
 

@@ -31,7 +31,7 @@ from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
 from relink.sweep.run import sweep
 from relink.web import create_app
-from tests.integration.conftest import PgAdmin, pg_engine, pg_password_auth  # noqa: F401
+from tests.integration.conftest import PgAdmin
 from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.web import (
     EMAILS,
@@ -87,15 +87,14 @@ class Site:
 @pytest.fixture(scope="module")
 def site(
     tmp_path_factory: pytest.TempPathFactory,
-    postgres_url: str,
-    pg_engine: sa.Engine,  # noqa: F811
-    pg_password_auth: str,  # noqa: F811
+    pwcheck_postgres_url: str,
+    pwcheck_engine: sa.Engine,
 ) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     relink = make_relink(f"sqlite:///{tmp / 'relink.db'}", tmp / "data", base_url=url)
-    admin = PgAdmin(pg_engine)
+    admin = PgAdmin(pwcheck_engine)
     sandbox = SandboxServer()
     seed_demo(sandbox.provider)
     sandbox.start()
@@ -103,7 +102,7 @@ def site(
     try:
         role = admin.create_role()
         schema = admin.create_schema(role.name)
-        pg = sa.make_url(postgres_url)
+        pg = sa.make_url(pwcheck_postgres_url)
         world = build_world(
             relink,
             db_settings={

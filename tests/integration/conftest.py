@@ -1,41 +1,24 @@
-"""Integration fixtures: throwaway roles and users on the real loopback servers.
+"""Integration fixtures: throwaway roles and users on real servers.
 
-PostgreSQL on the test machines trusts every local connection, so a wrong password
-would be accepted. `pg_password_auth` makes password checking real for one group
-role only (`relink_pwcheck`): every role a test creates is a member of it, every other
-role keeps `trust`. MariaDB checks passwords already.
+PostgreSQL on the test machines trusts every local connection, so a wrong password would
+be accepted there: the roles a test creates live on a private cluster that checks them
+(`tests/support/private_pg.py`), each a member of its group `relink_pwcheck`. MariaDB on
+loopback checks passwords already.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import secrets
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-PWCHECK_GROUP = "relink_pwcheck"
-HBA_LINE = f"host all +{PWCHECK_GROUP} 127.0.0.1/32 scram-sha-256"
-HBA_LOCK = Path("/tmp/relink-tests-pg-hba.lock")
-
-
-def unavailable(message: str) -> None:
-    """Skip on a developer's machine, fail under CI=true (a green CI means it ran)."""
-    if IN_CI:
-        pytest.fail(f"CI=true and the test setup is impossible: {message}", pytrace=False)
-    pytest.skip(message)
+from tests.support.private_pg import PWCHECK_GROUP, admin_engine
 
 
 def unique_name() -> str:
@@ -56,6 +39,7 @@ class PgAdmin:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self.url = engine.url.render_as_string(hide_password=False)  # where the roles are
         self.roles: list[str] = []
         self.schemas: list[str] = []
 
@@ -112,120 +96,16 @@ class PgAdmin:
 
 @pytest.fixture(scope="session")
 def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(
-        postgres_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
-    )
-    yield engine
-    engine.dispose()
-
-
-def _first_hba_rule_is_ours(text: str) -> bool:
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            return stripped.split() == HBA_LINE.split()
-    return False
-
-
-def _server_reads_our_rule_first(admin: PgAdmin) -> bool:
-    """What the server parsed from the hba file on disk (pg_hba_file_rules), rule 1."""
-    rules = admin.execute(
-        "SELECT type, database, user_name, address, netmask, auth_method"
-        " FROM pg_hba_file_rules WHERE error IS NULL ORDER BY line_number LIMIT 1"
-    )
-    expected = ("host", ["all"], [f"+{PWCHECK_GROUP}"], "127.0.0.1", "255.255.255.255")
-    return bool(rules) and rules[0][:5] == expected and rules[0][5] == "scram-sha-256"
-
-
-def _put_hba_line_on_top(hba_file: Path) -> None:
-    text = hba_file.read_text()
-    if _first_hba_rule_is_ours(text):
-        return
-    # In place (r+), so the file keeps its owner and mode (postgres, 0640).
-    with hba_file.open("r+") as handle:
-        handle.seek(0)
-        handle.write(f"{HBA_LINE}\n{text}")
-        handle.truncate()
-
-
-@contextlib.contextmanager
-def _hba_lock() -> Iterator[None]:
-    """Test sessions may run side by side on one machine; one edits the file at a time."""
-    with HBA_LOCK.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _wrong_password_refused(postgres_url: str, role: str) -> bool:
-    url = sa.engine.make_url(postgres_url)
-    try:
-        psycopg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            dbname=url.database,
-            user=role,
-            password="certainly-not-the-password",
-            connect_timeout=3,
-        ).close()
-    except psycopg.OperationalError as exc:
-        return "password authentication failed" in str(exc)
-    return False
-
-
-@pytest.fixture(scope="session")
-def pg_password_auth(postgres_url: str, pg_engine: sa.Engine) -> str:
-    """Make PostgreSQL check passwords for members of `relink_pwcheck`; return the group.
-
-    Idempotent: the group role is created if missing, and `HBA_LINE` is put at the top
-    of the server's hba file only if it is not the first rule already; the rest of the
-    file is left as it is. The line stays afterwards (it only concerns that group).
-    """
-    admin = PgAdmin(pg_engine)
-    if not admin.execute(
-        sql.SQL("SELECT 1 FROM pg_roles WHERE rolname = {}").format(sql.Literal(PWCHECK_GROUP))
-    ):
-        with contextlib.suppress(psycopg.errors.DuplicateObject):  # a parallel session won
-            admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(PWCHECK_GROUP)))
-
-    hba_file = Path(admin.execute("SHOW hba_file")[0][0])
-    problem = None
-    try:
-        with _hba_lock():
-            # Checked through the server first: a tester who may not read the file
-            # still runs the tests once the line is in place.
-            if not _server_reads_our_rule_first(admin):
-                _put_hba_line_on_top(hba_file)
-    except OSError as exc:
-        problem = f"{type(exc).__name__}: {exc.strerror}"
-    if problem:
-        unavailable(
-            f"cannot edit {hba_file} to require passwords for +{PWCHECK_GROUP} ({problem}); "
-            f"run the tests as a user that may write it, or add `{HBA_LINE}` at its top"
-        )
-    admin.execute("SELECT pg_reload_conf()")
-
-    # The reload is asynchronous: poll until a member's wrong password is refused.
-    probe = admin.create_role()
-    try:
-        deadline = time.monotonic() + 5
-        while not _wrong_password_refused(postgres_url, probe.name):
-            if time.monotonic() > deadline:
-                unavailable(
-                    f"{hba_file} starts with `{HBA_LINE}` but PostgreSQL still accepts a "
-                    "wrong password for that group (is the URL's host 127.0.0.1?)"
-                )
-            time.sleep(0.05)
-    finally:
-        admin.cleanup()
-    return PWCHECK_GROUP
+    """A superuser engine on the loopback test server (the app databases live there)."""
+    with admin_engine(postgres_url) as engine:
+        yield engine
 
 
 @pytest.fixture
-def pg_admin(pg_engine: sa.Engine, pg_password_auth: str) -> Iterator[PgAdmin]:
-    admin = PgAdmin(pg_engine)
+def pg_admin(pwcheck_engine: sa.Engine) -> Iterator[PgAdmin]:
+    """Roles and schemas for one test on the private, password-checking cluster; a
+    connection to them names `pg_admin.url`'s host, port and database."""
+    admin = PgAdmin(pwcheck_engine)
     yield admin
     admin.cleanup()
 

@@ -19,6 +19,8 @@ from relink.sweep.record import last_sweep
 from relink.sweep.run import SweepPolicy, SweepSteps, plain_steps, run_sweep, sweep
 from relink.sweep.validate import CheckPolicy
 
+pytestmark = pytest.mark.both_backends  # a sweep claims its connections with row locks
+
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FAST = CheckPolicy(
     batch_size=200, concurrency=32, per_provider=32, attempts=2, backoff=0.0, timeout=5.0

@@ -41,6 +41,8 @@ from tests.support.sendgrid_endpoint import (
     Unauthorized,
 )
 
+pytestmark = pytest.mark.both_backends  # the due rule runs as SQL
+
 H = timedelta(hours=1)
 LEASE = NotifyPolicy().lease
 

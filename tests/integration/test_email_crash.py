@@ -23,6 +23,8 @@ from relink.emailing.run import send_due
 from tests.support.emaildata import API_KEY, RUN, World, emails_per_disconnection, read_log
 from tests.support.sendgrid_endpoint import EndpointProcess
 
+pytestmark = pytest.mark.both_backends  # what a crash leaves depends on the backend's transactions
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -36,6 +36,8 @@ from tests.support.emaildata import (
     flags,
 )
 
+pytestmark = pytest.mark.both_backends  # the ledger's claims take row locks (FOR UPDATE)
+
 H = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
 LEASE = NotifyPolicy().lease

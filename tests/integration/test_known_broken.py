@@ -38,15 +38,16 @@ H = timedelta(hours=1)
 
 
 @pytest.fixture
-def outage(relink_app: Relink, pg_admin: PgAdmin, postgres_url: str):
+def outage(relink_app: Relink, pg_admin: PgAdmin):
     """The "Owned DB" of tests/support/web.py (a real PostgreSQL role, through a proxy):
     checked ok at T0+1h, broken by a password change at the source at T0+2h, unreachable
     (the proxy refuses) at T0+3h. Yields its id, a check at a time, and the fix."""
     role = pg_admin.create_role()
-    port = sa.make_url(postgres_url).port or 5432
+    server = sa.make_url(pg_admin.url)
     with FaultySources() as sources:
-        proxy = sources.add("127.0.0.1", port, PASS)
-        settings = pg_settings(f"postgresql://127.0.0.1:{proxy.port}/test", role.name)
+        proxy = sources.add("127.0.0.1", server.port or 5432, PASS)
+        through = server.set(host="127.0.0.1", port=proxy.port)
+        settings = pg_settings(through.render_as_string(hide_password=False), role.name)
         world = build_world(relink_app, db_settings=settings, db_password=role.password)
         owned = world.ids["Owned DB"]
 

@@ -11,6 +11,8 @@ from relink.app import Relink
 from relink.emailing.due import due_query
 from relink.models import Base
 
+pytestmark = pytest.mark.both_backends  # the DDL of every migration differs by backend
+
 TABLES = {
     "accounts",
     "users",

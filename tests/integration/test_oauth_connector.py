@@ -517,6 +517,7 @@ def test_many_refreshes_in_one_batch_all_succeed_and_keep_each_its_own_tokens(
             assert (answer["active"], answer["username"]) == (True, user), (spec.id, kind)
 
 
+@pytest.mark.both_backends  # SQLite: the lock file; PostgreSQL: the row lock
 def test_checks_in_two_event_loops_refresh_once_under_the_database_lock(
     relink_app, owner, sandbox, provider, oauth_client
 ):

@@ -185,12 +185,12 @@ def test_transfer_to_or_by_a_deactivated_user_is_refused(relink_app, cli, world)
     assert json.loads(cli.ok("users", "list", "--json").stdout)[0]["active"] is True
 
 
-def test_someone_else_reconnecting_keeps_the_previous_owner_in(relink_app, pg_admin, postgres_url):
+def test_someone_else_reconnecting_keeps_the_previous_owner_in(relink_app, pg_admin):
     role = pg_admin.create_role()
     rc.add_people(relink_app)
     world = rc.add_pg_connection(
         relink_app,
-        settings=rc.pg_settings(postgres_url, role.name),
+        settings=rc.pg_settings(pg_admin.url, role.name),
         password="not-the-password",
         queries=[("One", "SELECT 1 AS one")],
         metric=False,

@@ -44,8 +44,8 @@ def cli(relink_app, settings) -> Cli:
 
 
 @pytest.fixture
-def broken(relink_app, pg_admin: PgAdmin, postgres_url):
-    return add_broken_pg_connection(relink_app, pg_admin, postgres_url, new_password=NEW_PASSWORD)
+def broken(relink_app, pg_admin: PgAdmin):
+    return add_broken_pg_connection(relink_app, pg_admin, new_password=NEW_PASSWORD)
 
 
 def test_reconnect_reads_the_new_password_from_stdin_and_refreshes(relink_app, cli, broken):
@@ -143,14 +143,14 @@ def test_datasets_refresh_and_audit_visibility(relink_app, cli, broken, postgres
 
 
 @pytest.fixture
-def wrong_user(relink_app, pg_admin: PgAdmin, postgres_url):
+def wrong_user(relink_app, pg_admin: PgAdmin):
     """A connection that names a role that does not exist; the right one exists."""
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(role.name)
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, "relink_no_such_role"),
+        settings=pg_settings(pg_admin.url, "relink_no_such_role"),
         password="old",
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )

@@ -61,13 +61,13 @@ def requested_events(app: Relink) -> list[dict]:
 @pytest.mark.usefixtures("prefect_server")
 @pytest.mark.parametrize("database_url", [APP_BACKENDS[-1]], indirect=True)
 def test_the_flows_email_is_the_only_one_the_0700_run_never_sends_another(
-    relink_app, pg_admin, postgres_url, endpoint
+    relink_app, pg_admin, endpoint
 ):
     role = pg_admin.create_role()
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, role.name),
+        settings=pg_settings(pg_admin.url, role.name),
         password=role.password,
         queries=[("One", "SELECT 1 AS one")],
     )

@@ -41,10 +41,10 @@ pytestmark = [
 
 
 @pytest.fixture
-def broken(relink_app, pg_admin: PgAdmin, postgres_url):
+def broken(relink_app, pg_admin: PgAdmin):
     """A connection whose password was changed at the source, found broken by a check."""
     world, role = add_broken_pg_connection(
-        relink_app, pg_admin, postgres_url, new_password="changed-at-source-marker"
+        relink_app, pg_admin, new_password="changed-at-source-marker"
     )
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
     set_app(relink_app)

@@ -1,5 +1,5 @@
 """Reconnecting a password connection end to end, on the real loopback PostgreSQL with
-real password checks (`pg_password_auth`): the password changes at the source, the
+real password checks (a private cluster, `pg_admin`): the password changes at the source, the
 check breaks the connection, another user reconnects with the new password, the
 datasets' rows land in the warehouse, and the metric's error is gone."""
 
@@ -49,7 +49,7 @@ T2 = T0 + timedelta(hours=30)
 
 
 @pytest.fixture
-def shop(relink_app, pg_admin: PgAdmin, postgres_url):
+def shop(relink_app, pg_admin: PgAdmin):
     """A warehouse-mode connection to a role's schema (table `items`, 3 rows), two
     datasets and a metric; checked once (connected)."""
     role = pg_admin.create_role()
@@ -57,7 +57,7 @@ def shop(relink_app, pg_admin: PgAdmin, postgres_url):
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, role.name),
+        settings=pg_settings(pg_admin.url, role.name),
         password=role.password,
         queries=[
             ("Items", f'SELECT id, name, price FROM "{schema}".items ORDER BY id'),

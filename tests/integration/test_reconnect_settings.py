@@ -64,7 +64,7 @@ T2 = T0 + timedelta(hours=30)
 
 
 @pytest.fixture
-def misdirected(relink_app, pg_admin: PgAdmin, postgres_url):
+def misdirected(relink_app, pg_admin: PgAdmin):
     """A PostgreSQL connection that names a role and a database that do not exist (the
     owner typed them wrong), broken by a check; the right role exists with its table."""
     role = pg_admin.create_role()
@@ -72,13 +72,13 @@ def misdirected(relink_app, pg_admin: PgAdmin, postgres_url):
     add_people(relink_app)
     world = add_pg_connection(
         relink_app,
-        settings=pg_settings(postgres_url, "relink_no_such_role", database="no_such_database"),
+        settings=pg_settings(pg_admin.url, "relink_no_such_role", database="no_such_database"),
         password="typo",
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )
     asyncio.run(sweep(relink_app, now=T1, policy=FAST_CHECKS))
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
-    return world, role, sa.make_url(postgres_url).database or "test"
+    return world, role, sa.make_url(pg_admin.url).database or "test"
 
 
 def test_the_form_shows_what_a_reconnect_may_change_with_its_current_values(

@@ -37,6 +37,8 @@ from tests.support.reconnect import (
     snapshot,
 )
 
+pytestmark = pytest.mark.both_backends  # the token store locks the row it refreshes
+
 T2 = T0 + timedelta(hours=30)
 
 

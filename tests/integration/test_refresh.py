@@ -27,6 +27,8 @@ from tests.support.reconnect import (
     warehouse_tables,
 )
 
+pytestmark = pytest.mark.both_backends  # a refresh locks its dataset's row; stored values' types
+
 T1 = T0 + timedelta(hours=1)
 QUICK = RefreshPolicy(attempts=3, backoff=0.01, timeout=5.0)
 THREE_FRUITS = "SELECT * FROM (VALUES (1, 'apple'), (2, 'pear'), (3, 'fig')) AS t(id, name)"

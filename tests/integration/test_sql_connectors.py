@@ -62,28 +62,24 @@ pg = pytest.mark.postgres
 
 
 @pg
-def test_postgres_right_password_is_ok(pg_admin: PgAdmin, postgres_url: str) -> None:
+def test_postgres_right_password_is_ok(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role()
-    assert validate(spec("postgres", postgres_url, role)) == CheckResult.ok()
+    assert validate(spec("postgres", pg_admin.url, role)) == CheckResult.ok()
 
 
 @pg
-def test_postgres_changed_password_is_auth_failed_28P01(
-    pg_admin: PgAdmin, postgres_url: str
-) -> None:
+def test_postgres_changed_password_is_auth_failed_28P01(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role()
     pg_admin.set_password(role.name, "new")
-    result = validate(spec("postgres", postgres_url, role))
+    result = validate(spec("postgres", pg_admin.url, role))
     assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "28P01")
     assert role.name in result.message
 
 
 @pg
-def test_postgres_missing_database_is_auth_failed_3D000(
-    pg_admin: PgAdmin, postgres_url: str
-) -> None:
+def test_postgres_missing_database_is_auth_failed_3D000(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role()
-    result = validate(spec("postgres", postgres_url, role, database="relink_no_such_db"))
+    result = validate(spec("postgres", pg_admin.url, role, database="relink_no_such_db"))
     assert (result.outcome, result.code) == (Outcome.AUTH_FAILED, "3D000")
 
 
@@ -112,11 +108,9 @@ def test_postgres_silent_server_is_unreachable_timeout(
 
 
 @pg
-def test_postgres_password_with_special_characters_works(
-    pg_admin: PgAdmin, postgres_url: str
-) -> None:
+def test_postgres_password_with_special_characters_works(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role(SPECIAL)
-    assert validate(spec("postgres", postgres_url, role)).outcome is Outcome.OK
+    assert validate(spec("postgres", pg_admin.url, role)).outcome is Outcome.OK
 
 
 @pg
@@ -130,7 +124,7 @@ def test_postgres_password_with_special_characters_works(
     ],
 )
 def test_postgres_password_never_appears_in_the_message(
-    case: str, outcome: Outcome, pg_admin: PgAdmin, postgres_url: str, closed_port: int
+    case: str, outcome: Outcome, pg_admin: PgAdmin, closed_port: int
 ) -> None:
     secret = f"{SPECIAL}{secrets.token_hex(4)}"
     role = pg_admin.create_role(secret)
@@ -140,33 +134,31 @@ def test_postgres_password_never_appears_in_the_message(
     }.get(case, {})
     if case == "changed_password":
         pg_admin.set_password(role.name, "new")
-    result = validate(spec("postgres", postgres_url, role, **settings))
+    result = validate(spec("postgres", pg_admin.url, role, **settings))
     assert result.outcome is outcome
     assert_secret_absent(result, secret)
 
 
 @pg
-def test_postgres_fetch_returns_columns_and_rows(pg_admin: PgAdmin, postgres_url: str) -> None:
+def test_postgres_fetch_returns_columns_and_rows(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role(SPECIAL)
     schema = pg_admin.create_schema(reader=role.name)
     # '%' and '::' reach the server as written (no bind-parameter parsing).
     query = (
         f"SELECT id, name, price::text AS price FROM {schema}.items WHERE name LIKE '%' ORDER BY id"
     )
-    result = fetch(spec("postgres", postgres_url, role), query)
+    result = fetch(spec("postgres", pg_admin.url, role), query)
     assert result.columns == ["id", "name", "price"]
     assert result.rows == [(1, "apple", "1.50"), (2, "pear", "2.25"), (3, "fig", "4")]
 
 
 @pg
-def test_postgres_fetch_with_wrong_password_raises_auth_failed(
-    pg_admin: PgAdmin, postgres_url: str
-) -> None:
+def test_postgres_fetch_with_wrong_password_raises_auth_failed(pg_admin: PgAdmin) -> None:
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(reader=role.name)
     with pytest.raises(AuthFailed) as caught:
         fetch(
-            spec("postgres", postgres_url, role, password="wrong"), f"SELECT * FROM {schema}.items"
+            spec("postgres", pg_admin.url, role, password="wrong"), f"SELECT * FROM {schema}.items"
         )
     assert caught.value.code == "28P01"
 

@@ -19,6 +19,10 @@ from relink.sweep.record import record_sweep
 from tests.integration.oauth_fixtures import add_app_connections
 from tests.support.reconnect import Cli
 
+pytestmark = (
+    pytest.mark.both_backends
+)  # status counts and times come from SQL aggregates and timestamp types
+
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)  # 05:00 MST: the next run is 14:00 UTC today
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,8 @@ from relink.access import can_view
 from relink.connections import list_visible, ref_of
 from relink.directory import viewer_of
 from relink.models import Account, Connection, ConnectionShare, User
+
+pytestmark = pytest.mark.both_backends  # who sees what is a SQL filter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -404,10 +404,10 @@ def test_connectors_catalog_lists_requirements(web: Any) -> None:
 
 
 @pytest.fixture
-def pg_world(relink: Relink, pg_admin: Any, postgres_url: str) -> tuple[World, Any, str]:
+def pg_world(relink: Relink, pg_admin: Any) -> tuple[World, Any, str]:
     role = pg_admin.create_role()
     schema = pg_admin.create_schema(role.name)
-    url = sa.make_url(postgres_url)
+    url = sa.make_url(pg_admin.url)
     settings = {
         "host": url.host or "127.0.0.1",
         "port": str(url.port or 5432),

@@ -194,7 +194,7 @@ class Matrix:
         )
 
 
-@pytest.fixture(scope="module", params=APP_BACKENDS)
+@pytest.fixture(scope="module", params=APP_BACKENDS[:1])  # SQLite: test_visibility checks the SQL
 def matrix(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,

@@ -40,9 +40,9 @@ T2 = T0 + timedelta(hours=2)
 
 
 @pytest.fixture
-def broken(relink_app, pg_admin: PgAdmin, postgres_url):
+def broken(relink_app, pg_admin: PgAdmin):
     """A connection broken by a password change at the source; `fix()` puts it back."""
-    world, role = add_broken_pg_connection(relink_app, pg_admin, postgres_url)
+    world, role = add_broken_pg_connection(relink_app, pg_admin)
     assert connection_view(relink_app, world.connection_id)["status"] == "disconnected"
     return world, role, lambda: pg_admin.set_password(role.name, role.password)
 
@@ -117,11 +117,11 @@ def test_datasets_refresh_on_a_broken_connection_says_how_to_reconnect_and_refre
 
 
 @pytest.fixture
-def page_world(relink_app, pg_admin: PgAdmin, postgres_url):
+def page_world(relink_app, pg_admin: PgAdmin):
     """The web layout, its "Owned DB" a real role whose password changed at the source."""
     role = pg_admin.create_role()
     world = build_world(
-        relink_app, db_settings=pg_settings(postgres_url, role.name), db_password=role.password
+        relink_app, db_settings=pg_settings(pg_admin.url, role.name), db_password=role.password
     )
     pg_admin.set_password(role.name, "changed-at-the-source")
     return world, lambda: pg_admin.set_password(role.name, role.password)

@@ -56,16 +56,17 @@ class Site:
 @pytest.fixture(scope="module")
 def site(
     tmp_path_factory: pytest.TempPathFactory,
-    pg_engine: sa.Engine,
-    pg_password_auth: str,
-    postgres_url: str,
+    pwcheck_engine: sa.Engine,
+    pwcheck_postgres_url: str,
 ) -> Iterator[Site]:
-    admin = PgAdmin(pg_engine)
+    admin = PgAdmin(pwcheck_engine)
     role = admin.create_role()
     folder = tmp_path_factory.mktemp("fuzz-web")
     try:
         with fuzz_world(
-            folder, db_settings=pg_settings(postgres_url, role.name), db_password=role.password
+            folder,
+            db_settings=pg_settings(pwcheck_postgres_url, role.name),
+            db_password=role.password,
         ) as world:
             app = create_app(world.relink)
             owner = client_for(app, "owner")

@@ -195,7 +195,11 @@ class Fleet:
 
     def source(self, upstream: str, fault: Fault) -> FaultySource:
         if (upstream, fault) not in self._source:
-            port = {"sandbox": self.peers.sandbox.port, "postgres": 5432, "mysql": 3306}[upstream]
+            port = {
+                "sandbox": self.peers.sandbox.port,
+                "postgres": sa.make_url(self.peers.pg_admin.url).port,
+                "mysql": 3306,
+            }[upstream]
             self._source[upstream, fault] = self.sources.add("127.0.0.1", port, fault)
         return self._source[upstream, fault]
 

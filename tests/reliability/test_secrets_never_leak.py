@@ -54,7 +54,7 @@ from flows.check_connections_shard import check_connections_shard
 from flows.reconnect_connection import reconnect_connection
 from flows.refresh_datasets import refresh_datasets
 from flows.send_disconnection_emails import send_disconnection_emails
-from relink import db, passwords
+from relink import passwords
 from relink.app import Relink, set_app
 from relink.cli import _common as cli_output
 from relink.connections import NewConnection, add_connection, share
@@ -68,6 +68,7 @@ from relink.timeutil import utcnow
 from relink.vault import generate_key
 from relink.web import create_app
 from tests.integration.oauth_fixtures import oauth_settings
+from tests.support import app_db
 from tests.support.reconnect import ADMIN, OUTSIDER, OWNER, SHARED, T0, Cli, add_people, pg_settings
 from tests.support.secret_scan import Markers, Scan, stored_under
 from tests.support.sendgrid_endpoint import SendGridEndpoint
@@ -109,17 +110,17 @@ class World:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, pg_admin: PgAdmin, maria_admin: MariaAdmin, postgres_url: str, mariadb_url: str
+    tmp_path: Path, pg_admin: PgAdmin, maria_admin: MariaAdmin, mariadb_url: str
 ) -> Iterator[World]:
     markers = Markers()
     sendgrid_key = markers.new("sendgrid api key")
     with SandboxServer(SandboxProvider()) as sandbox, SendGridEndpoint(sendgrid_key) as endpoint:
         relink = Relink(secret_settings(markers, tmp_path / "data", endpoint.url))
-        db.upgrade(relink.engine)
+        app_db.migrate(relink.engine)
         world = World(relink, markers, sandbox, endpoint)
         add_people(relink)
         set_web_passwords(world)
-        add_sql_connections(world, pg_admin, maria_admin, postgres_url, mariadb_url)
+        add_sql_connections(world, pg_admin, maria_admin, pg_admin.url, mariadb_url)
         add_http_connections(world)
         set_app(relink)
         try:

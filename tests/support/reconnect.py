@@ -109,7 +109,7 @@ def add_pg_connection(
 
 
 def add_broken_pg_connection(
-    app: Relink, pg_admin: Any, postgres_url: str, *, new_password: str = "changed-at-source"
+    app: Relink, pg_admin: Any, *, new_password: str = "changed-at-source"
 ) -> tuple[World, Any]:
     """The account, and a warehouse connection of a real PostgreSQL role with a dataset of
     its table, found broken by a check after the role's password changed at the source to
@@ -120,7 +120,7 @@ def add_broken_pg_connection(
     add_people(app)
     world = add_pg_connection(
         app,
-        settings=pg_settings(postgres_url, role.name),
+        settings=pg_settings(pg_admin.url, role.name),
         password=role.password,
         queries=[("Items", f'SELECT id, name FROM "{schema}".items ORDER BY id')],
     )

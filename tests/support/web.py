@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher
 
-from relink import db, passwords
+from relink import passwords
 from relink.app import Relink
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
@@ -41,6 +41,7 @@ from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
 from tests.integration.oauth_fixtures import OAuthClient, issue, oauth_settings
+from tests.support import app_db
 from tests.support.pg import temporary_schema
 
 with warnings.catch_warnings():
@@ -98,7 +99,7 @@ def make_relink(database_url: str, data_dir: Path, base_url: str = "http://tests
         base_url=base_url,
     )
     relink = Relink(settings)
-    db.upgrade(relink.engine)
+    app_db.migrate(relink.engine)
     return relink
 
 
