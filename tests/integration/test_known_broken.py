@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 H = timedelta(hours=1)
 
 
+# the SQL form of the rule (filters, counts) must agree with the pure one on each backend
+pytestmark = pytest.mark.both_backends
+
+
 @pytest.fixture
 def outage(relink_app: Relink, pg_admin: PgAdmin):
     """The "Owned DB" of tests/support/web.py (a real PostgreSQL role, through a proxy):

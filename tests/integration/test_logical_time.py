@@ -27,7 +27,8 @@ from relink.sandbox import SandboxProvider, SandboxServer
 T = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 07:00 MST: a sweep and the email run at once
 GOOD_KEY = "logical-time-good-key"
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# times are stored as the backends store them, and the due rule runs as SQL
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.both_backends]
 
 
 def run_scheduled_at(flow: Any, at: datetime, **parameters: Any) -> Any:

@@ -25,7 +25,8 @@ from relink.sweep.shards import WITHDRAWN
 from tests.integration.test_deployments import add_connections
 from tests.support.reconnect import Cli
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# shards are claimed with row locks
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.both_backends]
 
 
 @pytest.fixture
