@@ -330,26 +330,24 @@ def write_sandbox_state(path: Path, tokens: Sequence[dict[str, Any]]) -> None:
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
-    """Run the served check-connections deployment once and wait for it, so the demo
-    shows broken connections and the Prefect UI shows a run with its artifact."""
-    from relink.sweep.record import last_sweep
-
+def run_once(
+    config: RunConfig, supervisor: Supervisor, deployment: str, run_name: str
+) -> tuple[str, dict[str, Any]]:
+    """Run a served deployment (`flow/deployment`) once and wait for it: its flow run id
+    and final state. A run that did not complete is said on the terminal."""
     flow_run: dict[str, Any] = {}
 
     def created() -> bool:
         nonlocal flow_run
-        deployment = http_json(
-            f"{config.prefect_api_url}/deployments/name/check-connections/check-connections"
-        )
+        found = http_json(f"{config.prefect_api_url}/deployments/name/{deployment}")
         flow_run = http_json(
-            f"{config.prefect_api_url}/deployments/{deployment['id']}/create_flow_run",
+            f"{config.prefect_api_url}/deployments/{found['id']}/create_flow_run",
             method="POST",
-            body={"name": "first check of relink run"},
+            body={"name": run_name},
         )
         return True
 
-    wait_until("a run of check-connections", created, supervisor)
+    wait_until(f"a run of {deployment}", created, supervisor)
     state: dict[str, Any] = {}
 
     def finished() -> bool:
@@ -357,16 +355,50 @@ def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[
         state = http_json(f"{config.prefect_api_url}/flow_runs/{flow_run['id']}")["state"] or {}
         return state.get("type") in FINAL_STATES
 
-    wait_until("the first check-connections run", finished, supervisor)
+    wait_until(f"the {run_name}", finished, supervisor)
     if state.get("type") != "COMPLETED":
         # e.g. CANCELLED: a scheduled sweep was running (one at a time, CANCEL_NEW)
         supervisor.say(
-            f"note: the first check-connections run ended {state.get('name')}; see "
+            f"note: the {run_name} ended {state.get('name')}; see "
             f"{config.prefect_url}/runs/flow-run/{flow_run['id']}"
         )
+    return flow_run["id"], state
+
+
+def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
+    """Run the served check-connections deployment once and wait for it, so the demo
+    shows broken connections and the Prefect UI shows a run with its artifact."""
+    from relink.sweep.record import last_sweep
+
+    flow_run_id, _state = run_once(
+        config, supervisor, "check-connections/check-connections", "first check of relink run"
+    )
     with app.sessions() as session:
         sweep = last_sweep(session) or {}
-    return {**sweep.get("summary", {}), "flow_run_id": flow_run["id"]}
+    return {**sweep.get("summary", {}), "flow_run_id": flow_run_id}
+
+
+def first_emails(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
+    """Run the served send-disconnection-emails deployment once, after the first check,
+    so the demo's connection broken for over 24 hours gets its one email (to the outbox
+    on the embedded defaults): the email states it leaves, and the flow run id."""
+    import sqlalchemy as sa
+
+    from relink.models import Notification
+
+    flow_run_id, _state = run_once(
+        config,
+        supervisor,
+        "send-disconnection-emails/send-disconnection-emails",
+        "first email run of relink run",
+    )
+    with app.sessions() as session:
+        states = dict(
+            session.execute(
+                sa.select(Notification.state, sa.func.count()).group_by(Notification.state)
+            ).all()
+        )
+    return {"states": states, "flow_run_id": flow_run_id}
 
 
 def self_check(config: RunConfig) -> list[tuple[str, bool, str]]:
@@ -473,8 +505,11 @@ def _start_and_wait(
         lambda: wanted <= set(served_deployments(config)),
         supervisor,
     )
-    summary = first_sweep(app, config, supervisor) if config.first_sweep else None
-    _print_ready(app, config, summary, out)
+    summary = emails = None
+    if config.first_sweep:
+        summary = first_sweep(app, config, supervisor)
+        emails = first_emails(app, config, supervisor)
+    _print_ready(app, config, summary, emails, out)
     if check:
         results = self_check(config)
         for what, ok, detail in results:
@@ -487,7 +522,11 @@ def _start_and_wait(
 
 
 def _print_ready(
-    app: Relink, config: RunConfig, summary: dict[str, Any] | None, out: TextIO
+    app: Relink,
+    config: RunConfig,
+    summary: dict[str, Any] | None,
+    emails: dict[str, Any] | None,
+    out: TextIO,
 ) -> None:
     from relink.emailing.mailer import outbox_folder
 
@@ -510,6 +549,13 @@ def _print_ready(
         lines.append(
             f"  first check  {summary.get('checked', 0)} connection(s): {outcomes} "
             f"({config.prefect_url}/runs/flow-run/{summary['flow_run_id']})"
+        )
+    if emails is not None:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(emails["states"].items()))
+        lines.append(
+            f"  first emails {sum(emails['states'].values())} disconnection email(s)"
+            f"{': ' + states if states else ''} (admins: {config.web_url}/emails; "
+            f"{config.prefect_url}/runs/flow-run/{emails['flow_run_id']})"
         )
     if not app.settings.sendgrid_api_key.get_secret_value():
         lines.append(f"  emails       to the outbox {outbox_folder(app.settings)} (nothing sent)")

@@ -20,7 +20,11 @@ def run(
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     sandbox_port: Annotated[int, typer.Option(help="Port of the sandbox OAuth provider.")] = 8765,
     first_sweep: Annotated[
-        bool, typer.Option(help="Check the connections once at start, before printing ready.")
+        bool,
+        typer.Option(
+            help="Check the connections once at start, then run the email run once, before "
+            "printing ready."
+        ),
     ] = True,
     check: Annotated[
         bool,
