@@ -1,20 +1,22 @@
-"""Engines, sessions and migrations of the app database."""
+"""Engines, sessions and migrations of the app database. Alembic is imported only to
+migrate: checking that a database is current (every command does) reads the revision
+graph from the migration files and `alembic_version` directly."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from relink.errors import DatabaseNotMigrated
 
@@ -77,6 +79,8 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -84,11 +88,15 @@ def _alembic_config(connection: sa.Connection) -> Config:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    from alembic import command
+
     with _migrating(engine) as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: sa.Engine, revision: str) -> None:
+    from alembic import command
+
     with _migrating(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
 
@@ -123,15 +131,30 @@ def _migrating(engine: sa.Engine) -> Iterator[sa.Connection]:
                 connection.commit()
 
 
+_REVISION = re.compile(r'^(down_revision|revision) = (?:"([^"]*)"|None)$', re.M)
+
+
 def head_revision() -> str | None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
+    """The newest migration: the revision no other one follows (one chain, no branches;
+    tests/integration/test_migrations.py checks this agrees with Alembic's own graph)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict((name, value or None) for name, value in _REVISION.findall(path.read_text()))
+        if "revision" in found:
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision"))
+    heads = sorted(revisions - parents)
+    if len(heads) > 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads: {', '.join(heads)}")
+    return heads[0] if heads else None
 
 
 def current_revision(engine: sa.Engine) -> str | None:
+    """The database's revision (`alembic_version`), None when it was never migrated."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def ensure_current(engine: sa.Engine) -> None:

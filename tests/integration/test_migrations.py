@@ -32,6 +32,22 @@ def test_upgrade_from_empty_creates_every_table(settings):
     db.upgrade(app.engine)
     assert set(sa.inspect(app.engine).get_table_names()) >= TABLES
     assert db.current_revision(app.engine) == db.head_revision()
+    with app.engine.connect() as conn:  # what Alembic itself reads, to the letter
+        assert MigrationContext.configure(conn).get_current_revision() == db.head_revision()
+
+
+def test_the_head_read_from_the_files_is_alembics():
+    """`relink` checks the schema without importing Alembic; its head must be Alembic's."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    assert db.head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_an_empty_database_has_no_revision(settings):
+    assert db.current_revision(Relink(settings).engine) is None
 
 
 def test_migrations_match_the_models(relink_app):
