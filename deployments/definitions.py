@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from prefect.schedules import Cron, Interval, Schedule
 
-from relink.domain.schedule import EMAIL_TIME_ZONE
+from relink.domain.schedule import EMAIL_CRON, EMAIL_TIME_ZONE
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -139,7 +139,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         entrypoint="flows/send_disconnection_emails.py:send_disconnection_emails",
         purpose="email the owner of every connection disconnected for 24 hours, once per "
         "disconnection.",
-        cron="0 7 * * *",
+        cron=EMAIL_CRON,
         timezone=EMAIL_TIME_ZONE,
         tags=("relink", "emails"),
         concurrency_limit=1,

@@ -3,9 +3,8 @@ problems), what the next email run will send, and how the last check sweep went.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import typer
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 import connectors
 from relink.cli._common import console, handle_errors, print_json, print_table, transaction
 from relink.connections import listed_counts
-from relink.domain.schedule import EMAIL_TIME_ZONE
+from relink.domain.schedule import next_email_run
 from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
@@ -22,21 +21,9 @@ from relink.sweep.record import last_sweep
 from relink.sweep.summary import InstallationProblem
 from relink.timeutil import utcnow
 
-EMAIL_RUN_TIME = time(7, 0)
-
 
 def register(root: typer.Typer) -> None:
     root.command("status")(status)
-
-
-def next_email_run(now: datetime) -> datetime:
-    """The next daily email run (07:00 in America/Phoenix) at or after `now`, in UTC."""
-    zone = ZoneInfo(EMAIL_TIME_ZONE)
-    local = now.astimezone(zone)
-    run = datetime.combine(local.date(), EMAIL_RUN_TIME, tzinfo=zone)
-    if run < local:
-        run += timedelta(days=1)
-    return run.astimezone(now.tzinfo)
 
 
 def installation_problems(session: Session) -> list[InstallationProblem]:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from relink import demo
-from relink.cli.status import collect, next_email_run
+from relink.cli.status import collect
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
 from relink.sandbox import SandboxProvider, SandboxServer
@@ -24,20 +24,6 @@ pytestmark = (
 )  # status counts and times come from SQL aggregates and timestamp types
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)  # 05:00 MST: the next run is 14:00 UTC today
-
-
-@pytest.mark.parametrize(
-    ("now", "expected"),
-    [
-        (datetime(2026, 1, 10, 12, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
-        (datetime(2026, 1, 10, 14, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
-        (datetime(2026, 1, 10, 14, 1, tzinfo=UTC), datetime(2026, 1, 11, 14, 0, tzinfo=UTC)),
-        (datetime(2026, 7, 10, 20, 0, tzinfo=UTC), datetime(2026, 7, 11, 14, 0, tzinfo=UTC)),
-        (datetime(2026, 3, 8, 13, 0, tzinfo=UTC), datetime(2026, 3, 8, 14, 0, tzinfo=UTC)),
-    ],
-)
-def test_the_next_email_run_is_14_00_utc_all_year(now, expected):
-    assert next_email_run(now) == expected
 
 
 def break_connection(session, name: str, started_at: datetime, *, ended: bool = False) -> None:

@@ -16,6 +16,7 @@ from deployments.definitions import (
     schedule_of,
     schedule_words,
 )
+from relink.domain.schedule import next_email_run
 
 
 def next_runs(schedule, start: datetime, n: int = 3) -> list[datetime]:
@@ -96,3 +97,17 @@ def test_every_entrypoint_names_a_flow_and_every_name_is_unique():
 def test_a_spec_needs_exactly_one_schedule():
     with pytest.raises(ValueError, match="exactly one"):
         DeploymentSpec("x", "flows/x.py:x", "x", cron="0 7 * * *", interval_minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (datetime(2026, 1, 10, 12, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 1, 10, 14, 0, tzinfo=UTC), datetime(2026, 1, 10, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 1, 10, 14, 1, tzinfo=UTC), datetime(2026, 1, 11, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 7, 10, 20, 0, tzinfo=UTC), datetime(2026, 7, 11, 14, 0, tzinfo=UTC)),
+        (datetime(2026, 3, 8, 13, 0, tzinfo=UTC), datetime(2026, 3, 8, 14, 0, tzinfo=UTC)),
+    ],
+)
+def test_the_next_email_run_is_14_00_utc_all_year(now, expected):
+    assert next_email_run(now) == expected
