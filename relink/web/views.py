@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
 import connectors
+from relink.domain.schedule import EMAIL_TIME_ZONE
 from relink.domain.words import Mode, NotificationState, Status
 from relink.timeutil import as_utc
 from relink.web.sessions import CSRF_FIELD
@@ -64,19 +68,57 @@ ACTIONS = {
 }
 
 
-def when(value: str | datetime | None) -> str:
-    """'2026-11-01 14:03 UTC', or '—'."""
+def _moment(value: str | datetime | None) -> datetime | None:
     if value is None or value == "":
+        return None
+    return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+def when(value: str | datetime | None) -> str:
+    """'2026-11-02 02:00 MST' (the account's time zone, the emails' clock), or '—'."""
+    moment = _moment(value)
+    if moment is None:
         return "—"
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+    local = moment.astimezone(ZoneInfo(EMAIL_TIME_ZONE))
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+def utc(value: str | datetime | None) -> str:
+    """'2026-11-02 09:00 UTC', or '—'."""
+    moment = _moment(value)
+    return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 def iso(value: str | datetime | None) -> str:
-    if value is None or value == "":
-        return ""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return as_utc(moment).isoformat()
+    """'2026-11-02T09:00:00+00:00' (to the second), or ''."""
+    moment = _moment(value)
+    return "" if moment is None else moment.replace(microsecond=0).isoformat()
+
+
+def time_tag(value: str | datetime | None) -> Markup:
+    """A `<time>`: the local time shown, the UTC time on hover; '—' without a time."""
+    if _moment(value) is None:
+        return Markup("—")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        iso(value), utc(value), when(value)
+    )
+
+
+_ISO_IN_TEXT = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?\b"
+)
+
+
+def times_in(text: Any) -> str:
+    """Free text with every ISO time in it shown as `when` shows times (no seconds)."""
+    return _ISO_IN_TEXT.sub(_local_match, str(text))
+
+
+def _local_match(match: re.Match[str]) -> str:
+    try:
+        return when(match.group(0).replace("Z", "+00:00"))
+    except ValueError:
+        return match.group(0)
 
 
 def status_label(row: dict[str, Any]) -> str:
@@ -109,7 +151,7 @@ def describe_details(details: dict[str, Any]) -> str:
             value = ", ".join(f"{name} {_change(change)}" for name, change in value.items())
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        parts.append(f"{key.replace('_', ' ')}: {value}")
+        parts.append(f"{key.replace('_', ' ')}: {times_in(value)}")
     return "; ".join(parts)
 
 
@@ -132,6 +174,9 @@ def origin(url: str | None) -> str | None:
 def install_filters(env: jinja2.Environment) -> None:
     env.filters["when"] = when
     env.filters["iso"] = iso
+    env.filters["utc"] = utc
+    env.filters["time_tag"] = time_tag
+    env.filters["times_in"] = times_in
     env.filters["status_label"] = status_label
     env.filters["type_label"] = type_label
     env.filters["action_label"] = action_label

@@ -211,7 +211,7 @@ def test_member_sees_only_own_and_shared_connections(page, site: Site) -> None:
     assert listed(page) == {"Owned DB", "Owned API", "Sales"}  # their own
     page.click("#filter-disconnected")  # "show broken"
     assert listed(page) == {"Sales"}
-    assert "Disconnected since 2026-11-02 09:00 UTC" in page.inner_text("#connections")
+    assert "Disconnected since 2026-11-02 02:00 MST" in page.inner_text("#connections")
 
 
 def test_admin_sees_every_connection_of_the_account(page, site: Site) -> None:

@@ -77,6 +77,26 @@ def test_an_admin_reads_the_email_as_its_owner_did(world, relink_app, client):
         assert SECRET not in response.text
 
 
+def test_the_emails_times_are_in_mst_with_utc_on_hover(world, relink_app, client):
+    """The 14:00 UTC run's email was claimed and written at 07:00 MST, as the email says;
+    the page shows no microseconds."""
+    run = RUN.replace(microsecond=654321)
+    world.broken(run - timedelta(hours=25), name="Sales DB")
+    send_due(relink_app, now=run, mailer=OutboxMailer(outbox_folder(relink_app.settings)))
+    signed_in(client, ADMIN)
+    listing = client.get("/emails").text
+    (email_id,) = ROW_RE.findall(listing)
+    page = client.get(f"/emails/{email_id}").text
+    tag = (
+        '<time datetime="2026-03-02T14:00:00+00:00" title="2026-03-02 14:00 UTC">'
+        "2026-03-02 07:00 MST</time>"
+    )
+    assert tag in listing and tag in page
+    for shown in (listing, page):
+        assert "654321" not in shown and not re.search(r"\d{2}:\d{2}:\d{2}\.\d", shown)
+        assert " UTC<" not in shown
+
+
 def test_an_email_sendgrid_sent_is_rendered_again_and_says_so(world, relink_app, client):
     world.broken(RUN - timedelta(hours=25), name="Sales DB")
     with SendGridEndpoint(api_key=API_KEY) as endpoint:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from relink import passwords
+from relink import audit, passwords
 from relink.app import Relink
 from relink.cli import app as cli_app
 from relink.cli._common import reset_app
@@ -344,9 +344,46 @@ def test_list_filters_broken_connections(web: Any, relink: Relink, world: World)
     client = client_for(web, "owner")
     broken = client.get("/connections?status=disconnected").text
     assert "Owned DB" in broken and "Owned API" not in broken
-    assert "Disconnected since 2026-11-02 09:00 UTC" in broken
+    assert "Disconnected since 2026-11-02 02:00 MST" in broken
     everything = client.get("/connections").text
     assert "Owned DB" in everything and "Owned API" in everything
+
+
+MICROSECONDS = re.compile(r"\d{2}:\d{2}:\d{2}\.\d")
+
+
+def test_times_are_shown_in_the_account_zone_with_utc_on_hover(
+    web: Any, relink: Relink, world: World
+) -> None:
+    """Every time on the pages in MST, as the emails say it, the UTC time on hover; no
+    microseconds anywhere, not even in a history message that embeds an ISO time."""
+    checked = T0.replace(microsecond=123456)
+    with relink.transaction() as s:
+        conn = s.get(Connection, world.ids["Owned DB"])
+        conn.status = Status.DISCONNECTED
+        conn.invalid_since = checked
+        conn.last_checked_at = checked
+        audit.record(
+            s,
+            "connection.reconnect_failed",
+            at=checked,
+            connection=conn,
+            message=f"the token expired at {checked.isoformat()}",
+        )
+    client = client_for(web, "owner")
+    tag = (
+        '<time datetime="2026-11-02T09:00:00+00:00" title="2026-11-02 09:00 UTC">'
+        "2026-11-02 02:00 MST</time>"
+    )
+    listing = client.get("/connections").text
+    page = client.get(f"/connections/{world.ids['Owned DB']}").text
+    assert tag in listing and tag in page
+    assert 'title="invalid since 2026-11-02 09:00 UTC"' in page  # the badge's hover
+    assert "Disconnected since 2026-11-02 02:00 MST" in page
+    assert "the token expired at 2026-11-02 02:00 MST" in page  # the history's message
+    for shown in (listing, page):
+        assert not MICROSECONDS.search(shown) and "123456" not in shown
+        assert " UTC<" not in shown  # UTC only on hover
 
 
 def test_details_page_shows_the_action_for_the_mode(web: Any, world: World) -> None:
