@@ -26,7 +26,7 @@ from relink.datasets import add_dataset
 from relink.domain.words import Status
 from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.run import send_due
-from relink.models import Connection, Disconnection
+from relink.models import Connection, Disconnection, User
 from relink.reconnect import recheck
 from relink.sandbox import SandboxServer, seed_demo
 from relink.sweep.run import sweep
@@ -380,6 +380,89 @@ def test_an_admin_reads_a_disconnection_email_on_the_emails_page(page, site: Sit
     finally:
         with site.relink.transaction() as s:  # the other tests' lists stay as they were
             s.delete(s.get(Connection, conn_id))
+
+
+# --- a phone and a desktop ------------------------------------------------------------------
+
+SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
+BAR_ROW_PX = 52  # one row of the top bar at a desktop width
+
+LAYOUT = """() => {
+  const bar = document.querySelector('.topbar').getBoundingClientRect();
+  const items = [...document.querySelectorAll('.topbar .nav > *')].map(e => {
+    const r = e.getBoundingClientRect();
+    return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, text: e.innerText};
+  });
+  const boxes = [...document.querySelectorAll('table.table')].map(t => {
+    const box = t.parentElement;
+    const before = box.scrollLeft;
+    box.scrollLeft = 10000;
+    const scrolled = box.scrollLeft;
+    box.scrollLeft = before;
+    return {
+      id: t.id,
+      overflow: getComputedStyle(box).overflowX,
+      right: box.getBoundingClientRect().right,
+      tableWidth: t.scrollWidth,
+      boxWidth: box.clientWidth,
+      scrolled: scrolled,
+    };
+  });
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    bar: {top: bar.top, bottom: bar.bottom, height: bar.height},
+    items: items,
+    boxes: boxes,
+  };
+}"""
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_pages_fit_a_phone_and_a_desktop(browser, site: Site, size: str) -> None:
+    """No page-level sideways scroll at 390 px: a wide table scrolls inside its own box,
+    and the top bar keeps every item inside it in at most two rows, even a long name."""
+    width, height = SIZES[size]
+    with site.relink.transaction() as s:
+        admin = s.scalar(sa.select(User).where(User.email == EMAILS["admin"]))
+        assert admin is not None
+        admin.name = "Ada Augusta King, Countess of Lovelace"
+    context = browser.new_context(base_url=site.url, viewport={"width": width, "height": height})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        sign_in(page, site, "admin")  # the most tabs: Data, Emails, Connectors
+        pages = {
+            "/connections": "connections",
+            f"/connections/{site.ids['Owned DB']}": "history",
+            "/emails": None,  # its table when there are emails, else the empty note
+        }
+        for path, table in pages.items():
+            page.goto(f"{site.url}{path}")
+            shown = page.evaluate(LAYOUT)
+            assert shown["scrollWidth"] <= shown["innerWidth"], (size, path, shown)
+            bar = shown["bar"]
+            assert bar["height"] < 2.2 * BAR_ROW_PX, (size, path, bar)
+            for item in shown["items"]:  # nothing spills out of the bar or off the screen
+                assert bar["top"] <= item["top"] and item["bottom"] <= bar["bottom"], item
+                assert item["left"] >= 0 and item["right"] <= width, item
+            for box in shown["boxes"]:
+                assert box["overflow"] in {"auto", "scroll"}, (path, box)
+                assert box["right"] <= width, (path, box)
+                wider = box["tableWidth"] > box["boxWidth"]
+                assert (box["scrolled"] > 0) == wider, (path, box)  # scrolls when needed
+            if table is not None:
+                (box,) = (b for b in shown["boxes"] if b["id"] == table)
+                if size == "phone":  # six columns do not fit 390 px: the box scrolls
+                    assert box["tableWidth"] > box["boxWidth"] and box["scrolled"] > 0, box
+                else:
+                    assert box["scrolled"] == 0, box
+    finally:
+        context.close()
+        with site.relink.transaction() as s:  # the other tests see the name they expect
+            admin = s.scalar(sa.select(User).where(User.email == EMAILS["admin"]))
+            assert admin is not None
+            admin.name = "Ada Admin"
 
 
 # --- the demo, as `make run` shows it ---------------------------------------------------------
