@@ -41,7 +41,7 @@ test: setup browser
 
 ## soak: the reliability and security promises with many trials; writes docs/reliability.md
 soak: setup browser
-	RELINK_SOAK=1 $(BIN)/python -m pytest -m promise --reliability-report docs/reliability.md
+	RELINK_SOAK=1 $(BIN)/python -m pytest tests -m promise --reliability-report=docs/reliability.md
 
 ## bench: the benchmarks (never part of make test); writes docs/benchmarks.md
 bench: setup
