@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.orm import Session, selectinload
 
@@ -150,6 +149,8 @@ class _ImportFile(BaseModel):
 
 def parse_import(text: str, env: Mapping[str, str], *, source: str) -> list[NewConnection]:
     """Connections from an import file; secrets are env-var references, resolved here."""
+    import yaml  # only imports need it: not every command's start-up
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -23,6 +23,11 @@ class NotificationState(StrEnum):
     NO_RECIPIENT = "no_recipient"
 
 
+CHECK_ERROR = "error"
+"""Not an outcome of the source: the connection could not be checked at all (its stored
+credentials do not decrypt, its connector is unknown)."""
+
+
 class Outcome(StrEnum):
     """What one check of a connection found (which answer is which: `connectors.outcomes`)."""
 

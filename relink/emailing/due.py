@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -18,9 +18,11 @@ import connectors
 from relink.app import Relink
 from relink.domain.due import DUE_AFTER, cutoff
 from relink.domain.recipients import Person, Recipients, choose_recipients
-from relink.emailing.render import DisconnectionFacts
 from relink.errors import VaultError
 from relink.models import Connection, Disconnection, Notification, Role, User
+
+if TYPE_CHECKING:
+    from relink.emailing.render import DisconnectionFacts
 
 
 def due_query(now: datetime, due_after: timedelta = DUE_AFTER) -> sa.Select[tuple[int]]:
@@ -87,6 +89,8 @@ class DueEmail:
         return email_reference(self.disconnection_id)
 
     def facts(self) -> DisconnectionFacts:
+        from relink.emailing.render import DisconnectionFacts
+
         return DisconnectionFacts(
             connection_id=self.connection_id,
             connection_name=self.connection_name,

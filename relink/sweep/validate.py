@@ -17,9 +17,9 @@ import connectors
 from connectors.base import CheckContext, CheckResult, ConnectionSpec, TokenStore
 from connectors.http import SharedClients
 from relink.app import Relink
-from relink.domain.words import Outcome
+from relink.domain.words import CHECK_ERROR, Outcome
 
-ERROR = "error"  # not an outcome of the source: the connection could not be checked at all
+ERROR = CHECK_ERROR  # not an outcome of the source: the connection could not be checked
 
 
 @dataclass(frozen=True)
