@@ -24,7 +24,7 @@ from relink import audit
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
-from relink.domain.words import Status
+from relink.domain.words import Outcome, Status
 from relink.models import Account, Connection, Disconnection, User
 from relink.vault import Vault
 
@@ -178,6 +178,8 @@ def _broken_since(session: Session, name: str, since: datetime) -> None:
     conn.last_checked_at = since
     conn.last_error_code = "invalid_grant"
     conn.last_error_message = message
+    conn.last_outcome = Outcome.AUTH_FAILED
+    conn.last_outcome_code = "invalid_grant"
     session.add(Disconnection(connection_id=conn.id, started_at=since, reason_code="invalid_grant"))
     audit.record(
         session,

@@ -548,6 +548,10 @@ def test_the_demo_has_a_disconnection_past_24_hours_and_says_it_is_demo_data(cli
         if r["name"] == "Support (Salesforce sandbox)"
     ]
     assert support["status"] == "disconnected"
+    assert (support["last_outcome"], support["last_outcome_code"]) == (
+        "auth_failed",
+        "invalid_grant",
+    )
     trail = cli.json("audit", "--connection", str(support["id"]))
     assert any(
         "demo data: broken since" in (e.get("details") or {}).get("message", "") for e in trail
