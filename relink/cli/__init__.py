@@ -86,7 +86,8 @@ class LazyGroup(TyperGroup):
     @property  # type: ignore[override]
     def commands(self) -> dict[str, Any]:
         """The whole tree (suggestions for a typo, tools that walk the commands)."""
-        return {name: registered()[name] for name in COMMANDS}
+        loaded = registered()
+        return {name: loaded[name] for name in COMMANDS}
 
     @commands.setter
     def commands(self, _value: Any) -> None:
