@@ -11,13 +11,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from relink import db
-from relink.settings import Settings
+from relink.settings import Settings, load_settings
 from relink.vault import Vault
 
 
 @dataclass
 class Relink:
-    settings: Settings = field(default_factory=Settings)
+    settings: Settings = field(default_factory=load_settings)
 
     @cached_property
     def engine(self) -> sa.Engine:

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relink.errors import RelinkError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +120,23 @@ def _mask_url_password(url: str) -> str:
         return "<unparsable URL>"
 
 
+class SettingsError(RelinkError):
+    """A RELINK_* variable (or `.env` line) that does not parse."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a malformed value is one line naming the
+    variable and what it should be, never its value (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RELINK_{'__'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise SettingsError(f"bad setting: {problems}") from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

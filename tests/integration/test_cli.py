@@ -122,6 +122,17 @@ def test_commands_refuse_an_unmigrated_database(settings, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_malformed_setting_is_one_line_naming_the_variable_not_its_value(cli, account):
+    for command in (("status",), ("check",), ("connections", "list", "--as", "ann@acme.test")):
+        result = cli(*command, env={"RELINK_CHECK_TIMEOUT": "ten-marker"})
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines() == [
+            "error: bad setting: RELINK_CHECK_TIMEOUT: Input should be a valid number, "
+            "unable to parse string as a number"
+        ]
+        assert "ten-marker" not in result.output
+
+
 def test_add_connection_stores_the_secret_encrypted_and_never_prints_it(cli, account, relink_app):
     result = add_pg(cli)
     assert result.exit_code == 0, result.output
