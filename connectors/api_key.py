@@ -8,7 +8,7 @@ network errors, 5xx, 429 (its Retry-After kept) and any other status -> `Unreach
 (the rows of `connectors.outcomes`, applied in `connectors.http`). A missing base URL
 or key, or an unusable header name, is ``AuthFailed("invalid_settings")``.
 
-fetch: the dataset query format of `connectors.http`,
+fetch: the dataset query format of `connectors.http_query`,
 ``"<path-or-url> [| <dotted.json.path>]"``, relative to `base_url` (an absolute URL must
 be on the same origin: the key is never sent elsewhere).
 
@@ -40,14 +40,12 @@ from connectors.http import (
     classify_response,
     json_body,
     no_cookies,
-    parse_query,
-    records_to_result,
-    resolve_url,
     safe_error,
     tls_context,
     url_problem,
     where,
 )
+from connectors.http_query import parse_query, records_to_result, resolve_url
 from connectors.outcomes import INVALID_SETTINGS
 from connectors.registry import register
 from relink.domain.words import AuthKind

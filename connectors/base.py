@@ -70,7 +70,7 @@ class CheckError(Exception):
 
     def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code = str(code)  # a plain string, also when given one of the codes' enums
         self.message = message
         self.retry_after = retry_after
 
@@ -98,6 +98,21 @@ ERRORS: dict[Outcome, type[CheckError]] = {
     Outcome.MISCONFIGURED: Misconfigured,
     Outcome.UNREACHABLE: Unreachable,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Judgment:
+    """One row of a table of answers (`connectors.outcomes`, `connectors.network`): the
+    outcome, what the answer means, and why it is that outcome."""
+
+    outcome: Outcome
+    meaning: str
+    reason: str
+    code: str | None = None  # report under this code instead of the source's (57014 -> timeout)
+
+    def error(self, code: str, message: str, *, retry_after: float | None = None) -> CheckError:
+        """The `CheckError` of this outcome, under `self.code` when the row names one."""
+        return ERRORS[self.outcome](self.code or code, message, retry_after=retry_after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,68 +1,13 @@
-"""What the HTTP connectors (`oauth2`, `api_key`) share: classification and dataset queries.
-
-Classification (pure, unit-tested without a server):
-
-* `classify_exception(exc, where)`: an httpx exception -> `CheckError`. httpx 0.28 is the
-  HTTP library in use, also under Authlib's client (see `connectors.oauth2`). The cause
-  chain is walked, because httpx wraps the socket error (`ConnectError` ->
-  httpcore -> `ConnectionRefusedError` / `socket.gaierror` / `ssl.SSLError`):
-
-  ==========================================  ===========================================
-  timeouts (connect, read, write, pool)       Unreachable("timeout")
-  connection refused                          Unreachable("connection_refused")
-  DNS failure                                 Unreachable("dns")
-  TLS failure                                 Unreachable("tls")
-  peer closed / reset (RemoteProtocolError)   Unreachable("connection_lost")
-  other network errors                        Unreachable("network")
-  a URL httpx cannot use (no scheme, ftp:)    AuthFailed("invalid_settings")
-  anything else                               Unreachable("error"), named by class only
-  ==========================================  ===========================================
-
-* `classify_status(status, where, error=None, ...)`: a response status -> `CheckError`
-  (None for 2xx), by the rows of `connectors.outcomes`: 401 is `AuthFailed` (code:
-  `error` when given, else "401"); a 403 is `AuthFailed` only when the error it names is
-  in the provider's row of `FORBIDDEN_BODIES` (``invalid_token``, Salesforce's
-  ``Bad_OAuth_Token``...), else `Unreachable("http_403")`: firewalls, CDN challenges,
-  IP allow-lists and secondary rate limits answer a bare 403 too. 429, 5xx and every
-  other status are `Unreachable("http_<status>")`: a 404 or a redirect says the settings
-  point at the wrong place, which waiting will not fix either, but it is not proof that
-  the credentials are bad, and only proof may break a connection.
-* `classify_response(response, where, now=...)`: the same for a response in hand, with
-  what it says itself: the error a 403 names (`forbidden_error`) and, for 429 and 503,
-  the wait its ``Retry-After`` asks for (`retry_after`: seconds, or an HTTP-date taken
-  against the response's own ``Date``), carried as `CheckError.retry_after`.
-
-Messages name the host (`where(url)`), never the URL (a query string may carry a key),
-and `scrub` removes every secret as a last line of defence.
-
-Dataset queries (`parse_query`, `resolve_url`, `records_to_result`), shared by both
-connectors::
-
-    <path-or-url> [| <dotted.json.path>]
-
-    /api/records?path=opportunities | data.records
-
-* the part before ``|`` is a path relative to the connection's API base URL (joined by
-  plain concatenation, so a base of ``https://graph.microsoft.com/v1.0`` and ``/me``
-  give ``.../v1.0/me``), or an absolute URL on the same origin as that base (the
-  credentials are never sent to another host); a ``|`` inside the URL must be written
-  ``%7C``;
-* the optional dotted path picks the records out of the JSON body (``data.records``;
-  a number indexes a list: ``items.0.rows``). Without it the body itself is used;
-* the records: a list of objects (one row each), a single object (one row), ``null``
-  (no rows); a list item or a value that is not an object becomes a row with one
-  column ``value``;
-* columns are the union of the objects' keys in first-seen order; rows are tuples in
-  that order (missing keys are ``None``; nested objects and lists are kept as they are).
-
-A query that cannot be answered as written (bad syntax, missing path, another host) is
-`Unreachable("invalid_query")`: it is the dataset's problem, never the credentials'.
-"""
+"""What the HTTP connectors (`oauth2`, `api_key`) share: their clients (one verifying TLS
+context, no cookies, `SharedClients` per batch of checks), how an answer or an httpx
+exception becomes a `CheckError` (`classify_status`, `classify_response`,
+`classify_exception`; network failures in the words of `connectors.network`), the error
+an answer names, and scrubbing secrets out of messages. Messages name the host
+(`where`), never the URL. The table of statuses is in docs/connectors.md."""
 
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -75,15 +20,19 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from connectors.base import AuthFailed, CheckError, FetchResult, Unreachable, one_line
+from connectors.base import AuthFailed, CheckError, Unreachable, one_line
+from connectors.network import (
+    NetworkFailure,
+    classify_network_error,
+    network_error,
+    other_network_error,
+)
 from connectors.outcomes import (
     BAD_RESPONSE,
-    INVALID_QUERY,
     INVALID_SETTINGS,
     UNEXPECTED,
     forbidden,
     http_status,
-    network_error,
 )
 from relink.domain.words import Outcome
 
@@ -203,15 +152,6 @@ def url_problem(name: str, value: object) -> str | None:
     return f"{name} must be an http(s) URL such as https://api.example.com, got {text[:60]!r}"
 
 
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def classify_exception(exc: BaseException, where: str) -> CheckError:
     """Pure: an httpx exception (or a builtin network error) -> AuthFailed / Unreachable."""
     if isinstance(exc, CheckError):
@@ -219,23 +159,17 @@ def classify_exception(exc: BaseException, where: str) -> CheckError:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         # anyio's connect raises a group (e.g. OverflowError for port 99999)
         return classify_exception(exc.exceptions[0], where)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return network_error("timeout", where)
+    if isinstance(exc, httpx.TimeoutException):
+        return network_error(NetworkFailure.TIMEOUT, where)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return AuthFailed(INVALID_SETTINGS, f"{where}: the URL is not a usable http(s) URL")
-    for cause in _causes(exc):
-        if isinstance(cause, socket.gaierror):
-            return network_error("dns", where)
-        if isinstance(cause, ConnectionRefusedError):
-            return network_error("connection_refused", where)
-        if isinstance(cause, ssl.SSLError):
-            return network_error("tls", where, f"TLS failed ({type(cause).__name__})")
+    found = classify_network_error(exc, where)
+    if found is not None:
+        return found
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return network_error("connection_lost", where)
-    if isinstance(exc, ConnectionError):
-        return network_error("connection_lost", where)
-    if isinstance(exc, httpx.TransportError | OSError):
-        return network_error("network", where, f"network error ({type(exc).__name__})")
+        return network_error(NetworkFailure.CONNECTION_LOST, where)
+    if isinstance(exc, httpx.TransportError):
+        return other_network_error(where, exc)
     if isinstance(exc, httpx.DecodingError | ValueError):
         return Unreachable(BAD_RESPONSE, f"{where}: the answer could not be read")
     # Never the exception's text: it may hold a URL with a key in its query string.
@@ -369,98 +303,6 @@ def safe_error(err: CheckError, secrets: Iterable[str | None]) -> CheckError:
     return type(err)(code, message, retry_after=err.retry_after)
 
 
-# --- dataset queries ------------------------------------------------------------------
-
-
-def parse_query(query: str) -> tuple[str, list[str]]:
-    """``"<path-or-url> [| <dotted.json.path>]"`` -> (path-or-url, path segments)."""
-    target, sep, dotted = query.partition("|")
-    target = target.strip()
-    if not target:
-        raise Unreachable(INVALID_QUERY, "the query names no path; write e.g. '/api/items | data'")
-    segments: list[str] = []
-    if sep:
-        dotted = dotted.strip()
-        segments = dotted.split(".") if dotted else []
-        if any(not s.strip() for s in segments) or "|" in dotted:
-            raise Unreachable(
-                INVALID_QUERY, f"the records path {dotted[:80]!r} is not a dotted path like a.b.c"
-            )
-        segments = [s.strip() for s in segments]
-    return target, segments
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def resolve_url(base_url: str | None, target: str) -> str:
-    """The URL a dataset path means, relative to `base_url`; other origins are refused."""
-    try:
-        absolute = bool(urlsplit(target).scheme)
-        if absolute:
-            if not base_url or _origin(target) != _origin(base_url):
-                raise Unreachable(
-                    INVALID_QUERY,
-                    f"the query's URL is not on the connection's API host "
-                    f"({where(base_url) if base_url else 'none configured'}); the "
-                    "credentials are only sent there",
-                )
-            return target
-    except ValueError:
-        raise Unreachable(INVALID_QUERY, "the query's URL cannot be parsed") from None
-    if not base_url:
-        raise Unreachable(
-            INVALID_QUERY, "the connection has no API base URL to resolve the query's path against"
-        )
-    return base_url.rstrip("/") + "/" + target.lstrip("/")
-
-
-def _walk(body: Any, segments: list[str]) -> Any:
-    value = body
-    for depth, segment in enumerate(segments):
-        here = ".".join(segments[:depth]) or "the body"
-        if isinstance(value, Mapping):
-            if segment not in value:
-                keys = ", ".join(sorted(str(k) for k in value)[:10])
-                raise Unreachable(
-                    INVALID_QUERY, f"no {segment!r} in {here} of the answer (keys: {keys})"
-                )
-            value = value[segment]
-        elif isinstance(value, list) and segment.isdigit():
-            index = int(segment)
-            if index >= len(value):
-                raise Unreachable(INVALID_QUERY, f"{here} has no item {index}")
-            value = value[index]
-        else:
-            raise Unreachable(
-                INVALID_QUERY, f"cannot take {segment!r} of {here}: it is a {type(value).__name__}"
-            )
-    return value
-
-
-def records_to_result(body: Any, segments: list[str]) -> FetchResult:
-    """Columns (union of keys, first-seen order) and rows from a JSON body."""
-    value = _walk(body, segments)
-    if value is None:
-        items: list[Any] = []
-    elif isinstance(value, list):
-        items = value
-    else:
-        items = [value]
-    records = [item if isinstance(item, Mapping) else {"value": item} for item in items]
-    columns: dict[str, None] = {}
-    for record in records:
-        for key in record:
-            columns.setdefault(str(key), None)
-    names = list(columns)
-    rows = [tuple(record.get(name) for name in names) for record in records]
-    return FetchResult(names, rows)
-
-
 def json_body(response: httpx.Response, where: str) -> Any:
     """The JSON of a successful answer, or Unreachable(bad_response)."""
     try:
@@ -471,7 +313,6 @@ def json_body(response: httpx.Response, where: str) -> Any:
 
 __all__ = [
     "BAD_RESPONSE",
-    "INVALID_QUERY",
     "INVALID_SETTINGS",
     "classify_exception",
     "classify_response",
@@ -479,10 +320,6 @@ __all__ = [
     "forbidden_error",
     "json_body",
     "json_or_none",
-    "network_error",
-    "parse_query",
-    "records_to_result",
-    "resolve_url",
     "response_error",
     "retry_after",
     "safe_code",

@@ -30,12 +30,12 @@ from typing import Any
 import pymysql
 
 from connectors.base import CheckError, Field, Unreachable, one_line
+from connectors.network import classify_network_error
 from connectors.outcomes import MYSQL_ERRNOS, UNEXPECTED
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
     SqlTarget,
-    classify_os_error,
     unexpected,
     unwrap,
 )
@@ -86,7 +86,7 @@ def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError
         return exc
     orig = unwrap(exc)
     if not isinstance(orig, pymysql.err.MySQLError):
-        return classify_os_error(orig, where) or unexpected(orig, where)
+        return classify_network_error(orig, where) or unexpected(orig, where)
 
     errno = _errno(orig)
     server_text = None
@@ -100,7 +100,7 @@ def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError
             # DNS and timeout alike; 2013 is how a read timeout shows).
             socket_error = getattr(orig, "original_exception", None) or orig.__context__
             if socket_error is not None:
-                found = classify_os_error(socket_error, where)
+                found = classify_network_error(socket_error, where)
                 if found is not None:
                     return Unreachable(found.code, f"{found.message} ({errno})")
         return judgment.error(str(errno), f"{where}: {server_text or judgment.meaning} ({errno})")

@@ -1,4 +1,5 @@
-"""Which answer of a source is which outcome of a check, and why: the one table.
+"""Which answer of a source is which outcome of a check, and why: the one table (its
+network rows in `connectors.network`), and the codes it is keyed by as enums.
 
 Every connector classifies what it meets through these rows; none keeps a table of its
 own. A row says what the answer means (in the words the messages use) and why it is
@@ -21,9 +22,11 @@ findings have plain names (``timeout``, ``invalid_settings``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from enum import StrEnum
 
-from connectors.base import ERRORS, CheckError
+from connectors.base import Judgment
+from connectors.network import NETWORK, OUTAGE, NetworkFailure
 from relink.domain.words import Outcome
 
 AUTH_FAILED, MISCONFIGURED, UNREACHABLE = (
@@ -33,51 +36,69 @@ AUTH_FAILED, MISCONFIGURED, UNREACHABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Judgment:
-    """One row: the outcome, what the answer means, and why it is that outcome."""
-
-    outcome: Outcome
-    meaning: str
-    reason: str
-    code: str | None = None  # report under this code instead of the source's (57014 -> timeout)
-
-    def error(self, code: str, message: str, *, retry_after: float | None = None) -> CheckError:
-        """The `CheckError` of this outcome, under `self.code` when the row names one."""
-        return ERRORS[self.outcome](self.code or code, message, retry_after=retry_after)
-
-
 def _row(outcome: Outcome, meaning: str, reason: str, code: str | None = None) -> Judgment:
     return Judgment(outcome, meaning, reason, code)
 
 
-_OUTAGE = "an outage or overload of the source: asking again later works"
+_OUTAGE = OUTAGE
+_TIMEOUT = NetworkFailure.TIMEOUT
 
-# --- what any connector finds itself ---------------------------------------------------
 
-NETWORK: dict[str, Judgment] = {
-    "timeout": _row(UNREACHABLE, "no answer within the timeout", _OUTAGE),
-    "dns": _row(UNREACHABLE, "the host name could not be resolved", "DNS can fail for a while"),
-    "connection_refused": _row(
-        UNREACHABLE,
-        "connection refused; is the server running and is the port correct?",
-        "a server restarting refuses too; a wrong port shows as a lasting outage, never as "
-        "broken credentials",
-    ),
-    "tls": _row(UNREACHABLE, "TLS negotiation failed", "certificates and proxies change"),
-    "connection_lost": _row(
-        UNREACHABLE, "the server closed the connection without an answer", _OUTAGE
-    ),
-    "network": _row(UNREACHABLE, "the network could not reach the server", _OUTAGE),
-}
+def _network(code: NetworkFailure) -> Judgment:
+    """A source's own code for a network failure, reported as that failure (2005 -> dns)."""
+    return dataclasses.replace(NETWORK[code], code=code)
 
-INVALID_SETTINGS = "invalid_settings"
-INVALID_QUERY = "invalid_query"
-BAD_RESPONSE = "bad_response"
-UNEXPECTED = "error"
-TOKEN_REFRESH_BUSY = "token_refresh_busy"
 
-FINDINGS: dict[str, Judgment] = {
+# --- codes: what a connector finds itself, and OAuth's errors as the RFCs name them ------
+
+
+class Finding(StrEnum):
+    """Codes of what a connector finds itself, without an answer of the source to quote."""
+
+    INVALID_SETTINGS = "invalid_settings"
+    INVALID_QUERY = "invalid_query"
+    BAD_RESPONSE = "bad_response"
+    UNEXPECTED = "error"  # an error we do not classify
+    TOKEN_REFRESH_BUSY = "token_refresh_busy"
+
+
+INVALID_SETTINGS = Finding.INVALID_SETTINGS
+INVALID_QUERY = Finding.INVALID_QUERY
+BAD_RESPONSE = Finding.BAD_RESPONSE
+UNEXPECTED = Finding.UNEXPECTED
+TOKEN_REFRESH_BUSY = Finding.TOKEN_REFRESH_BUSY
+
+
+class TokenEndpointError(StrEnum):
+    """The errors a token endpoint answers, as RFC 6749 §5.2 names them."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_CLIENT = "invalid_client"
+    INVALID_GRANT = "invalid_grant"
+    UNAUTHORIZED_CLIENT = "unauthorized_client"
+    UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
+    INVALID_SCOPE = "invalid_scope"
+
+
+class BearerTokenError(StrEnum):
+    """The errors a resource server names for a bearer token, as RFC 6750 §3.1 names them."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_TOKEN = "invalid_token"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
+class OAuthFinding(StrEnum):
+    """What the OAuth connector finds itself about a grant or the installation."""
+
+    NO_REFRESH_TOKEN = "no_refresh_token"
+    INACTIVE_TOKEN = "inactive_token"  # RFC 7662 introspection: `active: false`
+    OAUTH_APP_NOT_CONFIGURED = "oauth_app_not_configured"
+
+
+# --- what any connector finds itself (network failures: `connectors.network`) ----------
+
+FINDINGS: dict[Finding, Judgment] = {
     INVALID_SETTINGS: _row(
         AUTH_FAILED,
         "the connection's settings cannot work (no host, port 'abc', no token URL)",
@@ -157,12 +178,12 @@ def http_status(status: int) -> Judgment:
 # `errorCode`, or a one-word text body), lower case. "*" applies to every provider.
 FORBIDDEN_BODIES: dict[str, dict[str, Judgment]] = {
     "*": {
-        "invalid_token": _row(
+        BearerTokenError.INVALID_TOKEN: _row(
             AUTH_FAILED,
             "the access token is invalid (expired, revoked or malformed)",
             "RFC 6750 §3.1: the provider says so itself",
         ),
-        "insufficient_scope": _row(
+        BearerTokenError.INSUFFICIENT_SCOPE: _row(
             AUTH_FAILED,
             "the token lacks a scope the check needs",
             "RFC 6750 §3.1: the grant as given cannot work; a new consent grants the scope",
@@ -199,24 +220,25 @@ def forbidden(provider: str, named: str | None) -> Judgment:
 
 # --- OAuth 2.0: the token and introspection endpoints ------------------------------------
 
-NO_REFRESH_TOKEN = "no_refresh_token"
-INACTIVE_TOKEN = "inactive_token"
-OAUTH_APP_NOT_CONFIGURED = "oauth_app_not_configured"
+
+NO_REFRESH_TOKEN = OAuthFinding.NO_REFRESH_TOKEN
+INACTIVE_TOKEN = OAuthFinding.INACTIVE_TOKEN
+OAUTH_APP_NOT_CONFIGURED = OAuthFinding.OAUTH_APP_NOT_CONFIGURED
 
 OAUTH_ERRORS: dict[str, Judgment] = {
-    "invalid_grant": _row(
+    TokenEndpointError.INVALID_GRANT: _row(
         AUTH_FAILED,
         "the refresh token is expired or revoked",
         "RFC 6749 §5.2: the grant itself is refused; a new consent makes a new one",
     ),
-    "invalid_client": _row(
+    TokenEndpointError.INVALID_CLIENT: _row(
         MISCONFIGURED,
         "the provider refused the installation's OAuth app",
         "the app's credentials are wrong, e.g. a rotated secret not yet in the settings; "
         "every connection through the app fails alike and a reconnect through the same "
         "app cannot help",
     ),
-    "unauthorized_client": _row(
+    TokenEndpointError.UNAUTHORIZED_CLIENT: _row(
         MISCONFIGURED,
         "the installation's OAuth app is not allowed this grant",
         "an app setting at the provider (allowed grant types, refresh tokens) only its "
@@ -242,13 +264,13 @@ OAUTH_ERRORS: dict[str, Judgment] = {
 # A connection that carries its own OAuth client (its `client_id` setting) entered that
 # client itself, and the reconnect form changes it: its refusal is the owner's to fix.
 OWN_CLIENT_ERRORS: dict[str, Judgment] = {
-    "invalid_client": _row(
+    TokenEndpointError.INVALID_CLIENT: _row(
         AUTH_FAILED,
         "the provider refused the connection's own OAuth client (client id or secret)",
         "the connection's own client, not the installation's: the owner reconnects with "
         "the right one",
     ),
-    "unauthorized_client": _row(
+    TokenEndpointError.UNAUTHORIZED_CLIENT: _row(
         AUTH_FAILED,
         "the connection's own OAuth client is not allowed this grant",
         "the connection's own client, not the installation's: the owner fixes it",
@@ -302,7 +324,7 @@ POSTGRES_SQLSTATES: dict[str, Judgment] = {
     "57P02": _row(UNREACHABLE, "the server is restarting after a crash", _OUTAGE),
     "57P03": _row(UNREACHABLE, "the server is not accepting connections now", _OUTAGE),
     "57014": _row(
-        UNREACHABLE, "the query was cancelled (statement timeout)", _OUTAGE, code="timeout"
+        UNREACHABLE, "the query was cancelled (statement timeout)", _OUTAGE, code=_TIMEOUT
     ),
 }
 POSTGRES_CLASSES: dict[str, Judgment] = {
@@ -344,20 +366,15 @@ MYSQL_ERRNOS: dict[int, Judgment] = {
     1077: _row(UNREACHABLE, "the server is shutting down", _OUTAGE),
     1129: _row(UNREACHABLE, "the host is blocked after too many connection errors", _OUTAGE),
     1152: _row(UNREACHABLE, "the connection was aborted", _OUTAGE),
-    1159: _row(UNREACHABLE, "timeout reading from the network", _OUTAGE, code="timeout"),
-    1161: _row(UNREACHABLE, "timeout writing to the network", _OUTAGE, code="timeout"),
-    1969: _row(UNREACHABLE, "the query exceeded max_statement_time", _OUTAGE, code="timeout"),
-    3024: _row(UNREACHABLE, "the query exceeded max_execution_time", _OUTAGE, code="timeout"),
+    1159: _row(UNREACHABLE, "timeout reading from the network", _OUTAGE, code=_TIMEOUT),
+    1161: _row(UNREACHABLE, "timeout writing to the network", _OUTAGE, code=_TIMEOUT),
+    1969: _row(UNREACHABLE, "the query exceeded max_statement_time", _OUTAGE, code=_TIMEOUT),
+    3024: _row(UNREACHABLE, "the query exceeded max_execution_time", _OUTAGE, code=_TIMEOUT),
     2002: _row(UNREACHABLE, "could not connect", _OUTAGE),
     2003: _row(UNREACHABLE, "could not connect", _OUTAGE),
-    2005: _row(UNREACHABLE, "the host name could not be resolved", _OUTAGE, code="dns"),
+    2005: _network(NetworkFailure.DNS),
     2006: _row(UNREACHABLE, "the server has gone away", _OUTAGE),
     2013: _row(UNREACHABLE, "lost the connection to the server", _OUTAGE),
-    2026: _row(UNREACHABLE, "TLS/SSL negotiation failed", _OUTAGE, code="tls"),
+    2026: _network(NetworkFailure.TLS),
     2055: _row(UNREACHABLE, "lost the connection to the server", _OUTAGE),
 }
-
-
-def network_error(code: str, where: str, detail: str | None = None) -> CheckError:
-    """A network-level failure (a `NETWORK` code) at `where`, in the row's words."""
-    return NETWORK[code].error(code, f"{where}: {detail or NETWORK[code].meaning}")

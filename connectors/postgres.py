@@ -34,18 +34,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import text
 
 from connectors.base import CheckError, Field, Unreachable, one_line
-from connectors.outcomes import (
-    NETWORK,
-    POSTGRES_SQLSTATES,
-    UNEXPECTED,
+from connectors.network import (
+    NetworkFailure,
+    classify_network_error,
     network_error,
-    postgres_sqlstate,
+    tls_error,
 )
+from connectors.outcomes import POSTGRES_SQLSTATES, UNEXPECTED, postgres_sqlstate
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
     SqlTarget,
-    classify_os_error,
     unexpected,
     unwrap,
     whole_seconds,
@@ -74,11 +73,11 @@ DATABASE_FIELDS = (
 
 SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
-# Connection-attempt messages (no SQLSTATE available) -> the SQLSTATE (or network code)
+# Connection-attempt messages (no SQLSTATE available) -> the SQLSTATE (or network failure)
 # the server meant, most specific first. Login refusals are tried before outages: if one
 # attempt of several (::1, 127.0.0.1) reached the server and was refused a login, that
 # is the answer.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+_PATTERNS: tuple[tuple[re.Pattern[str], str | NetworkFailure], ...] = tuple(
     (re.compile(p), code)
     for p, code in (
         (r"password authentication failed", "28P01"),
@@ -94,14 +93,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"terminating connection due to administrator command", "57P01"),
         (r"the database system is (shutting down|starting up|in recovery mode|not .*accepting)"
          r"|not yet accepting connections", "57P03"),
-        (r"timeout expired|timed out", "timeout"),
+        (r"timeout expired|timed out", NetworkFailure.TIMEOUT),
         (r"failed to resolve host|could not translate host name|name or service not known"
-         r"|nodename nor servname|name resolution", "dns"),
-        (r"connection refused", "connection_refused"),
-        (r"\bssl\b|certificate|\btls\b", "tls"),
+         r"|nodename nor servname|name resolution", NetworkFailure.DNS),
+        (r"connection refused", NetworkFailure.CONNECTION_REFUSED),
+        (r"\bssl\b|certificate|\btls\b", NetworkFailure.TLS),
         (r"server closed the connection|connection reset|broken pipe|eof detected"
-         r"|connection is (bad|lost)", "connection_lost"),
-        (r"no route to host|network is unreachable|host is unreachable", "network"),
+         r"|connection is (bad|lost)", NetworkFailure.CONNECTION_LOST),
+        (r"no route to host|network is unreachable|host is unreachable", NetworkFailure.NETWORK),
     )
 )  # fmt: skip
 
@@ -132,7 +131,7 @@ def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> Ch
         return exc
     orig = unwrap(exc)
     if not isinstance(orig, psycopg.Error):
-        return classify_os_error(orig, where) or unexpected(orig, where)
+        return classify_network_error(orig, where) or unexpected(orig, where)
 
     sqlstate = orig.sqlstate
     if sqlstate:
@@ -149,7 +148,7 @@ def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> Ch
         )
 
     if isinstance(orig, psycopg.errors.ConnectionTimeout):
-        return network_error("timeout", where)
+        return network_error(NetworkFailure.TIMEOUT, where)
     if not isinstance(orig, psycopg.OperationalError):
         return unexpected(orig, where)
 
@@ -159,19 +158,19 @@ def classify_postgres_error(exc: BaseException, where: str = "PostgreSQL") -> Ch
     for pattern, code in _PATTERNS:
         if not pattern.search(lowered):
             continue
-        if code not in NETWORK:
+        if not isinstance(code, NetworkFailure):
             judgment = POSTGRES_SQLSTATES[code]
             return judgment.error(code, _with_detail(where, judgment.meaning, code, server_text))
-        detail = server_text
-        if code == "tls" and detail is None:
+        if code == NetworkFailure.TLS and server_text is None:
             # libpq's reason says which setting to change ("server does not support
             # SSL, but SSL was required"); it never contains a password.
             reason = _LIBPQ_REASON.match(message.splitlines()[0])
-            detail = f"TLS/SSL failed: {one_line(reason.group(1), 200)}" if reason else None
-        return network_error(code, where, detail)
+            if reason:
+                return tls_error(where, one_line(reason.group(1), 200))
+        return network_error(code, where, server_text)
     cause = orig.__cause__ or orig.__context__
     if cause is not None:
-        found = classify_os_error(cause, where)
+        found = classify_network_error(cause, where)
         if found is not None:
             return found
     return unexpected(orig, where)

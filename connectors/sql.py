@@ -35,8 +35,6 @@ import abc
 import asyncio
 import functools
 import math
-import socket
-import ssl
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +55,8 @@ from connectors.base import (
     Unreachable,
     one_line,
 )
-from connectors.outcomes import INVALID_SETTINGS, UNEXPECTED, network_error
+from connectors.network import NetworkFailure, network_error
+from connectors.outcomes import INVALID_SETTINGS, UNEXPECTED
 
 T = TypeVar("T")
 # Threads for blocking driver work: wider than the checks a sweep has in flight at once
@@ -142,23 +141,6 @@ def parse_target(
 
 def scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
-
-
-def classify_os_error(exc: BaseException, where: str) -> CheckError | None:
-    """A network-level exception (possibly the driver's `__context__`), or None."""
-    if isinstance(exc, TimeoutError):
-        return network_error("timeout", where)
-    if isinstance(exc, socket.gaierror):
-        return network_error("dns", where)
-    if isinstance(exc, ConnectionRefusedError):
-        return network_error("connection_refused", where)
-    if isinstance(exc, ssl.SSLError):
-        return network_error("tls", where, f"TLS/SSL failed ({type(exc).__name__})")
-    if isinstance(exc, ConnectionError):
-        return network_error("connection_lost", where)
-    if isinstance(exc, OSError):
-        return network_error("network", where, f"network error ({type(exc).__name__})")
-    return None
 
 
 def unexpected(exc: BaseException, where: str, code: str | None = None) -> Unreachable:
@@ -270,7 +252,9 @@ class SqlConnector(Connector):
         except TimeoutError:
             # Only the backstop gets here: `_blocking` turns every driver error into a
             # CheckError. The thread ends on its own when the driver's timeout fires.
-            raise network_error("timeout", where, f"no answer within {backstop:g}s") from None
+            raise network_error(
+                NetworkFailure.TIMEOUT, where, f"no answer within {backstop:g}s"
+            ) from None
 
     def _blocking(
         self, target: SqlTarget, where: str, timeout: float, work: Callable[[Connection], T]

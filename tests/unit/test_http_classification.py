@@ -1,5 +1,5 @@
-"""Classification of httpx errors and statuses, and the dataset query format, without a
-server; plus the facts about Authlib's httpx integration the OAuth connector relies on."""
+"""Classification of httpx errors and statuses, without a server; plus the facts about
+Authlib's httpx integration the OAuth connector relies on."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from connectors.http import (
     classify_response,
     classify_status,
     forbidden_error,
-    parse_query,
-    records_to_result,
-    resolve_url,
     response_error,
     retry_after,
     safe_code,
@@ -31,7 +28,6 @@ from connectors.http import (
     scrub,
     where,
 )
-from connectors.oauth2 import needs_refresh, token_credentials
 from connectors.outcomes import oauth_error
 from relink.domain.words import Outcome
 
@@ -290,90 +286,6 @@ def test_a_secret_at_the_length_cut_leaves_no_part_behind():
 )
 def test_endpoints_are_named_by_host_only(url, expected):
     assert where(url) == expected
-
-
-# --- dataset queries -----------------------------------------------------------------------
-
-
-def test_a_query_is_a_path_and_an_optional_dotted_records_path():
-    assert parse_query("/api/records?path=x | data.records") == (
-        "/api/records?path=x",
-        ["data", "records"],
-    )
-    assert parse_query("  /me  ") == ("/me", [])
-    assert parse_query("/items |") == ("/items", [])
-
-
-@pytest.mark.parametrize("query", ["", " | data", "/x | a..b", "/x | a | b"])
-def test_malformed_queries_are_invalid_query(query):
-    with pytest.raises(Unreachable) as caught:
-        parse_query(query)
-    assert caught.value.code == "invalid_query"
-
-
-def test_paths_resolve_under_the_base_and_never_leave_its_origin():
-    base = "https://graph.microsoft.com/v1.0/"
-    assert resolve_url(base, "/me") == "https://graph.microsoft.com/v1.0/me"
-    assert resolve_url(base, "me?x=1") == "https://graph.microsoft.com/v1.0/me?x=1"
-    assert resolve_url(base, "https://graph.microsoft.com:443/beta/me").endswith("/beta/me")
-    for other in ("https://evil.example/me", "http://graph.microsoft.com/me"):
-        with pytest.raises(Unreachable, match="not on the connection's API host"):
-            resolve_url(base, other)
-    with pytest.raises(Unreachable, match="no API base URL"):
-        resolve_url(None, "/me")
-
-
-def test_records_become_columns_in_first_seen_order_and_tuples():
-    body = {"data": {"records": [{"id": 1, "name": "a"}, {"id": 2, "extra": True}, 7]}}
-    result = records_to_result(body, ["data", "records"])
-    assert result.columns == ["id", "name", "extra", "value"]
-    assert result.rows == [(1, "a", None, None), (2, None, True, None), (None, None, None, 7)]
-
-
-def test_a_list_body_an_object_and_null():
-    assert records_to_result([{"a": 1}], []).rows == [(1,)]
-    assert records_to_result({"sub": "x", "name": "y"}, []).columns == ["sub", "name"]
-    assert records_to_result({"items": None}, ["items"]).rows == []
-    assert records_to_result({"items": [[1, 2], [3]]}, ["items", "1"]).rows == [(3,)]
-
-
-def test_a_missing_records_path_names_what_is_there():
-    with pytest.raises(Unreachable, match=r"no 'recs' in data of the answer \(keys: records\)"):
-        records_to_result({"data": {"records": []}}, ["data", "recs"])
-
-
-# --- token sets ------------------------------------------------------------------------------
-
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def test_a_token_answer_becomes_string_credentials_over_the_other_secrets():
-    base = {"access_token": "old", "refresh_token": "r1", "expires_at": "1", "client_secret": "s"}
-    answer = {"access_token": "new", "expires_in": 3600, "instance_url": "https://eu1.sf.com"}
-    assert token_credentials(base, answer, NOW) == {
-        "access_token": "new",
-        "refresh_token": "r1",  # not rotated: the old one stays
-        "expires_at": str(int(NOW.timestamp()) + 3600),
-        "instance_url": "https://eu1.sf.com",
-        "client_secret": "s",
-    }
-    assert "expires_at" not in token_credentials(base, {"access_token": "n"}, NOW)
-    with pytest.raises(Unreachable, match="without an access_token"):
-        token_credentials(base, {"token_type": "Bearer"}, NOW)
-
-
-@pytest.mark.parametrize(
-    ("creds", "expected"),
-    [
-        ({}, True),
-        ({"access_token": "a"}, False),  # no expiry known: verified, refreshed when rejected
-        ({"access_token": "a", "expires_at": str(NOW.timestamp() + 3600)}, False),
-        ({"access_token": "a", "expires_at": str(NOW.timestamp() + 100)}, True),
-        ({"access_token": "a", "expires_at": "garbage"}, True),
-    ],
-)
-def test_when_a_token_needs_a_refresh(creds, expected):
-    assert needs_refresh(creds, NOW, 300) is expected
 
 
 # --- Authlib and httpx -------------------------------------------------------------------------

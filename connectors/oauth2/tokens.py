@@ -1,0 +1,221 @@
+"""Where an OAuth refresh token is spent: the token set as stored credentials
+(`token_credentials`, `expires_at` from the caller's clock), when it needs a refresh
+(`needs_refresh`), and `TokenRun`, which runs the refresh-token grant through the core's
+token store (`relink.tokens`: one refresh per connection at a time, persisted before use)
+and, after an ``invalid_grant``, takes the set another run rotated first."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from connectors.base import (
+    AuthFailed,
+    CheckContext,
+    CheckError,
+    ConnectionSpec,
+    Credentials,
+    Unreachable,
+)
+from connectors.http import safe_error, where
+from connectors.oauth2.errors import TokenEndpointError, not_configured
+from connectors.oauth2.plan import OAuthPlan
+from connectors.oauth2.session import AsyncOAuth2Client, exchange, make_client
+from connectors.outcomes import BAD_RESPONSE, INVALID_SETTINGS, NO_REFRESH_TOKEN
+
+if TYPE_CHECKING:
+    from connectors.oauth2.connector import OAuth2Connector
+
+TOKEN_SET = ("access_token", "refresh_token", "expires_at")
+
+
+def expires_at(credentials: Credentials) -> float | None:
+    """The access token's expiry (epoch seconds); None when unknown, 0 when unreadable."""
+    raw = credentials.get("expires_at")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return 0.0  # unreadable: treat as expired, a refresh writes a proper one
+
+
+def needs_refresh(credentials: Credentials, now: datetime, window: float) -> bool:
+    """No access token, or one that expires within `window` seconds of `now`."""
+    if not credentials.get("access_token"):
+        return True
+    expiry = expires_at(credentials)
+    return expiry is not None and expiry <= now.timestamp() + window
+
+
+def token_credentials(
+    base: Mapping[str, str], token: Mapping[str, Any], now: datetime
+) -> dict[str, str]:
+    """A token endpoint's answer as credentials (strings), over `base`'s other keys."""
+    access = token.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise Unreachable(BAD_RESPONSE, "the token endpoint answered without an access_token")
+    creds = {k: v for k, v in base.items() if k not in TOKEN_SET}
+    creds["access_token"] = access
+    refresh = token.get("refresh_token") or base.get("refresh_token")
+    if refresh:
+        creds["refresh_token"] = str(refresh)
+    try:
+        if token.get("expires_in") not in (None, ""):
+            creds["expires_at"] = str(int(now.timestamp() + float(token["expires_in"])))
+        elif token.get("expires_at") not in (None, ""):
+            creds["expires_at"] = str(int(float(token["expires_at"])))
+    except (TypeError, ValueError):
+        raise Unreachable(BAD_RESPONSE, "the token endpoint sent an unreadable expiry") from None
+    if token.get("instance_url"):
+        creds["instance_url"] = str(token["instance_url"])
+    return creds
+
+
+class TokenRun:
+    """The tokens of one validate/fetch: the current credentials, the refresh that spends
+    a refresh token (through the token store, under its lock), what was stored, and
+    every secret seen (for scrubbing). Used as ``async with``: it holds the client."""
+
+    def __init__(self, connector: OAuth2Connector, conn: ConnectionSpec, ctx: CheckContext):
+        self.connector = connector
+        self.conn = conn
+        self.ctx = ctx
+        self.creds: dict[str, str] = {str(k): str(v) for k, v in conn.credentials.items()}
+        self.secrets: set[str] = set()
+        self._remember(self.creds)
+        self.version: int | None = None  # the stored version our credentials came from
+        self.minted = False  # the current access token came from our own grant
+        self.unstored = False  # we refreshed without a token store: self.creds are new
+        self.retried = False  # one refresh after a rejected token, no more
+        self.rejected: set[str] = set()
+        self.spent_refresh: str | None = None
+        self.plan: OAuthPlan | None = None
+        self._client: AsyncOAuth2Client | None = None
+        self._owned: AsyncOAuth2Client | None = None  # made for this run, closed after it
+
+    # -- lifecycle --
+
+    async def __aenter__(self) -> Self:
+        plan = self.plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
+        if plan.client_secret:
+            self.secrets.add(plan.client_secret)
+        shared = self.ctx.clients
+        if shared is None:
+            self._client = self._owned = make_client(plan, self.ctx)
+        else:
+            key = (AsyncOAuth2Client, plan.client_key, self.ctx.timeout)
+            self._client = shared.get(key, lambda: make_client(plan, self.ctx))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owned is not None:
+            await self._owned.aclose()
+
+    @property
+    def client(self) -> AsyncOAuth2Client:
+        assert self._client is not None
+        return self._client
+
+    def p(self) -> OAuthPlan:
+        """The plan (set on entering)."""
+        assert self.plan is not None
+        return self.plan
+
+    def _remember(self, creds: Mapping[str, str]) -> None:
+        for name in ("access_token", "refresh_token", "client_secret"):
+            if creds.get(name):
+                self.secrets.add(str(creds[name]))
+
+    def safe(self, err: CheckError) -> CheckError:
+        return safe_error(err, self.secrets)
+
+    # -- refresh --
+
+    def usable(self, creds: Credentials) -> bool:
+        access = creds.get("access_token")
+        return (
+            bool(access)
+            and access not in self.rejected
+            and not needs_refresh(creds, self.ctx.now, self.ctx.refresh_window)
+        )
+
+    def can_refresh(self) -> bool:
+        p = self.p()
+        return bool(self.creds.get("refresh_token") and p.token_url and p.client_id)
+
+    async def grant(self, stored: Credentials) -> Credentials:
+        """The refresh-token grant on `stored` (called by the token store, under its lock)."""
+        p = self.p()
+        refresh_token = stored.get("refresh_token")
+        if not refresh_token:
+            raise AuthFailed(
+                NO_REFRESH_TOKEN,
+                "the access token is missing or expired and there is no refresh token",
+            )
+        if not p.token_url:
+            raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
+        if not p.client_id:
+            raise not_configured(p)
+        self._remember(stored)
+        self.spent_refresh = refresh_token
+        token = await exchange(
+            self.client.refresh_token(p.token_url, refresh_token=refresh_token),
+            f"the token endpoint ({where(p.token_url)})",
+            self.ctx,
+            p,
+            "the refresh token",
+        )
+        fresh = token_credentials(stored, token, self.ctx.now)
+        self._remember(fresh)
+        self.minted = True
+        return fresh
+
+    async def refresh(self, rejected: str | None = None) -> None:
+        if rejected:
+            self.rejected.add(rejected)
+        store = self.ctx.token_store
+        if store is None:
+            self._use(await self.grant(self.creds))
+            self.unstored = True
+            return
+        spec = dataclasses.replace(self.conn, credentials=dict(self.creds))
+        try:
+            creds, version = await store.refresh(spec, self.grant, usable=self.usable)
+        except AuthFailed as err:
+            if err.code != TokenEndpointError.INVALID_GRANT:
+                raise
+            stored, version = await store.reload(self.conn.id)
+            newer = stored.get("refresh_token")
+            if not newer or newer == self.spent_refresh:
+                raise
+            # Another run rotated the refresh token before us: its set is the current one.
+            self._remember(stored)
+            if self.usable(stored):
+                creds = stored
+            else:
+                again = dataclasses.replace(self.conn, credentials=dict(stored))
+                creds, version = await store.refresh(again, self.grant, usable=self.usable)
+        self._use(creds, version)
+
+    def _use(self, creds: Credentials, version: int | None = None) -> None:
+        self.creds = {str(k): str(v) for k, v in creds.items()}
+        self._remember(self.creds)
+        if version is not None and version != self.conn.version:
+            self.version = version
+
+    async def ensure_fresh(self) -> None:
+        if needs_refresh(self.creds, self.ctx.now, self.ctx.refresh_window):
+            await self.refresh()
+
+    def may_retry(self) -> bool:
+        """One refresh after a rejected token, unless the token is already our own."""
+        return not self.retried and not self.minted and self.can_refresh()
