@@ -70,22 +70,21 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 def classify_network_error(exc: BaseException, where: str) -> CheckError | None:
     """Pure: a builtin network exception (or one raised from one) -> its `Unreachable`;
     None when `exc` is not one. A library wraps the socket's error (httpx: `ConnectError`
-    from httpcore from `ConnectionRefusedError`), so the cause chain is walked for the
-    errors that name what happened."""
-    if isinstance(exc, TimeoutError):
-        return network_error(NetworkFailure.TIMEOUT, where)
+    from httpcore from `ConnectionRefusedError`; PyMySQL: `OperationalError` 2003), so the
+    cause chain is walked for the error that names what happened."""
     for cause in causes(exc):
+        if isinstance(cause, TimeoutError):
+            return network_error(NetworkFailure.TIMEOUT, where)
         if isinstance(cause, socket.gaierror):
             return network_error(NetworkFailure.DNS, where)
         if isinstance(cause, ConnectionRefusedError):
             return network_error(NetworkFailure.CONNECTION_REFUSED, where)
         if isinstance(cause, ssl.SSLError):
             return tls_error(where, type(cause).__name__)
-    if isinstance(exc, ConnectionError):
+    if any(isinstance(cause, ConnectionError) for cause in causes(exc)):
         return network_error(NetworkFailure.CONNECTION_LOST, where)
-    if isinstance(exc, OSError):
-        return other_network_error(where, exc)
-    return None
+    os_error = next((cause for cause in causes(exc) if isinstance(cause, OSError)), None)
+    return None if os_error is None else other_network_error(where, os_error)
 
 
 def tls_error(where: str, reason: str) -> CheckError:
