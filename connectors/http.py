@@ -84,7 +84,7 @@ class SharedClients:
     new connection: a new TLS handshake with the same provider each time. Sharing one
     keeps connections alive between the checks of a batch. What a shared client must not
     carry from one connection to the next: cookies (`no_cookies`) and credentials (every
-    request passes its own; see `connectors.oauth2` for Authlib's token attribute).
+    request passes its own; see `connectors.oauth2.session` for Authlib's token attribute).
     Concurrency is bounded by the caller's semaphores, not by the pool.
     """
 
