@@ -24,7 +24,7 @@ from relink.domain.words import Outcome
 from relink.models import Connection, Disconnection, User
 from relink.state import ConnState, decide
 from relink.sweep.load import Unloadable, load_batch
-from relink.sweep.summary import BatchSummary
+from relink.sweep.summary import BatchSummary, ResultKey
 from relink.sweep.validate import (
     ERROR,
     Checked,
@@ -112,13 +112,13 @@ def record_batch(
         error = item.result.code == ERROR
         outcome = ERROR if error else str(item.result.outcome)
         outcomes[outcome] += 1
-        by_provider[f"{item.provider}|{outcome}|{item.result.code or ''}"] += 1
+        key = ResultKey(item.provider, outcome, item.result.code)
+        by_provider[key.key()] += 1
         if error:
             plain.append(_Bookkeeping.error(conn, item.result.code or ERROR, item.result.message))
             continue
         if item.result.outcome is Outcome.MISCONFIGURED:
-            key = f"{item.provider}|{item.result.code or ''}"
-            summary.installation.setdefault(key, item.result.message)
+            summary.installation.setdefault(key.installation_key(), item.result.message)
         row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary, actor_id)
         if row is not None:
             plain.append(row)
@@ -128,7 +128,7 @@ def record_batch(
             summary.skipped += 1
             continue
         outcomes[ERROR] += 1
-        by_provider[f"{bad.provider}|{ERROR}|{bad.code}"] += 1
+        by_provider[ResultKey(bad.provider, ERROR, bad.code).key()] += 1
         plain.append(_Bookkeeping.error(conn, bad.code, bad.message))
     _write_bookkeeping(session, plain, now)
     summary.checked = sum(outcomes.values())

@@ -20,6 +20,28 @@ from relink.state import Incident, detect_incidents
 COUNT_KEYS = ("checked", "opened", "closed", "status_changes", "skipped")
 
 
+@dataclass(frozen=True, slots=True)
+class ResultKey:
+    """What a batch counts its results by: provider, outcome (or `CHECK_ERROR`) and code.
+    Written as ``"provider|outcome|code"`` (`key`), a JSON object's key in a task result."""
+
+    provider: str
+    outcome: str
+    code: str | None = None
+
+    def key(self) -> str:
+        return f"{self.provider}|{self.outcome}|{self.code or ''}"
+
+    def installation_key(self) -> str:
+        """The key of a `misconfigured` result's fix: ``"provider|code"``."""
+        return f"{self.provider}|{self.code or ''}"
+
+    @classmethod
+    def parse(cls, key: str) -> ResultKey:
+        provider, outcome, code = key.split("|", 2)
+        return cls(provider, outcome, code or None)
+
+
 @dataclass
 class BatchSummary:
     """Plain, JSON-able counts of one batch (a Prefect task result: no secrets)."""
@@ -30,9 +52,9 @@ class BatchSummary:
     closed: int = 0
     status_changes: int = 0
     skipped: int = 0  # changed by someone else (a reconnect) during the check
-    # "provider|outcome|code" -> count, for incident detection across batches
+    # `ResultKey.key()` -> count, for incident detection across batches
     by_provider: dict[str, int] = field(default_factory=dict)
-    # "provider|code" -> the message of a misconfigured result (what an admin fixes)
+    # `ResultKey.installation_key()` -> the message of a misconfigured result (its fix)
     installation: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,11 +131,11 @@ class SweepSummary:
         results = []
         problems = []
         for key, count in sorted(total["by_provider"].items()):
-            provider, outcome, code = key.split("|", 2)
-            results.extend([(provider, outcome, code or None)] * count)
-            if outcome == Outcome.MISCONFIGURED:
-                fix = total["installation"].get(f"{provider}|{code}", "")
-                problems.append(InstallationProblem(provider, code or None, count, fix))
+            found = ResultKey.parse(key)
+            results.extend([(found.provider, found.outcome, found.code)] * count)
+            if found.outcome == Outcome.MISCONFIGURED:
+                fix = total["installation"].get(found.installation_key(), "")
+                problems.append(InstallationProblem(found.provider, found.code, count, fix))
         return cls(
             checked=total["checked"],
             outcomes={k: total["outcomes"].get(k, 0) for k in (*Outcome, ERROR)},
