@@ -23,7 +23,7 @@ class Check(TokenRun):
     """One validate/fetch: `TokenRun`'s tokens, verified against the provider."""
 
     async def verify(self) -> None:
-        p = self.p()
+        p = self.plan
         if p.introspection_url and p.client_id and p.client_secret:
             try:
                 await self.introspect()
@@ -46,7 +46,7 @@ class Check(TokenRun):
             )
 
     async def introspect(self) -> None:
-        p = self.p()
+        p = self.plan
         assert p.introspection_url
         at = f"the introspection endpoint ({where(p.introspection_url)})"
         response: httpx.Response = await exchange(
@@ -84,7 +84,7 @@ class Check(TokenRun):
     async def get(self, url: str) -> httpx.Response:
         """An authenticated GET; a rejected token gets one refresh and one more try."""
         at = where(url)
-        p = self.p()
+        p = self.plan
         while True:
             access = self.creds.get("access_token", "")
             response: httpx.Response = await exchange(
@@ -115,4 +115,4 @@ class Check(TokenRun):
 
     def api_base_url(self) -> str | None:
         """The base of the dataset paths of this connection."""
-        return api_base_url(self.p(), self.conn.settings, self.creds)
+        return api_base_url(self.plan, self.conn.settings, self.creds)

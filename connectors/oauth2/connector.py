@@ -24,7 +24,7 @@ from connectors.base import (
 from connectors.http import json_body, safe_error, where
 from connectors.http_query import parse_query, records_to_result, resolve_url
 from connectors.oauth2.check import Check
-from connectors.oauth2.errors import not_configured
+from connectors.oauth2.errors import not_configured, require_token_client
 from connectors.oauth2.plan import (
     CLIENT_FIELDS,
     GENERIC_RECONNECT_FIELDS,
@@ -35,7 +35,13 @@ from connectors.oauth2.plan import (
     text,
 )
 from connectors.oauth2.providers import ProviderEndpoints
-from connectors.oauth2.session import AsyncOAuth2Client, ProtocolClient, exchange, make_client
+from connectors.oauth2.session import (
+    AsyncOAuth2Client,
+    ProtocolClient,
+    exchange,
+    make_client,
+    token_endpoint,
+)
 from connectors.oauth2.tokens import token_credentials
 from connectors.outcomes import INVALID_SETTINGS, NO_REFRESH_TOKEN
 from relink.domain.words import AuthKind
@@ -159,20 +165,17 @@ class OAuth2Connector(Connector):
         plan = self.plan(conn_settings, credentials or {}, ctx)
         secrets = {code, code_verifier, plan.client_secret}
         try:
-            if not plan.token_url:
-                raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
-            if not plan.client_id:
-                raise not_configured(plan)
+            token_url = require_token_client(plan)
             async with self.client(plan, ctx) as client:
                 token = await exchange(
                     client.fetch_token(
-                        plan.token_url,
+                        token_url,
                         grant_type="authorization_code",
                         code=code,
                         redirect_uri=redirect_uri,
                         code_verifier=code_verifier,
                     ),
-                    f"the token endpoint ({where(plan.token_url)})",
+                    token_endpoint(plan),
                     ctx,
                     plan,
                     "the authorization code",

@@ -7,11 +7,12 @@ judge each code are in `connectors.outcomes`."""
 
 from __future__ import annotations
 
-from connectors.base import CheckError, Misconfigured
+from connectors.base import AuthFailed, CheckError, Misconfigured
 from connectors.oauth2.plan import OAuthPlan
 from connectors.outcomes import (
     CLIENT_REFUSALS,
     INACTIVE_TOKEN,
+    INVALID_SETTINGS,
     OAUTH_APP_NOT_CONFIGURED,
     BearerTokenError,
     OAuthFinding,
@@ -29,6 +30,7 @@ __all__ = [
     "app_settings_fix",
     "not_configured",
     "refused",
+    "require_token_client",
 ]
 
 # Verification answers after which one refresh is worth a try.
@@ -64,6 +66,15 @@ def refused(code: str, at: str, action: str, plan: OAuthPlan, detail: str = "") 
         fix = "with the right client" if code in CLIENT_REFUSALS else "the connection"
         return judgment.error(code, f"{at} refused {action}: {code}{detail}; reconnect {fix}")
     return judgment.error(code, f"{at} could not answer {action}: {code}{detail}")
+
+
+def require_token_client(plan: OAuthPlan) -> str:
+    """The token URL of `plan`, when it has one and a client to call it with."""
+    if not plan.token_url:
+        raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
+    if not plan.client_id:
+        raise not_configured(plan)
+    return plan.token_url
 
 
 def not_configured(plan: OAuthPlan) -> Misconfigured:

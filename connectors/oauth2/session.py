@@ -41,7 +41,19 @@ with warnings.catch_warnings():
     )
     from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
-__all__ = ["AsyncOAuth2Client", "OAuthError", "ProtocolClient", "exchange", "make_client"]
+__all__ = [
+    "AsyncOAuth2Client",
+    "OAuthError",
+    "ProtocolClient",
+    "exchange",
+    "make_client",
+    "token_endpoint",
+]
+
+
+def token_endpoint(plan: OAuthPlan) -> str:
+    """How messages name the token endpoint: by its host."""
+    return f"the token endpoint ({where(plan.token_url or '')})"
 
 
 def make_client(plan: OAuthPlan, ctx: CheckContext) -> AsyncOAuth2Client:
@@ -62,7 +74,7 @@ def make_client(plan: OAuthPlan, ctx: CheckContext) -> AsyncOAuth2Client:
         cookies=no_cookies(),
         limits=POOL_LIMITS,
     )
-    hook = token_response_hook(f"the token endpoint ({where(plan.token_url or '')})", ctx.now)
+    hook = token_response_hook(token_endpoint(plan), ctx.now)
     client.register_compliance_hook("access_token_response", hook)
     client.register_compliance_hook("refresh_token_response", hook)
     return client

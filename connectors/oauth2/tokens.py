@@ -20,11 +20,11 @@ from connectors.base import (
     Credentials,
     Unreachable,
 )
-from connectors.http import safe_error, where
-from connectors.oauth2.errors import TokenEndpointError, not_configured
+from connectors.http import safe_error
+from connectors.oauth2.errors import TokenEndpointError, require_token_client
 from connectors.oauth2.plan import OAuthPlan
-from connectors.oauth2.session import AsyncOAuth2Client, exchange, make_client
-from connectors.outcomes import BAD_RESPONSE, INVALID_SETTINGS, NO_REFRESH_TOKEN
+from connectors.oauth2.session import AsyncOAuth2Client, exchange, make_client, token_endpoint
+from connectors.outcomes import BAD_RESPONSE, NO_REFRESH_TOKEN
 
 if TYPE_CHECKING:
     from connectors.oauth2.connector import OAuth2Connector
@@ -93,14 +93,14 @@ class TokenRun:
         self.retried = False  # one refresh after a rejected token, no more
         self.rejected: set[str] = set()
         self.spent_refresh: str | None = None
-        self.plan: OAuthPlan | None = None
+        self._plan: OAuthPlan | None = None
         self._client: AsyncOAuth2Client | None = None
         self._owned: AsyncOAuth2Client | None = None  # made for this run, closed after it
 
     # -- lifecycle --
 
     async def __aenter__(self) -> Self:
-        plan = self.plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
+        plan = self._plan = self.connector.plan(self.conn.settings, self.creds, self.ctx)
         if plan.client_secret:
             self.secrets.add(plan.client_secret)
         shared = self.ctx.clients
@@ -125,10 +125,11 @@ class TokenRun:
         assert self._client is not None
         return self._client
 
-    def p(self) -> OAuthPlan:
-        """The plan (set on entering)."""
-        assert self.plan is not None
-        return self.plan
+    @property
+    def plan(self) -> OAuthPlan:
+        """The connection's endpoints and client (set on entering)."""
+        assert self._plan is not None
+        return self._plan
 
     def _remember(self, creds: Mapping[str, str]) -> None:
         for name in ("access_token", "refresh_token", "client_secret"):
@@ -149,27 +150,24 @@ class TokenRun:
         )
 
     def can_refresh(self) -> bool:
-        p = self.p()
+        p = self.plan
         return bool(self.creds.get("refresh_token") and p.token_url and p.client_id)
 
     async def grant(self, stored: Credentials) -> Credentials:
         """The refresh-token grant on `stored` (called by the token store, under its lock)."""
-        p = self.p()
+        p = self.plan
         refresh_token = stored.get("refresh_token")
         if not refresh_token:
             raise AuthFailed(
                 NO_REFRESH_TOKEN,
                 "the access token is missing or expired and there is no refresh token",
             )
-        if not p.token_url:
-            raise AuthFailed(INVALID_SETTINGS, "the connection has no token_url")
-        if not p.client_id:
-            raise not_configured(p)
+        token_url = require_token_client(p)
         self._remember(stored)
         self.spent_refresh = refresh_token
         token = await exchange(
-            self.client.refresh_token(p.token_url, refresh_token=refresh_token),
-            f"the token endpoint ({where(p.token_url)})",
+            self.client.refresh_token(token_url, refresh_token=refresh_token),
+            token_endpoint(p),
             self.ctx,
             p,
             "the refresh token",
