@@ -27,7 +27,7 @@ from enum import StrEnum
 
 from connectors.base import Judgment
 from connectors.network import NETWORK, OUTAGE, NetworkFailure
-from relink.domain.words import Outcome
+from relink.domain.words import CHECK_ERROR, Outcome
 
 AUTH_FAILED, MISCONFIGURED, UNREACHABLE = (
     Outcome.AUTH_FAILED,
@@ -58,7 +58,9 @@ class Finding(StrEnum):
     INVALID_SETTINGS = "invalid_settings"
     INVALID_QUERY = "invalid_query"
     BAD_RESPONSE = "bad_response"
-    UNEXPECTED = "error"  # an error we do not classify
+    # An error we do not classify: the domain's word for a connection that could not be
+    # checked, and the sweep records such a result so (`relink.checks`).
+    UNEXPECTED = CHECK_ERROR
     TOKEN_REFRESH_BUSY = "token_refresh_busy"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from connectors.outcomes import TokenEndpointError
 from relink import audit
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
@@ -173,14 +174,15 @@ def _broken_since(session: Session, name: str, since: datetime) -> None:
     assert conn is not None
     session.flush()
     message = "the refresh token was revoked"
+    code = str(TokenEndpointError.INVALID_GRANT)
     conn.status = Status.DISCONNECTED
     conn.invalid_since = since
     conn.last_checked_at = since
-    conn.last_error_code = "invalid_grant"
+    conn.last_error_code = code
     conn.last_error_message = message
     conn.last_outcome = Outcome.AUTH_FAILED
-    conn.last_outcome_code = "invalid_grant"
-    session.add(Disconnection(connection_id=conn.id, started_at=since, reason_code="invalid_grant"))
+    conn.last_outcome_code = code
+    session.add(Disconnection(connection_id=conn.id, started_at=since, reason_code=code))
     audit.record(
         session,
         "connection.status_changed",
@@ -188,7 +190,7 @@ def _broken_since(session: Session, name: str, since: datetime) -> None:
         connection=conn,
         before=Status.UNCHECKED,
         after=Status.DISCONNECTED,
-        code="invalid_grant",
+        code=code,
         message=f"demo data: broken since {since:%Y-%m-%d %H:%M} UTC ({message})",
     )
 
