@@ -1,19 +1,8 @@
-"""HTTP APIs authenticated with a static key (a header or a bearer token).
-
-validate: ``GET base_url + probe_path`` (httpx, `ctx.timeout`, no redirects) with the key
-in `header` (``Authorization`` sends ``Bearer <key>``, any other header the key itself).
-2xx -> ok; 401 -> ``AuthFailed("401")``; a 403 only when it names ``invalid_token``
-(RFC 6750), else ``Unreachable("http_403")`` (a firewall or rate limit answers so too);
-network errors, 5xx, 429 (its Retry-After kept) and any other status -> `Unreachable`
-(the rows of `connectors.outcomes`, applied in `connectors.http`). A missing base URL
-or key, or an unusable header name, is ``AuthFailed("invalid_settings")``.
-
-fetch: the dataset query format of `connectors.http_query`,
-``"<path-or-url> [| <dotted.json.path>]"``, relative to `base_url` (an absolute URL must
-be on the same origin: the key is never sent elsewhere).
-
-The key never appears in a message: every message is scrubbed before it leaves.
-"""
+"""HTTP APIs authenticated with a static key (a header, or ``Authorization: Bearer``):
+validate is a GET of `base_url + probe_path` judged as every HTTP answer is
+(`connectors.http`); fetch runs a dataset query (`connectors.http_query`) relative to
+`base_url`, never sending the key to another origin. Missing or unusable settings are
+`AuthFailed("invalid_settings")`; the key never appears in a message."""
 
 from __future__ import annotations
 

@@ -1,26 +1,8 @@
-"""MySQL / MariaDB through SQLAlchemy + PyMySQL.
-
-Classification (`classify_mysql_error`, pure, unit-tested without a server) judges
-PyMySQL's errno (`args[0]`) by its row of `connectors.outcomes.MYSQL_ERRNOS`, and
-reports the errno the server sent as the code (MariaDB answers 1698 instead of 1045
-to some refused logins, e.g. without a password: each is reported as sent):
-
-* 1045 access denied (wrong user or password) -> `AuthFailed("1045")`; so are the
-  other "this login is refused" errnos: 1698 (no password given), 1130 (host not
-  allowed, MySQL's pg_hba.conf), 1820/1862 (password expired) and 3118/4151 (account
-  locked).
-* 1049 unknown database and 1044 access denied to the database -> `AuthFailed` too,
-  as PostgreSQL's 3D000/42501: the server answered "no" to this connection's database
-  or user, which the owner fixes by entering the right ones when reconnecting. (MariaDB
-  answers 1044, not 1049, for a missing database the user has no rights on.) 1142/1143
-  (no SELECT on a table or column, met during fetch) are the same kind of problem.
-* 2003 can't connect / 2005 unknown host / 2006 gone away / 2013 lost connection /
-  2026 TLS / 1040 too many connections / 1053 shutdown / timeouts -> `Unreachable`.
-  When PyMySQL kept the socket error (`original_exception` / `__context__`) the code
-  says what happened ("connection_refused", "dns", "timeout", "tls"), like PostgreSQL;
-  otherwise it is the errno (or the row's code: 2005 -> "dns").
-* anything else -> `Unreachable("error")` named by exception class (and errno).
-"""
+"""MySQL / MariaDB through SQLAlchemy + PyMySQL: the connector, its TLS arguments, and
+`classify_mysql_error` (pure), which judges PyMySQL's errno by its row of
+`connectors.outcomes` and reports that errno as the code, or the network failure the
+socket error PyMySQL kept says. What it cannot classify is `Unreachable("error")`. The
+table: docs/connectors.md."""
 
 from __future__ import annotations
 

@@ -1,24 +1,10 @@
 """Which answer of a source is which outcome of a check, and why: the one table (its
-network rows in `connectors.network`), and the codes it is keyed by as enums.
-
-Every connector classifies what it meets through these rows; none keeps a table of its
-own. A row says what the answer means (in the words the messages use) and why it is
-that outcome. The rule the rows follow: only proof breaks a connection.
-
-* `auth_failed`: the source proved that the connection's credentials or settings no
-  longer work, and the owner can fix that by reconnecting (a new password, a new
-  consent, the right database). It opens a disconnection and, after 24 hours, emails
-  the owner.
-* `misconfigured`: the installation is wrong (the OAuth app's client refused, a missing
-  app setting). Every connection through it fails alike and reconnecting cannot help;
-  only an admin can fix it, so it never opens a disconnection nor emails an owner.
-* `unreachable`: the source could not be asked, or answered without proof (an outage,
-  a rate limit, a bare 403 from a firewall). It never breaks a connection.
-
-Codes are the source's own (``invalid_grant``, ``28P01``, ``1045``) so that an engineer
-on call can look them up in the provider's documentation; network failures and our own
-findings have plain names (``timeout``, ``invalid_settings``).
-"""
+network rows in `connectors.network`), and the codes it is keyed by as enums. Every
+connector classifies what it meets through these rows. The rule they follow: only proof
+breaks a connection; `auth_failed` is what the owner fixes by reconnecting,
+`misconfigured` what only an admin can fix, `unreachable` everything that is not proof.
+Codes are the source's own (``invalid_grant``, ``28P01``, ``1045``), so that an engineer
+on call can look them up; our own findings have plain names. docs/connectors.md."""
 
 from __future__ import annotations
 

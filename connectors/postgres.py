@@ -1,28 +1,8 @@
-"""PostgreSQL through SQLAlchemy + psycopg.
-
-Classification (`classify_postgres_error`, pure, unit-tested without a server) judges
-the SQLSTATE the server sent by its row of `connectors.outcomes.POSTGRES_SQLSTATES`
-(and `POSTGRES_CLASSES`), and reports that SQLSTATE as the code:
-
-* 28P01 invalid_password, 28000 invalid_authorization_specification (role missing,
-  not allowed to log in, no pg_hba.conf entry) -> `AuthFailed`.
-* 3D000 "database does not exist" and 42501 "permission denied" -> `AuthFailed` too:
-  the server answered "no" to this connection's database or user, which waiting will
-  not fix and the owner does, by entering the right database, user or password when
-  reconnecting (or having the privilege granted). 42501 met during fetch (no SELECT on
-  a table) is the same kind of problem: the role lacks a privilege the dataset needs.
-* connection refused, DNS failure, TLS failure, timeout (connect timeout, 57014 the
-  statement timeout of fetch), server shutting down or starting up (57P01, 57P02,
-  57P03), too many connections (53300), other class 08/53/57/58 errors ->
-  `Unreachable`.
-* anything else -> `Unreachable("error")` named by exception class (and SQLSTATE).
-
-psycopg puts no SQLSTATE on a failed *connection attempt* (libpq keeps only the text
-of the server's FATAL message), so for those the English text of the server's (or
-libpq's) message is matched and mapped to the SQLSTATE the server sent. A server that
-reports in another language falls through to `Unreachable("error")`: the safe side,
-it never breaks a connection by mistake.
-"""
+"""PostgreSQL through SQLAlchemy + psycopg: the connector, and `classify_postgres_error`
+(pure), which judges the SQLSTATE the server sent by its row of `connectors.outcomes`
+and reports it as the code; a failed connection attempt carries no SQLSTATE, so its
+English message is matched to the SQLSTATE (or network failure) it means. What it
+cannot classify is `Unreachable("error")`. The table: docs/connectors.md."""
 
 from __future__ import annotations
 

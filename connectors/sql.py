@@ -1,33 +1,10 @@
-"""The part PostgreSQL and MySQL/MariaDB share: SQLAlchemy engines, timeouts, secrets.
-
-A dialect module (`connectors.postgres`, `connectors.mysql`) subclasses `SqlConnector`
-and supplies the driver name, the driver's connect arguments and a pure
-`classify_error` that turns a driver exception into `AuthFailed` / `Unreachable`.
-This module does the rest, the same way for both:
-
-* settings are parsed into a `SqlTarget`; bad settings (no host, port "abc", unknown
-  sslmode) are `AuthFailed(code="invalid_settings")`: see `parse_target`;
-* the URL is built with `URL.create`, never by formatting a string, so a password
-  such as ``p@ss:w/rd%!`` works and is never rendered anywhere;
-* one engine per check with `NullPool` (no connection outlives the check), disposed
-  afterwards; the blocking driver work runs in a thread of this module's own pool
-  (`DRIVER_THREADS`), not the event loop's default executor: that one has
-  min(32, CPUs + 4) threads (6 on a 2-core worker) and is shared with the sweep's own
-  database work, so checks waiting on a dead host's connect timeout would queue every
-  other database check behind them, past the backstop, into false timeouts;
-* validate = connect + ``SELECT 1``; fetch = the dataset's query, returned as
-  `FetchResult(columns, rows)`;
-* every message that leaves this module is one line, names the server but never the
-  DSN, and has the password scrubbed out as a last line of defence.
-
-Timeouts: `ctx.timeout` is used for the driver's connect timeout and for its read
-timeout (MySQL `read_timeout`/`write_timeout`, PostgreSQL a transaction-local
-`statement_timeout` during fetch). A caller that refreshes a slow dataset passes a
-context with a larger timeout. Around the thread there is a backstop
-(`asyncio.wait_for`) for what the driver timeouts cannot see (a hung DNS lookup, a
-server that accepts the query and never answers); normally a driver timeout fires
-first.
-"""
+"""What the PostgreSQL and MySQL/MariaDB connectors share: settings parsed into a
+`SqlTarget` (bad ones are `AuthFailed("invalid_settings")`), the SQLAlchemy URL built
+with `URL.create`, one engine per check (`NullPool`) run in this module's own thread
+pool, validate (connect + ``SELECT 1``) and fetch (the dataset's query as written), a
+backstop around the driver's timeouts, and messages that are one line, name the server
+but never the DSN, and have the password scrubbed. A dialect subclasses `SqlConnector`
+with its driver, connect arguments and `classify_error`. Details: docs/connectors.md."""
 
 from __future__ import annotations
 
