@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from relink.sandbox import SandboxProvider, SandboxServer
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 
 REDIRECT_URI = "http://127.0.0.1:9/oauth/callback"
 

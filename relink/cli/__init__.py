@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "db": (("admin",), "The app database: migrations."),
     "demo": (("demo",), "The demo account."),
     "sandbox": (
-        ("demo",),
+        ("run",),
         "Run the local sandbox OAuth 2.0 provider and demo API (for the demo and tests).",
     ),
     "web": (("web",), "Serve the web pages and the JSON API (docs at /docs) with uvicorn."),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from relink import demo
@@ -15,7 +13,6 @@ demo_app = typer.Typer(help="The demo account.", no_args_is_help=True)
 
 def register(root: typer.Typer) -> None:
     root.add_typer(demo_app, name="demo")
-    root.command("sandbox")(sandbox)
 
 
 @demo_app.command("seed")
@@ -33,18 +30,3 @@ def demo_seed() -> None:
         )
     else:
         console.print(f"demo account {demo.ACCOUNT!r} already present; nothing changed")
-
-
-@handle_errors
-def sandbox(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8765, help="TCP port."),
-    state_file: Path | None = typer.Option(
-        None, help="Keep clients and tokens in this JSON file across restarts."
-    ),
-) -> None:
-    """Run the local sandbox OAuth 2.0 provider and demo API (for the demo and tests)."""
-    from relink.sandbox import serve
-
-    console.print(f"sandbox provider on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
-    serve(host=host, port=port, state_file=state_file, demo=True)

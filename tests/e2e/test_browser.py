@@ -28,9 +28,9 @@ from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection, User
 from relink.reconnect import recheck
-from relink.sandbox import SandboxServer, seed_demo
 from relink.sweep.run import sweep
 from relink.web import create_app
+from relink_dev.sandbox import SandboxServer, seed_demo
 from tests.integration.conftest import PgAdmin
 from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.web import (

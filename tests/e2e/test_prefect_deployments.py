@@ -29,10 +29,10 @@ from relink.app import Relink
 from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection, Notification, SweepShard
-from relink.runner import Supervisor
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
+from relink_dev.runner import Supervisor
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.support.pg import temporary_schema
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]

@@ -25,8 +25,8 @@ from relink.app import Relink
 from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
 from relink.models import Connection
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import OAuthApp
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 
 REDIRECT_URI = "http://127.0.0.1:9/oauth/callback"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

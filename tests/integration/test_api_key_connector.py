@@ -17,8 +17,8 @@ import connectors
 from connectors.base import CheckResult, ConnectionSpec, Unreachable
 from relink.domain.words import Outcome
 from relink.health import dataset_error
-from relink.sandbox import demo_records
 from relink.sweep.validate import CheckPolicy, validate_all
+from relink_dev.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     RecordedWaits,
     assert_no_secret,

@@ -26,7 +26,7 @@ from flows.check_connections import check_connections
 from relink.app import set_app
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
-from relink.sandbox import SandboxProvider, SandboxServer
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import (
     REDIRECT_URI,
     add_app_connections,

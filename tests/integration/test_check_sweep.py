@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from relink.directory import add_account, add_user
 from relink.models import AuditEvent, Connection, Disconnection
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweep.record import last_sweep
 from relink.sweep.run import SweepPolicy, SweepSteps, plain_steps, run_sweep, sweep
 from relink.sweep.validate import CheckPolicy
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 
 pytestmark = pytest.mark.both_backends  # a sweep claims its connections with row locks
 

@@ -177,7 +177,7 @@ def test_an_installation_problem_counts_a_broken_connection_as_the_sweep_does(re
     every connection the sweep met it on, the one broken before included (which stays
     Disconnected, the problem a second fact)."""
     from relink.directory import add_account, add_user
-    from relink.sandbox import SandboxProvider, SandboxServer
+    from relink_dev.sandbox import SandboxProvider, SandboxServer
     from tests.integration.oauth_fixtures import add_app_connections
 
     provider = SandboxProvider()

@@ -22,7 +22,7 @@ from relink.app import set_app
 from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection, Notification
-from relink.sandbox import SandboxProvider, SandboxServer
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 
 T = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 07:00 MST: a sweep and the email run at once
 GOOD_KEY = "logical-time-good-key"

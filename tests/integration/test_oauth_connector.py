@@ -24,9 +24,9 @@ from connectors.oauth2 import OAuth2Connector
 from relink.domain.words import Outcome
 from relink.locks import ConnectionLocks, lock_dir
 from relink.models import Connection
-from relink.sandbox import SandboxProvider, SandboxServer, demo_records
 from relink.sweep.validate import CheckPolicy, validate_all
 from relink.tokens import DbTokenStore
+from relink_dev.sandbox import SandboxProvider, SandboxServer, demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,
     OAuthClient,

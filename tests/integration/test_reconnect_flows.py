@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.reconnect_connection import reconnect_connection
 from flows.refresh_datasets import refresh_datasets
 from relink.app import set_app
-from relink.sandbox import SandboxProvider, SandboxServer
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.conftest import APP_BACKENDS
 from tests.integration.oauth_fixtures import add_app_connections, installation_app
 from tests.support.reconnect import (

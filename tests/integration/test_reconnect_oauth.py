@@ -24,8 +24,8 @@ from relink.directory import get_user
 from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, OAuthState
 from relink.reconnect import OAuthStateRefused, finish_oauth, start_oauth
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.web import create_app
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import new_client
 from tests.support import web
 from tests.support.reconnect import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relink.runner import READY
+from relink_dev.runner import READY
 
 ROOT = Path(__file__).resolve().parents[2]
 RELINK = [sys.executable, "-c", "from relink.cli import main; main()"]
@@ -159,8 +159,8 @@ def test_a_busy_port_is_one_clear_line(tmp_path):
 
 @pytest.mark.parametrize("revoked", [False, True])
 def test_the_sandbox_learns_the_demo_tokens(tmp_path, revoked):
-    from relink.runner import write_sandbox_state
-    from relink.sandbox import SandboxProvider
+    from relink_dev.runner import write_sandbox_state
+    from relink_dev.sandbox import SandboxProvider
 
     state = tmp_path / "sandbox.json"
     token = {"access_token": "a" * 20, "refresh_token": "r" * 20, "revoked": revoked}

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relink.sandbox import (
+from relink_dev.sandbox import (
     DEMO_CLIENT_ID,
     SandboxProvider,
     SandboxServer,

@@ -14,8 +14,8 @@ from relink import demo
 from relink.cli.status import collect
 from relink.directory import add_account, add_user
 from relink.models import Connection, Disconnection
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweep.record import record_sweep
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import add_app_connections
 from tests.support.reconnect import Cli
 

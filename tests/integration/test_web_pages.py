@@ -25,9 +25,9 @@ from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.domain.words import Status
 from relink.models import AuditEvent, Connection, Dataset, User
-from relink.sandbox import SandboxServer, seed_demo
 from relink.web import create_app
 from relink.web.sessions import COOKIE_NAME
+from relink_dev.sandbox import SandboxServer, seed_demo
 from tests.support.web import (
     EMAILS,
     OLD_DB_PASSWORD,

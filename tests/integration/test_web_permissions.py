@@ -24,9 +24,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import compile_path
 
-from relink.sandbox import SandboxServer
 from relink.web import create_app
 from relink.web.sessions import COOKIE_NAME
+from relink_dev.sandbox import SandboxServer
 from tests.conftest import APP_BACKENDS
 from tests.integration.oauth_fixtures import sandbox_server  # noqa: F401 - a fixture
 from tests.support.reconnect import snapshot

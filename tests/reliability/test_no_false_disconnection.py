@@ -36,9 +36,9 @@ import sqlalchemy as sa
 from relink.app import Relink
 from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection, Notification
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweep.run import sweep
 from relink.sweep.validate import CheckPolicy
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.conftest import DbUser, MariaAdmin, PgAdmin
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,

@@ -29,12 +29,12 @@ from fastapi import FastAPI
 from relink.app import Relink
 from relink.models import OAuthState
 from relink.reconnect import OAUTH_STATE_TTL, start_oauth
-from relink.sandbox import SandboxServer
 from relink.sweep.run import sweep
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key
 from relink.web import create_app
 from relink.web.reconnecting import callback_url
+from relink_dev.sandbox import SandboxServer
 from tests.conftest import APP_BACKENDS
 from tests.integration.oauth_fixtures import sandbox_server, stored  # noqa: F401 - a fixture
 from tests.support.reconnect import FAST_CHECKS, failed_attempts_only, snapshot

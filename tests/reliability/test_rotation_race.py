@@ -32,10 +32,10 @@ from relink.domain.words import Outcome
 from relink.errors import Conflict
 from relink.models import Connection, Disconnection
 from relink.reconnect import Reconnected, finish_oauth, start_oauth
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.sweep.load import load_batch
 from relink.sweep.validate import CheckPolicy, make_context_factory, validate_all
 from relink.tokens import DbTokenStore
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,
     OAuthClient,

@@ -61,12 +61,12 @@ from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset
 from relink.directory import get_user
 from relink.models import Connection, Disconnection, OAuthState
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import OAuthApp, Settings
 from relink.sweep.shards import create_shards
 from relink.timeutil import utcnow
 from relink.vault import generate_key
 from relink.web import create_app
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import oauth_settings
 from tests.support import app_db
 from tests.support.reconnect import ADMIN, OUTSIDER, OWNER, SHARED, T0, Cli, add_people, pg_settings

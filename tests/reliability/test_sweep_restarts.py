@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from flows.check_connections import check_connections
 from relink.app import Relink, set_app
 from relink.models import Connection, Disconnection
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.timeutil import utcnow
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     insert_connection,
     issue,

@@ -23,9 +23,9 @@ import sqlalchemy as sa
 
 from relink.app import Relink
 from relink.models import Connection, Disconnection
-from relink.sandbox import SandboxProvider
 from relink.settings import Settings
 from relink.vault import generate_key
+from relink_dev.sandbox import SandboxProvider
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     OAuthClient,
     insert_connection,

@@ -25,10 +25,10 @@ from relink.app import Relink
 from relink.errors import VaultError
 from relink.models import AuditEvent, Connection, OAuthState
 from relink.reconnect import finish_oauth, start_oauth
-from relink.sandbox import SandboxServer
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key
 from relink.web import create_app
+from relink_dev.sandbox import SandboxServer
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures
     REDIRECT_URI,
     T0,

@@ -20,9 +20,9 @@ from relink.directory import add_account, add_user, get_user
 from relink.models import Base, Connection
 from relink.reconnect import Reconnected, finish_oauth, start_oauth
 from relink.refresh import RefreshPolicy
-from relink.sandbox import SandboxServer
 from relink.sweep.run import sweep
 from relink.sweep.validate import CheckPolicy
+from relink_dev.sandbox import SandboxServer
 from tests.integration.oauth_fixtures import REDIRECT_URI, OAuthClient, issue, oauth_settings
 from tests.support.web import consent
 

@@ -37,9 +37,9 @@ from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
 from relink.models import Disconnection, Notification, User
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import Settings
 from relink.vault import generate_key
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import OAuthClient, issue, oauth_settings
 from tests.support import app_db
 from tests.support.pg import temporary_schema

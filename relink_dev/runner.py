@@ -295,7 +295,7 @@ def sandbox_state_file(app: Relink) -> Path:
 def write_sandbox_state(path: Path, tokens: Sequence[dict[str, Any]]) -> None:
     """Make the sandbox know the demo's OAuth tokens: live ones stay (or become) valid,
     the one marked `revoked` is revoked."""
-    from relink.sandbox import (
+    from relink_dev.sandbox import (
         DEFAULT_SCOPE,
         DEMO_CLIENT_ID,
         SandboxProvider,
