@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from relink.domain.expiry import UNKNOWN, Expiry
 from relink.domain.words import AuthKind, Outcome
 
 if TYPE_CHECKING:
@@ -250,6 +251,19 @@ class Connector(abc.ABC):
         nothing does. Adding a connection refuses such settings: stored, every check of
         them would end `auth_failed` with `invalid_settings`."""
         return None
+
+    def credentials_expiry(
+        self,
+        settings: Mapping[str, Any],
+        credentials: Credentials,
+        *,
+        now: datetime,
+        new_refresh_token: bool = True,
+        previous: Expiry = UNKNOWN,
+    ) -> Expiry:
+        """When credentials granted at `now` stop working on their own: unknown unless
+        the source says (OAuth refresh tokens, `connectors.oauth2`)."""
+        return UNKNOWN
 
     @abc.abstractmethod
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:

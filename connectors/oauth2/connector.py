@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from connectors.base import (
@@ -18,6 +19,7 @@ from connectors.base import (
     CheckResult,
     ConnectionSpec,
     Connector,
+    Credentials,
     FetchResult,
     Field,
 )
@@ -34,7 +36,7 @@ from connectors.oauth2.plan import (
     settings_problem,
     text,
 )
-from connectors.oauth2.providers import ProviderEndpoints
+from connectors.oauth2.providers import ProviderEndpoints, refresh_lifetime
 from connectors.oauth2.session import (
     AsyncOAuth2Client,
     ProtocolClient,
@@ -42,8 +44,9 @@ from connectors.oauth2.session import (
     make_client,
     token_endpoint,
 )
-from connectors.oauth2.tokens import token_credentials
+from connectors.oauth2.tokens import refresh_expires_in, token_credentials
 from connectors.outcomes import INVALID_SETTINGS, NO_REFRESH_TOKEN
+from relink.domain.expiry import UNKNOWN, Expiry, credentials_expiry
 from relink.domain.words import AuthKind
 
 
@@ -74,6 +77,25 @@ class OAuth2Connector(Connector):
 
     def settings_problem(self, settings: Mapping[str, Any]) -> str | None:
         return settings_problem(settings)
+
+    def credentials_expiry(
+        self,
+        settings: Mapping[str, Any],
+        credentials: Credentials,
+        *,
+        now: datetime,
+        new_refresh_token: bool = True,
+        previous: Expiry = UNKNOWN,
+    ) -> Expiry:
+        """The refresh token's end: what the token response said, else the catalogue's
+        lifetime (`refresh_lifetime`) from `now`, else unknown."""
+        return credentials_expiry(
+            refresh_lifetime(self.type, settings),
+            granted_at=now,
+            response_seconds=refresh_expires_in(credentials, now),
+            new_refresh_token=new_refresh_token,
+            previous=previous,
+        )
 
     def plan(
         self, settings: Mapping[str, Any], credentials: Mapping[str, str], ctx: CheckContext

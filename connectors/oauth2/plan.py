@@ -16,6 +16,7 @@ from connectors.base import AuthFailed, CheckContext, Field
 from connectors.http import url_problem
 from connectors.oauth2.providers import ProviderEndpoints
 from connectors.outcomes import INVALID_SETTINGS
+from relink.domain.expiry import parse_lifetime
 
 TOKEN_FIELDS = (
     Field("access_token", "Access token", secret=True, required=False),
@@ -75,6 +76,20 @@ TOKEN_FIELDS = (
         "Client authentication",
         required=False,
         help="client_secret_post or client_secret_basic; default: the provider's",
+    ),
+    Field(
+        "refresh_token_lifetime",
+        "Refresh token lifetime",
+        required=False,
+        help="When the provider's refresh tokens end, where Relink's catalogue cannot know "
+        "(Salesforce's Refresh Token Policy): '30 days unused', '90 days' or 'never'",
+    ),
+    Field(
+        "publishing_status",
+        "OAuth app publishing status",
+        required=False,
+        help="Google: 'testing' while the app's consent screen is in Testing (its refresh "
+        "tokens end 7 days after consent)",
     ),
 )
 
@@ -233,8 +248,20 @@ def settings_problem(settings: Mapping[str, Any]) -> str | None:
     URL that is not http(s)), or None."""
     problem = auth_method_problem(text(settings.get("token_endpoint_auth_method")))
     problem = problem or authorize_params_problem(text(settings.get("authorize_params")))
+    problem = problem or lifetime_problem(text(settings.get("refresh_token_lifetime")))
     urls = (url_problem(n, settings[n]) for n in URL_SETTINGS if text(settings.get(n)))
     return problem or next((p for p in urls if p), None)
+
+
+def lifetime_problem(value: str | None) -> str | None:
+    """Why a `refresh_token_lifetime` setting cannot be read, or None."""
+    if value is None:
+        return None
+    try:
+        parse_lifetime(value)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def api_base_url(

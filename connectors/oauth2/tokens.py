@@ -29,7 +29,15 @@ from connectors.outcomes import BAD_RESPONSE, NO_REFRESH_TOKEN
 if TYPE_CHECKING:
     from connectors.oauth2.connector import OAuth2Connector
 
-TOKEN_SET = ("access_token", "refresh_token", "expires_at")
+TOKEN_SET = ("access_token", "refresh_token", "expires_at", "refresh_expires_at")
+# Where a token response tells the refresh token's lifetime in seconds: RFC-less but
+# common (`refresh_token_expires_in`: Microsoft B2C, GitHub apps), Intuit's
+# `x_refresh_token_expires_in`, Airtable's `refresh_expires_in`.
+REFRESH_LIFETIME_KEYS = (
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+    "refresh_expires_in",
+)
 
 
 def expires_at(credentials: Credentials) -> float | None:
@@ -70,9 +78,37 @@ def token_credentials(
             creds["expires_at"] = str(int(float(token["expires_at"])))
     except (TypeError, ValueError):
         raise Unreachable(BAD_RESPONSE, "the token endpoint sent an unreadable expiry") from None
+    refresh_expiry = _refresh_expires_at(token, now)
+    if refresh_expiry is not None:
+        creds["refresh_expires_at"] = refresh_expiry
+    elif not token.get("refresh_token") and base.get("refresh_expires_at"):
+        creds["refresh_expires_at"] = str(base["refresh_expires_at"])  # the same token's end
     if token.get("instance_url"):
         creds["instance_url"] = str(token["instance_url"])
     return creds
+
+
+def _refresh_expires_at(token: Mapping[str, Any], now: datetime) -> str | None:
+    """The refresh token's end (epoch seconds) when the response tells it, else None."""
+    for key in REFRESH_LIFETIME_KEYS:
+        raw = token.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            return None  # unreadable: unknown, never a reason to refuse the tokens
+        return str(int(now.timestamp() + seconds)) if seconds > 0 else None
+    return None
+
+
+def refresh_expires_in(credentials: Credentials, now: datetime) -> float | None:
+    """Seconds from `now` to the refresh token's end as its provider said, or None."""
+    raw = credentials.get("refresh_expires_at")
+    try:
+        return float(raw) - now.timestamp() if raw not in (None, "") else None
+    except ValueError:
+        return None
 
 
 class TokenRun:
