@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
-from connectors.base import CheckResult, ConnectionSpec
-from relink import audit
+from connectors.base import ConnectionSpec
+from relink import audit, events
 from relink.app import Relink
 from relink.domain.words import Outcome
 from relink.models import Connection, Disconnection, User
@@ -119,7 +119,7 @@ def record_batch(
             continue
         if item.result.outcome is Outcome.MISCONFIGURED:
             summary.installation.setdefault(key.installation_key(), item.result.message)
-        row = _apply(session, conn, open_eps.get(conn.id), item.result, now, summary, actor_id)
+        row = _apply(session, conn, open_eps.get(conn.id), item, now, summary, actor_id)
         if row is not None:
             plain.append(row)
     for bad in unloadable:
@@ -211,13 +211,15 @@ def _apply(
     session: Session,
     conn: Connection,
     open_ep: Disconnection | None,
-    result: CheckResult,
+    item: Checked,
     now: datetime,
     summary: BatchSummary,
     actor_id: int | None = None,
 ) -> _Bookkeeping | None:
     """Apply the state rules to one result; a change of status or episode is made on the
-    session's object, anything less is returned for the batch's one bookkeeping UPDATE."""
+    session's object, anything less is returned for the batch's one bookkeeping UPDATE.
+    A change that is an event (`Decision.change`) is queued for after the commit."""
+    result = item.result
     before = ConnState(
         conn.status,
         conn.invalid_since,
@@ -265,5 +267,19 @@ def _apply(
             after=decision.status,
             code=result.code,
             message=result.message,
+        )
+    change = decision.change(before)
+    if change is not None:
+        events.connection_changed(
+            session,
+            change,
+            conn,
+            provider=item.provider,
+            at=now,
+            status_before=before.status,
+            status=decision.status,
+            code=result.code,
+            message=result.message,
+            invalid_since=decision.invalid_since and decision.invalid_since.isoformat(),
         )
     return None

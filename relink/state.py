@@ -21,8 +21,18 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from relink.domain.words import Outcome, Status
+
+
+class Change(StrEnum):
+    """A change of a connection that data engineers hear about (a Prefect event's name)."""
+
+    DISCONNECTED = "relink.connection.disconnected"  # a disconnection opened
+    RECOVERED = "relink.connection.recovered"  # working again after broken or misconfigured
+    MISCONFIGURED = "relink.connection.misconfigured"  # only an admin can fix it
+    RECONNECTED = "relink.connection.reconnected"  # someone replaced the credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,20 @@ class Decision:
 
     def changes_status(self, before: ConnState) -> bool:
         return self.status != before.status
+
+    def change(self, before: ConnState) -> Change | None:
+        """The event this decision makes, if any. Becoming `unreachable` is none: an outage
+        is the provider's incident, not news about one connection."""
+        if self.open_disconnection:
+            return Change.DISCONNECTED
+        if self.status == Status.CONNECTED and (
+            (self.close_disconnection and before.has_open_disconnection)
+            or before.status == Status.MISCONFIGURED
+        ):
+            return Change.RECOVERED
+        if self.status == Status.MISCONFIGURED and before.status != Status.MISCONFIGURED:
+            return Change.MISCONFIGURED
+        return None
 
 
 def decide(

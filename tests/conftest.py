@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.support.promises",
     "tests.support.private_pg",
     "tests.support.host_guard",
+    "tests.support.events",
 ]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from relink.domain.words import Outcome
-from relink.state import ConnState, decide, detect_incidents
+from relink.state import Change, ConnState, decide, detect_incidents
 
 T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 healthy = ConnState(status="connected", invalid_since=None, has_open_disconnection=False)
@@ -109,3 +109,35 @@ def test_once_the_installation_is_fixed_the_next_check_decides_as_usual():
 def test_a_misconfigured_provider_is_an_installation_problem_not_an_incident():
     results = [("salesforce", "misconfigured", "invalid_client")] * 10
     assert detect_incidents(results) == []
+
+
+# --- which changes are events -------------------------------------------------------------
+
+
+def change(before: ConnState, outcome: Outcome, code: str | None = None):
+    return decide(before, outcome, code, "message", now=T0).change(before)
+
+
+def test_a_connection_breaking_recovering_or_misconfigured_is_an_event():
+    broken = ConnState("disconnected", T0, True)
+    misconfigured = ConnState("misconfigured", None, False)
+    assert change(healthy, Outcome.AUTH_FAILED, "invalid_grant") == Change.DISCONNECTED
+    assert change(misconfigured, Outcome.AUTH_FAILED, "invalid_grant") == Change.DISCONNECTED
+    assert change(broken, Outcome.OK) == Change.RECOVERED
+    assert change(misconfigured, Outcome.OK) == Change.RECOVERED
+    assert change(healthy, Outcome.MISCONFIGURED, "invalid_client") == Change.MISCONFIGURED
+    assert str(Change.RECOVERED) == "relink.connection.recovered"
+
+
+def test_what_changes_nothing_a_user_hears_about_is_no_event():
+    broken = ConnState("disconnected", T0, True)
+    misconfigured = ConnState("misconfigured", None, False)
+    unreachable = ConnState("unreachable", None, False)
+    assert change(healthy, Outcome.OK) is None
+    assert change(broken, Outcome.AUTH_FAILED, "invalid_grant") is None  # still the same one
+    assert change(broken, Outcome.MISCONFIGURED, "invalid_client") is None  # stays broken
+    assert change(misconfigured, Outcome.MISCONFIGURED, "invalid_client") is None
+    # an outage is the provider's incident, not news about one connection
+    assert change(healthy, Outcome.UNREACHABLE, "http_503") is None
+    assert change(unreachable, Outcome.OK) is None
+    assert change(ConnState("unchecked", None, False), Outcome.OK) is None
