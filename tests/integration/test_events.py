@@ -17,10 +17,10 @@ from relink.app import Relink
 from relink.checks import record_batch
 from relink.directory import add_account, add_user
 from relink.models import Connection
-from relink.sandbox import SandboxProvider, SandboxServer
 from relink.settings import OAuthApp
 from relink.sweep.run import sweep
 from relink.sweep.validate import Checked, CheckPolicy
+from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import add_app_connections
 from tests.integration.test_check_sweep import add_api_connections
 
