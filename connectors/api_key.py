@@ -65,6 +65,9 @@ class ApiKeyConnector(Connector):
     auth_kind = AuthKind.API_KEY
     provider = "api_key"
     fields = FIELDS
+    needs = "a base URL and an API key (sent in a header of your choice)"
+    checked = "GET the base URL + probe path with the key"
+    breaks = "401; a 403 naming invalid_token"
 
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
         key = _key(conn)

@@ -218,6 +218,11 @@ class Connector(abc.ABC):
     # connections are grouped by provider for per-provider concurrency and incident detection
     provider: str
     description: str = ""
+    # one line each for the Connectors page's summary: what a connection of this kind
+    # needs, how a check asks the source whether it still works, and which answers break it
+    needs: str = ""
+    checked: str = ""
+    breaks: str = ""
 
     @property
     def secret_fields(self) -> frozenset[str]:
@@ -242,6 +247,9 @@ class Connector(abc.ABC):
             "auth_kind": str(self.auth_kind),
             "provider": self.provider,
             "description": self.description,
+            "needs": self.needs,
+            "checked": self.checked,
+            "breaks": self.breaks,
             "fields": [f.as_dict() for f in self.fields],
         }
 

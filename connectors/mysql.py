@@ -118,6 +118,9 @@ class MySQLConnector(SqlConnector):
     auth_kind = AuthKind.PASSWORD
     provider = "mysql"
     fields = FIELDS
+    needs = "host, port, database, user name and password (if the account has one)"
+    checked = "connect and SELECT 1"
+    breaks = "a refused login (1045, 1698) or database (1049, 1044)"
 
     drivername = "mysql+pymysql"
     default_port = 3306

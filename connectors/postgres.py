@@ -162,6 +162,9 @@ class PostgresConnector(SqlConnector):
     auth_kind = AuthKind.PASSWORD
     provider = "postgres"
     fields = DATABASE_FIELDS
+    needs = "host, port, database, user name and password"
+    checked = "connect and SELECT 1"
+    breaks = "a refused login (28P01, 28000) or database (3D000)"
 
     drivername = "postgresql+psycopg"
     default_port = 5432

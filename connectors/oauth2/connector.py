@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from connectors.base import (
     AuthFailed,
@@ -63,6 +64,8 @@ class OAuth2Connector(Connector):
         self.fields = tuple(
             dataclasses.replace(f, reconnect=f.name in changeable) for f in TOKEN_FIELDS
         )
+        self.needs, self.checked = _summary(display_name, endpoints)
+        self.breaks = "invalid_grant; an invalid token"
 
     # -- configuration --
 
@@ -213,3 +216,23 @@ class OAuth2Connector(Connector):
             return creds
         except CheckError as err:
             raise safe_error(err, secrets) from None
+
+
+def _summary(display_name: str, endpoints: ProviderEndpoints | None) -> tuple[str, str]:
+    """What a connection of this provider needs, and how its check verifies the token (as
+    `connectors.oauth2.check` does with the provider's defaults)."""
+    if endpoints is None:
+        return (
+            "its own authorize and token URLs, an OAuth client, and consent",
+            "refresh the token when due, then introspect it or GET the probe URL, as the "
+            "connection sets",
+        )
+    if endpoints.introspection_url:
+        verify = f"introspect it at {urlsplit(endpoints.introspection_url).netloc}"
+    elif endpoints.probe_url:
+        probe = urlsplit(endpoints.probe_url)
+        verify = f"GET {probe.netloc}{probe.path}"
+    else:
+        verify = "nothing more (the refresh grant is the check)"
+    needs = f"consent at {display_name} and the installation's OAuth app"
+    return needs, f"refresh the token when due, then {verify}"

@@ -382,8 +382,9 @@ async def oauth_callback(
 
 
 @router.get("/connectors")
-def connectors_page(request: Request) -> Response:
-    """The catalog is public (it holds no account data); signed-in users get their nav."""
+def connectors_page(request: Request, kind: str | None = None) -> Response:
+    """The catalog is public (it holds no account data); signed-in users get their nav.
+    A summary row per kind, each kind's fields folded below; `?kind=TYPE` opens one."""
     request.state.nav = "connectors"
     with relink_of(request).transaction() as db:
         try:
@@ -391,7 +392,9 @@ def connectors_page(request: Request) -> Response:
         except LoginRequired:
             user = None
         catalog = [c.describe() for c in connectors.all_connectors()]
-        return views.render(request, "connectors.html", {"catalog": catalog}, user=user)
+        unknown = kind if kind and kind not in {c["type"] for c in catalog} else None
+        context = {"catalog": catalog, "open_kind": kind, "unknown_kind": unknown}
+        return views.render(request, "connectors.html", context, user=user)
 
 
 @router.get("/static/relink.css")

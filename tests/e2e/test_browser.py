@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+import connectors
 from relink import demo
 from relink.app import Relink
 from relink.connections import NewConnection, add_connection
@@ -438,7 +439,7 @@ def test_the_pages_fit_a_phone_and_a_desktop(browser, site: Site, size: str) -> 
             f"/connections/{site.ids['Sales']}": None,  # broken: the notice, the error
             f"/connections/{site.ids['Owned DB']}/reconnect": None,
             "/emails": None,  # its table when there are emails, else the empty note
-            "/connectors": None,  # a table of fields per kind
+            "/connectors": "kinds",  # a row per kind, the fields folded below
         }
         for path, table in pages.items():
             page.goto(f"{site.url}{path}")
@@ -466,6 +467,28 @@ def test_the_pages_fit_a_phone_and_a_desktop(browser, site: Site, size: str) -> 
             admin = s.scalar(sa.select(User).where(User.email == EMAILS["admin"]))
             assert admin is not None
             admin.name = "Ada Admin"
+
+
+def test_the_connectors_page_is_a_summary_with_each_kind_folded_below(page, site: Site) -> None:
+    """One row per kind (what it needs, how it is checked); each kind's fields are folded
+    and open from its row. Every kind's field table, all shown, was 13,083 px at 1280."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{site.url}/connectors")
+    kinds = list(connectors.all_connectors())
+    rows = page.locator("#kinds tbody tr")
+    assert rows.count() == len(kinds)
+    assert "connect and SELECT 1" in rows.filter(has_text="PostgreSQL").inner_text()
+    assert page.evaluate("document.documentElement.scrollHeight") < 2_500
+    assert not page.locator("#salesforce table").is_visible()  # folded
+
+    page.locator("#kinds").get_by_role("link", name="MySQL / MariaDB").click()
+    page.wait_for_url(f"{site.url}/connectors?kind=mysql#mysql")
+    assert page.locator("#mysql").get_attribute("open") is not None
+    assert "username" in page.locator("#mysql table").inner_text()
+    assert not page.locator("#salesforce table").is_visible()  # only the one asked for
+
+    page.goto(f"{site.url}/connectors?kind=sharepoint#sharepoint")
+    assert "no connector kind “sharepoint”" in page.inner_text("#unknown-kind")
 
 
 # --- the demo, as `make run` shows it ---------------------------------------------------------

@@ -390,7 +390,7 @@ def test_details_page_shows_the_action_for_the_mode(web: Any, world: World) -> N
     client = client_for(web, "owner")
     direct = client.get(f"/connections/{world.ids['Owned DB']}").text
     assert ">Reconnect</a>" in direct
-    assert 'href="/connectors#postgres"' in direct
+    assert 'href="/connectors?kind=postgres#postgres"' in direct  # its details open
     warehouse = client.get(f"/connections/{world.ids['Owned API']}").text
     assert ">Manage Connection</a>" in warehouse
     history = client.get(f"/connections/{world.ids['Owned DB']}").text
