@@ -6,7 +6,8 @@ been sent: never resent automatically); `release` hands an `unknown` one back to
 next run on an admin's decision. Every write also writes `disconnections.awaiting_email`
 (relink/domain/due.py's `awaiting_email`, which the due query reads) in the same
 transaction, notification first, then the disconnection (one lock order for every
-path). docs/design.md draws the life of one email.
+path). An email's final state (sent or written to the outbox, failed, unknown) is also a
+Prefect event after the commit (`relink.events`). docs/design.md draws the life of one email.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relink import audit
+from relink import audit, events
 from relink.app import Relink
 from relink.domain.due import NOT_YET, awaiting_email
 from relink.emailing.due import DueEmail
@@ -218,6 +219,15 @@ def _mark_once(
         # released: true again; any other final state (including a delivery recorded
         # over a row an admin had released meanwhile): false
         _set_awaiting(session, held.disconnection_id, state)
+        events.email_changed(
+            session,
+            held.notification_id,
+            held.disconnection_id,
+            state,
+            at=now,
+            attempts=attempts,
+            error=(error or None) and error[:1000],
+        )
         return True
 
 
@@ -226,19 +236,29 @@ def expire_stale_claims(app: Relink, *, now: datetime, lease: timedelta = CLAIM_
     email may have gone out, so they become `unknown` (never resent automatically).
 
     `awaiting_email` stays false (claimed and unknown are both "not due"): no write."""
+    stale = (Notification.state == State.CLAIMED, Notification.claimed_at <= now - lease)
+    why = (
+        "the run that claimed it stopped before recording the result; it may have been "
+        "sent (check SendGrid's activity, then `relink outbox release` it to send it again)"
+    )
     with app.transaction() as session:
+        rows = session.execute(
+            sa.select(Notification.id, Notification.disconnection_id)
+            .where(*stale)
+            .with_for_update()
+        ).all()
+        if not rows:
+            return 0
         result = session.execute(
             sa.update(Notification)
-            .where(Notification.state == State.CLAIMED, Notification.claimed_at <= now - lease)
-            .values(
-                state=str(State.UNKNOWN),
-                last_error="the run that claimed it stopped before recording the result; "
-                "it may have been sent (check SendGrid's activity, then "
-                "`relink outbox release` it to send it again)",
-                updated_at=now,
-            )
+            .where(Notification.id.in_([r.id for r in rows]), *stale)
+            .values(state=str(State.UNKNOWN), last_error=why, updated_at=now)
             .execution_options(synchronize_session=False)
         )
+        for row in rows:
+            events.email_changed(
+                session, row.id, row.disconnection_id, State.UNKNOWN, at=now, error=why
+            )
         return result.rowcount
 
 

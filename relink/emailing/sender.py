@@ -8,6 +8,7 @@ reconnect-connection flow's `notify_owner`), so it is that disconnection's one e
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import Counter
@@ -307,8 +308,10 @@ def send_batch(sender: Sender, ids: Sequence[int]) -> BatchResult:
         counts["skipped"] += len(ids) - len(items)  # deleted meanwhile
     if items:
         workers = max(1, min(sender.policy.concurrency, len(items)))
+        # each email in this thread's context (Prefect's settings and run: where its event goes)
+        contexts = [contextvars.copy_context() for _ in items]
         with ThreadPoolExecutor(workers, thread_name_prefix="relink-email") as pool:
-            counts.update(pool.map(sender.deliver, items))
+            counts.update(pool.map(lambda c, i: c.run(sender.deliver, i), contexts, items))
     assert sender.breaker is not None
     return BatchResult(
         {k: v for k, v in counts.items() if v},

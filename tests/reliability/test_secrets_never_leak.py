@@ -12,10 +12,11 @@ Where they must not be: log records (this process's, at DEBUG, and those Prefect
 stored), the process's stdout and stderr, every CLI run's output, every HTTP answer
 (status, headers, cookies, redirect URLs, body), every email handed to SendGrid, every
 table of Prefect's database (flow-run parameters, task runs, states, artifacts, logs,
-events), Prefect's result storage, and every table and file in Relink's data folder
-(the app database holds credentials only encrypted). Left out on purpose: what the
-sandbox logs as the OAuth provider (a provider knows the tokens it issues), and the
-Authorization header of the requests to SendGrid, where its key belongs (checked there).
+events, Relink's own events among them), Prefect's result storage, and every table and
+file in Relink's data folder (the app database holds credentials only encrypted). Left
+out on purpose: what the sandbox logs as the OAuth provider (a provider knows the tokens
+it issues), and the Authorization header of the requests to SendGrid, where its key
+belongs (checked there).
 
 Before the scan counts, it proves it saw its haystacks: every flow run is in Prefect's
 database with its parameters, artifacts and logs, the emails are there, every route of
@@ -42,6 +43,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from prefect import tags
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import (
     PREFECT_LOCAL_STORAGE_PATH,
@@ -629,11 +631,25 @@ def wait_for_prefect_log(database: Path, text: str, timeout: float = 20.0) -> No
         time.sleep(0.2)
 
 
+# Relink's own Prefect events the flows make (relink.events): they are in the scan too
+RELINK_EVENTS = ("relink.connection.disconnected", "relink.email.sent")
+
+
+def wait_for_prefect_events(database: Path, names: tuple[str, ...], timeout: float = 30.0) -> None:
+    """Events reach Prefect's database in batches: wait until each of `names` is there."""
+    EventsWorker.drain_all(timeout=10, at_exit=False)
+    deadline = time.monotonic() + timeout
+    while missing := [n for n in names if not prefect_count(database, "events", "event", n)]:
+        assert time.monotonic() < deadline, f"no Prefect event {missing} after {timeout} s"
+        time.sleep(0.2)
+
+
 def add_prefect_records(scan: Scan, tag: str, results: Path) -> int:
     """Every table of Prefect's database and any stored result; returns how many of the
     flow runs tagged `tag` the database holds (all of them, checked)."""
     database = prefect_database()
     wait_for_prefect_log(database, "refreshed 5 dataset(s)")  # the last flow's summary
+    wait_for_prefect_events(database, RELINK_EVENTS)
     for name, data in stored_under(database.parent):
         scan.add(f"prefect database: {name}", data)
     for name, data in stored_under(results):
@@ -643,7 +659,8 @@ def add_prefect_records(scan: Scan, tag: str, results: Path) -> int:
     recorded = scan.text_of("prefect database: ")  # what the scan read holds the runs':
     assert '"requested_by": "ann@acme.test"' in recorded  # parameters,
     assert "still needs a reconnect" in recorded  # artifacts,
-    assert "refreshed 5 dataset(s)" in recorded  # and logs
+    assert "refreshed 5 dataset(s)" in recorded  # logs,
+    assert all(name in recorded for name in RELINK_EVENTS)  # and Relink's events
     return flow_runs
 
 
