@@ -13,7 +13,7 @@ import pymysql
 
 from connectors.base import CheckError, Field, Unreachable, one_line
 from connectors.network import classify_network_error
-from connectors.outcomes import MYSQL_ERRNOS, UNEXPECTED
+from connectors.outcomes import MYSQL_ERRNOS, MYSQL_LOGIN_ERRNOS, MYSQL_LOGIN_NOTE, UNEXPECTED
 from connectors.registry import register
 from connectors.sql import (
     SqlConnector,
@@ -85,6 +85,12 @@ def classify_mysql_error(exc: BaseException, where: str = "MySQL") -> CheckError
                 found = classify_network_error(socket_error, where)
                 if found is not None:
                     return Unreachable(found.code, f"{found.message} ({errno})")
+        if errno in MYSQL_LOGIN_ERRNOS:
+            # one explanation whichever of the two the server sent (its text differs too)
+            return judgment.error(
+                str(errno),
+                f"{where}: {judgment.meaning} (the server sent {errno}; {MYSQL_LOGIN_NOTE})",
+            )
         return judgment.error(str(errno), f"{where}: {server_text or judgment.meaning} ({errno})")
     if server_text:
         # A server error we do not classify (e.g. 1146 in a dataset query): the

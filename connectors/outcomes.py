@@ -333,10 +333,19 @@ def postgres_sqlstate(sqlstate: str) -> Judgment | None:
 
 _LOGIN = "the server refused this login; the owner reconnects with one it accepts"
 
+# One refusal, two errnos: MariaDB answers 1698 when the last authentication plugin it
+# tried takes no password (unix_socket), 1045 otherwise; and for a user that does not
+# exist it fakes the login of a real account chosen by a hash of the name, plugins and
+# all, so as not to tell that the user is missing. The same connection can meet 1045 on
+# one attempt and 1698 on the next; both are said alike, with the errno the server sent.
+MYSQL_LOGIN_REFUSED = _row(AUTH_FAILED, "access denied for this user name and password", _LOGIN)
+MYSQL_LOGIN_ERRNOS = frozenset({1045, 1698})
+MYSQL_LOGIN_NOTE = (
+    "MariaDB sends 1045 or 1698 for the same refusal and does not say whether the user exists"
+)
+
 MYSQL_ERRNOS: dict[int, Judgment] = {
-    1045: _row(AUTH_FAILED, "access denied (wrong user name or password)", _LOGIN),
-    # MariaDB answers 1698 instead of 1045 to some refused logins (without a password)
-    1698: _row(AUTH_FAILED, "access denied (no password given)", _LOGIN),
+    **dict.fromkeys(MYSQL_LOGIN_ERRNOS, MYSQL_LOGIN_REFUSED),
     1130: _row(AUTH_FAILED, "this host is not allowed to connect", _LOGIN),
     1820: _row(AUTH_FAILED, "the password has expired and must be reset", _LOGIN),
     1862: _row(AUTH_FAILED, "the password has expired", _LOGIN),

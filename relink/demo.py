@@ -4,8 +4,8 @@ Against the sandbox provider and the loopback databases, the demo connections sh
 each outcome of a check: the PostgreSQL warehouse and "Sales" (OAuth) are healthy,
 "Support" (OAuth) has a revoked token and has been disconnected for 26 hours (demo data,
 said so in its history), so the first email run emails its owner; "Finance" (MariaDB)
-has a user that does not
-exist (access denied: 1045, or 1698 on some servers): its owner fixes it on its page
+has a user that does not exist (access denied: 1045 or 1698, which MariaDB sends for the
+same refusal): its owner fixes it on its page
 by reconnecting with the loopback MariaDB's own user (`FINANCE_FIX`, printed by
 `relink run`). The sandbox learns the demo's OAuth tokens from `sandbox_tokens`
 (`relink run` writes them into the sandbox's state file before starting it).

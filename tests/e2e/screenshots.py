@@ -44,8 +44,9 @@ CONNECTIONS = [
         Status.DISCONNECTED,
         52,
         "1045",
-        "MySQL at db.acme.internal:3306/finance: access denied for user 'finance' "
-        "(using password: YES)",
+        "MySQL / MariaDB at db.acme.internal:3306/finance: access denied for this user name "
+        "and password (the server sent 1045; MariaDB sends 1045 or 1698 for the same refusal "
+        "and does not say whether the user exists)",
     ),
     (
         "Sales (Salesforce)",

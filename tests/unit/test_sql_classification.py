@@ -201,13 +201,23 @@ def test_postgres_unexpected_errors_are_unreachable_error_without_the_raw_messag
 # --- MySQL / MariaDB ----------------------------------------------------------------
 
 
-def test_mysql_access_denied_is_auth_failed_1045() -> None:
-    exc = my_error(1045, "Access denied for user 'bob'@'10.0.0.9' (using password: YES)")
-    err = classify_mysql_error(wrapped(exc), "MySQL at db:3306/sales")
-    assert_is(err, AuthFailed, "1045")
+@pytest.mark.parametrize(
+    ("errno", "text"),
+    [
+        (1045, "Access denied for user 'bob'@'10.0.0.9' (using password: YES)"),
+        (1698, "Access denied for user 'bob'@'10.0.0.9'"),
+    ],
+)
+def test_mysql_access_denied_is_said_once_under_the_errno_the_server_sent(
+    errno: int, text: str
+) -> None:
+    """MariaDB sends 1045 or 1698 for the same refusal: one explanation, its own code."""
+    err = classify_mysql_error(wrapped(my_error(errno, text)), "MySQL at db:3306/sales")
+    assert_is(err, AuthFailed, str(errno))
     assert err.message == (
-        "MySQL at db:3306/sales: Access denied for user 'bob'@'10.0.0.9' "
-        "(using password: YES) (1045)"
+        "MySQL at db:3306/sales: access denied for this user name and password (the server "
+        f"sent {errno}; MariaDB sends 1045 or 1698 for the same refusal and does not say "
+        "whether the user exists)"
     )
 
 
