@@ -295,36 +295,21 @@ def sandbox_state_file(app: Relink) -> Path:
 def write_sandbox_state(path: Path, tokens: Sequence[dict[str, Any]]) -> None:
     """Make the sandbox know the demo's OAuth tokens: live ones stay (or become) valid,
     the one marked `revoked` is revoked."""
-    from relink_dev.sandbox import (
-        DEFAULT_SCOPE,
-        DEMO_CLIENT_ID,
-        SandboxProvider,
-        SandboxToken,
-        seed_demo,
-    )
+    from relink_dev.sandbox import DEFAULT_SCOPE, DEMO_CLIENT_ID, SandboxProvider, seed_demo
 
     provider = SandboxProvider(state_file=path)
     seed_demo(provider)
-    now = time.time()
     for token in tokens:
-        known = provider._find_access(token["access_token"])
         if token["revoked"]:
-            if known is not None:
-                known.access_revoked = known.refresh_revoked = True
-            continue
-        if known is None or known.is_dead():
-            provider._index(
-                SandboxToken(
-                    access_token=token["access_token"],
-                    refresh_token=token["refresh_token"],
-                    client_id=DEMO_CLIENT_ID,
-                    username="demo",
-                    scope=DEFAULT_SCOPE,
-                    issued_at=now,
-                    expires_at=now + provider.access_token_lifetime,
-                )
+            provider.revoke_token_set(token["access_token"])
+        else:
+            provider.learn_token_set(
+                token["access_token"],
+                token["refresh_token"],
+                client_id=DEMO_CLIENT_ID,
+                username="demo",
+                scope=DEFAULT_SCOPE,
             )
-    provider._persist()
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

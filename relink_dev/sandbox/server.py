@@ -20,7 +20,8 @@ from werkzeug.serving import (
     select_address_family,
 )
 
-from .oauth import SandboxProvider, seed_demo
+from .demo import seed_demo
+from .provider import SandboxProvider
 
 __all__ = ["DEFAULT_PORT", "SandboxServer", "serve"]
 

@@ -167,5 +167,5 @@ def test_the_sandbox_learns_the_demo_tokens(tmp_path, revoked):
     write_sandbox_state(state, [token])
     write_sandbox_state(state, [token])  # idempotent
     provider = SandboxProvider(state_file=state)
-    known = provider._find_access("a" * 20)
+    known = provider.find_token("a" * 20)
     assert (known is None) if revoked else (known is not None and not known.is_dead())
