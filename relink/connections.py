@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,11 +18,21 @@ from relink import audit
 from relink.access import ConnectionRef, Viewer, can_share
 from relink.directory import get_user, viewer_of
 from relink.domain.broken import is_broken, listed_under, unreachable_now
+from relink.domain.expiry import (
+    HEADS_UP_AHEAD,
+    UNKNOWN,
+    Expiry,
+    ExpiryKind,
+    days_left,
+    describe,
+    shown_soon,
+)
 from relink.domain.words import Mode, Status
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.health import dataset_error, metric_error
 from relink.models import Connection, ConnectionShare, Dataset, Role, User
 from relink.names import limit_of, one_line
+from relink.timeutil import utcnow
 from relink.vault import Vault
 
 
@@ -108,6 +118,7 @@ def add_connection(
         created_at=now,
         updated_at=now,
     )
+    note_expiry(conn, secrets, now=now)
     session.add(conn)
     session.flush()
     audit.record(
@@ -122,6 +133,19 @@ def add_connection(
         owner=owner.email,
     )
     return conn
+
+
+def note_expiry(conn: Connection, credentials: Mapping[str, str], *, now: datetime) -> None:
+    """Record when credentials just stored (granted at `now`) expire on their own:
+    relink.domain.expiry through the connector, unknown for a type it does not know."""
+    try:
+        connector = connectors.get(conn.type)
+    except connectors.UnknownConnector:
+        expiry = UNKNOWN
+    else:
+        expiry = connector.credentials_expiry(conn.settings or {}, credentials, now=now)
+    conn.credentials_expire_at = expiry.at
+    conn.credentials_expiry_kind = expiry.kind and str(expiry.kind)
 
 
 # --- import files ---------------------------------------------------------------------
@@ -318,7 +342,30 @@ def share(
 # --- views for the CLI, the JSON API and the pages ---------------------------------------
 
 
-def summary(conn: Connection) -> dict[str, Any]:
+def expiry_of(conn: Connection) -> Expiry:
+    kind = conn.credentials_expiry_kind
+    return Expiry(conn.credentials_expire_at, ExpiryKind(kind) if kind else None)
+
+
+def expiry_view(
+    conn: Connection, now: datetime, ahead: timedelta = HEADS_UP_AHEAD
+) -> dict[str, Any]:
+    """When the credentials expire, as the pages, the CLI and the JSON say it: the time
+    (null: unknown), hard or idle, whole days left, the words, and whether it is soon
+    enough to show a badge (a hard end within the heads-up window)."""
+    expiry = expiry_of(conn)
+    return {
+        "credentials_expire_at": _iso(expiry.at),
+        "credentials_expiry_kind": expiry.kind and str(expiry.kind),
+        "credentials_expire_in_days": days_left(expiry, now),
+        "credentials_expiry": describe(expiry, now),
+        "expires_soon": shown_soon(expiry, now, ahead),
+    }
+
+
+def summary(
+    conn: Connection, *, now: datetime | None = None, ahead: timedelta = HEADS_UP_AHEAD
+) -> dict[str, Any]:
     return {
         "id": conn.id,
         "name": conn.name,
@@ -335,10 +382,17 @@ def summary(conn: Connection) -> dict[str, Any]:
         "last_checked_at": _iso(conn.last_checked_at),
         "last_error_code": conn.last_error_code,
         "last_error_message": conn.last_error_message,
+        **expiry_view(conn, now or utcnow(), ahead),
     }
 
 
-def detail(session: Session, conn: Connection) -> dict[str, Any]:
+def detail(
+    session: Session,
+    conn: Connection,
+    *,
+    now: datetime | None = None,
+    ahead: timedelta = HEADS_UP_AHEAD,
+) -> dict[str, Any]:
     """Everything `connections show` prints: the connection, its datasets and metrics."""
     datasets = list(
         session.scalars(
@@ -365,7 +419,7 @@ def detail(session: Session, conn: Connection) -> dict[str, Any]:
             }
         )
     return {
-        **summary(conn),
+        **summary(conn, now=now, ahead=ahead),
         "settings": dict(conn.settings),
         "shared_with": sorted(s.user.email for s in conn.shares),
         "datasets": [

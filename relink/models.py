@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from relink.domain.expiry import ExpiryKind
 from relink.domain.words import (  # the words of these columns
     DatasetStatus,
     Mode,
@@ -69,6 +70,8 @@ class Account(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime]
+    # owners get a heads-up email before their connections' credentials expire
+    expiry_heads_up: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
 
 class User(Base):
@@ -94,6 +97,7 @@ class Connection(Base):
         sa.Index("ix_connections_account_status", "account_id", "status"),
         _check_in("mode", Mode),
         _check_in("status", Status),
+        _check_in("credentials_expiry_kind", ExpiryKind),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -113,6 +117,10 @@ class Connection(Base):
     # status shows: a broken connection stays disconnected through an outage
     last_outcome: Mapped[str | None] = mapped_column(sa.String(16), default=None)
     last_outcome_code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    # when the credentials stop working on their own (relink.domain.expiry), both None
+    # when unknown; written whenever credentials are stored or refreshed
+    credentials_expire_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    credentials_expiry_kind: Mapped[str | None] = mapped_column(sa.String(8), default=None)
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -263,6 +271,32 @@ class Notification(Base):
     updated_at: Mapped[datetime]
 
     disconnection: Mapped[Disconnection] = relationship(back_populates="notification")
+
+
+class HeadsUp(Base):
+    """The one heads-up email of a connection's hard expiry (relink.emailing.headsup): the
+    unique constraint is the 'once per expiry' rule; its states are a notification's."""
+
+    __tablename__ = "heads_ups"
+    __table_args__ = (
+        sa.UniqueConstraint("connection_id", "expires_at"),
+        _check_in("state", NotificationState),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(sa.ForeignKey("connections.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    recipients: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    attempts: Mapped[int] = mapped_column(default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    last_error: Mapped[str | None] = mapped_column(sa.String(1000), default=None)
+    subject: Mapped[str | None] = mapped_column(sa.String(500), default=None)
+    claimed_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime]
+
+    connection: Mapped[Connection] = relationship()
 
 
 class AuditEvent(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,20 @@ class Settings(BaseSettings):
         description="Seconds a sweep waits for a shard run to start; then the shard is "
         "cancelled and its connections wait for the next sweep.",
     )
+    keep_alive_days: int = Field(
+        default=7,
+        ge=1,
+        le=365,
+        description="Days before an unused refresh token would lapse (Microsoft, Xero, Box, "
+        "Airtable) that the sweep refreshes it, even if nothing else used it.",
+    )
+    heads_up_days: int = Field(
+        default=7,
+        ge=1,
+        le=365,
+        description="Days before credentials expire for good (a hard end) that the owner "
+        "gets one heads-up email and the list shows a badge.",
+    )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets
     warehouse_url: str = Field(
@@ -89,6 +104,14 @@ class Settings(BaseSettings):
     @property
     def effective_warehouse_url(self) -> str:
         return self.warehouse_url or f"sqlite:///{self.data_dir / 'warehouse.db'}"
+
+    @property
+    def heads_up_ahead(self) -> timedelta:
+        return timedelta(days=self.heads_up_days)
+
+    @property
+    def keep_alive_margin(self) -> timedelta:
+        return timedelta(days=self.keep_alive_days)
 
     @property
     def key_file(self) -> Path:

@@ -56,13 +56,16 @@ import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+import connectors
 from connectors.base import ConnectionSpec, Credentials
 from connectors.outcomes import FINDINGS, TOKEN_REFRESH_BUSY
 from relink.app import Relink
+from relink.domain.expiry import UNKNOWN, Expiry, ExpiryKind
 from relink.locks import ConnectionLocks, LockBusy, lock_dir
 from relink.models import Connection
 from relink.timeutil import utcnow
@@ -355,11 +358,19 @@ class DbTokenStore:
         version: int,
     ) -> tuple[Credentials, int]:
         ciphertext = self.app.vault.encrypt(fresh)
+        now = utcnow()
+        expiry = _expiry_after_refresh(conn, connection_id, base, fresh, now)
         for _ in range(WRITE_ATTEMPTS):
             updated = conn.execute(
                 sa.update(Connection)
                 .where(Connection.id == connection_id, Connection.version == version)
-                .values(credentials=ciphertext, version=version + 1, updated_at=utcnow())
+                .values(
+                    credentials=ciphertext,
+                    version=version + 1,
+                    updated_at=now,
+                    credentials_expire_at=expiry.at,
+                    credentials_expiry_kind=expiry.kind and str(expiry.kind),
+                )
             )
             if updated.rowcount == 1:
                 log.debug("connection %s: rotated OAuth tokens stored", connection_id)
@@ -376,3 +387,39 @@ class DbTokenStore:
             f"connection {connection_id}: could not store refreshed credentials "
             f"({WRITE_ATTEMPTS} concurrent changes)"
         )
+
+
+def _expiry_after_refresh(
+    conn: sa.Connection,
+    connection_id: int,
+    base: Mapping[str, str],
+    fresh: Mapping[str, str],
+    now: datetime,
+) -> Expiry:
+    """When the refreshed credentials expire (relink.domain.expiry): an idle token's
+    window starts again now; a hard one keeps its end unless the provider granted a new
+    refresh token or said another end. The refresh happened now (the provider's clock),
+    whatever time the run that asked for it stands for."""
+    row = conn.execute(
+        sa.select(
+            Connection.type,
+            Connection.settings,
+            Connection.credentials_expire_at,
+            Connection.credentials_expiry_kind,
+        ).where(Connection.id == connection_id)
+    ).one_or_none()
+    if row is None:
+        return UNKNOWN
+    try:
+        connector = connectors.get(row.type)
+    except connectors.UnknownConnector:
+        return UNKNOWN
+    kind = row.credentials_expiry_kind
+    previous = Expiry(row.credentials_expire_at, ExpiryKind(kind) if kind else None)
+    return connector.credentials_expiry(
+        row.settings or {},
+        fresh,
+        now=now,
+        new_refresh_token=fresh.get("refresh_token") != base.get("refresh_token"),
+        previous=previous,
+    )

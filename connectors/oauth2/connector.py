@@ -91,7 +91,10 @@ class OAuth2Connector(Connector):
         previous: Expiry = UNKNOWN,
     ) -> Expiry:
         """The refresh token's end: what the token response said, else the catalogue's
-        lifetime (`refresh_lifetime`) from `now`, else unknown."""
+        lifetime (`refresh_lifetime`) from `now`, else unknown (and without a refresh
+        token, nothing to expire)."""
+        if not credentials.get("refresh_token"):
+            return UNKNOWN
         return credentials_expiry(
             refresh_lifetime(self.type, settings),
             granted_at=now,

@@ -12,6 +12,7 @@ from relink import audit, db
 from relink.cli._common import (
     app,
     console,
+    fail,
     handle_errors,
     print_json,
     print_table,
@@ -136,11 +137,52 @@ def accounts_add(name: Annotated[str, typer.Argument(help="Account name.")]) -> 
 def accounts_list(as_json: JsonOpt = False) -> None:
     """List accounts."""
     with transaction() as session:
-        rows = [{"id": a.id, "name": a.name} for a in session.scalars(sa.select(Account))]
+        rows = [
+            {"id": a.id, "name": a.name, "expiry_heads_up": a.expiry_heads_up}
+            for a in session.scalars(sa.select(Account))
+        ]
     if as_json:
         print_json(rows)
     else:
-        print_table("Accounts", ["id", "name"], [(r["id"], r["name"]) for r in rows])
+        print_table(
+            "Accounts",
+            ["id", "name", "expiry heads-up"],
+            [(r["id"], r["name"], "on" if r["expiry_heads_up"] else "off") for r in rows],
+        )
+
+
+@accounts_app.command("set")
+@handle_errors
+def accounts_set(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    expiry_heads_up: Annotated[
+        bool | None,
+        typer.Option(
+            "--expiry-heads-up/--no-expiry-heads-up",
+            help="Email owners once, RELINK_HEADS_UP_DAYS before their connections' "
+            "credentials expire for good (on by default).",
+        ),
+    ] = None,
+) -> None:
+    """Change an account's settings."""
+    if expiry_heads_up is None:
+        raise fail("nothing to change: add --expiry-heads-up or --no-expiry-heads-up")
+    with transaction() as session:
+        account = get_account(session, name)
+        before = account.expiry_heads_up
+        account.expiry_heads_up = expiry_heads_up
+        if before != expiry_heads_up:
+            audit.record(
+                session,
+                "account.changed",
+                at=utcnow(),
+                account_id=account.id,
+                expiry_heads_up=expiry_heads_up,
+            )
+    console.print(
+        f"account {name!r}: expiry heads-up emails {'on' if expiry_heads_up else 'off'}",
+        highlight=False,
+    )
 
 
 @users_app.command("add")

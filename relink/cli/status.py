@@ -3,7 +3,7 @@ problems), what the next email run will send, and how the last check sweep went.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -11,8 +11,9 @@ import typer
 from sqlalchemy.orm import Session
 
 import connectors
-from relink.cli._common import console, handle_errors, print_json, print_table, transaction
-from relink.connections import listed_counts
+from relink.cli._common import app, console, handle_errors, print_json, print_table, transaction
+from relink.connections import broken_clause, expiry_view, listed_counts
+from relink.domain.expiry import HEADS_UP_AHEAD, ExpiryKind
 from relink.domain.schedule import next_email_run
 from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
@@ -56,7 +57,24 @@ def _provider(type_: str) -> str:
         return type_
 
 
-def collect(session: Session, now: datetime) -> dict[str, Any]:
+def expiring(session: Session, now: datetime, ahead: timedelta) -> list[dict[str, Any]]:
+    """Connections (not broken) whose credentials end for good within `ahead`: only a
+    reconnect renews them (relink.domain.expiry.shown_soon, in SQL)."""
+    rows = session.scalars(
+        sa.select(Connection)
+        .where(
+            Connection.credentials_expiry_kind == str(ExpiryKind.HARD),
+            Connection.credentials_expire_at <= now + ahead,
+            sa.not_(broken_clause()),
+        )
+        .order_by(Connection.credentials_expire_at, Connection.id)
+    )
+    return [
+        {"id": c.id, "name": c.name, "type": c.type, **expiry_view(c, now, ahead)} for c in rows
+    ]
+
+
+def collect(session: Session, now: datetime, ahead: timedelta = HEADS_UP_AHEAD) -> dict[str, Any]:
     by_status = listed_counts(session, sa.true())  # as the pages' filters count
     open_count = session.scalar(
         sa.select(sa.func.count(Disconnection.id)).where(Disconnection.ended_at.is_(None))
@@ -67,6 +85,7 @@ def collect(session: Session, now: datetime) -> dict[str, Any]:
         "connections": {"total": sum(by_status.values()), "by_status": by_status},
         "open_disconnections": int(open_count or 0),
         "installation_problems": [p.as_dict() for p in installation_problems(session)],
+        "credentials_expiring": expiring(session, now, ahead),
         "emails": {"next_run": run_at.isoformat(), "due": len(due_ids(session, now=run_at))},
         "last_sweep": last_sweep(session),
     }
@@ -81,7 +100,7 @@ def status(
     sweep."""
     now = utcnow()
     with transaction() as session:
-        data = collect(session, now)
+        data = collect(session, now, app().settings.heads_up_ahead)
     if as_json:
         print_json(data)
         return
@@ -108,6 +127,20 @@ def status(
                 highlight=False,
                 soft_wrap=True,
             )
+    soon = data["credentials_expiring"]
+    if soon:
+        console.print(
+            f"credentials expiring (a reconnect renews them): {len(soon)}", highlight=False
+        )
+        for item in soon:
+            console.print(
+                f"  {item['name']} (id {item['id']}, {item['type']}): "
+                f"{item['credentials_expiry']}, at {item['credentials_expire_at']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    else:
+        console.print("credentials expiring: none", highlight=False)
     console.print(
         f"emails due at the next run ({data['emails']['next_run']}, 07:00 MST): "
         f"{data['emails']['due']}",

@@ -15,7 +15,7 @@ from relink import connections as svc
 from relink.directory import viewer_of
 from relink.domain.words import Status
 from relink.models import MAX_ID
-from relink.web.guards import ConnectionId, signed_in
+from relink.web.guards import ConnectionId, relink_of, signed_in
 
 router = APIRouter(prefix="/api", tags=["connections"])
 
@@ -45,6 +45,15 @@ class ConnectionSummary(BaseModel):
     last_checked_at: str | None
     last_error_code: str | None
     last_error_message: str | None
+    credentials_expire_at: str | None
+    """When the credentials stop working on their own; null when unknown (issue 19)."""
+    credentials_expiry_kind: str | None
+    """hard (only a reconnect renews it) or idle (Relink keeps it alive by using it)."""
+    credentials_expire_in_days: int | None
+    credentials_expiry: str
+    """In words: 'expires in 5 days', 'renewed by use; ...', 'unknown'."""
+    expires_soon: bool
+    """A hard end within the heads-up window (RELINK_HEADS_UP_DAYS): the list's badge."""
 
 
 class ConnectionPage(BaseModel):
@@ -94,7 +103,8 @@ def list_connections(
         found = svc.list_visible(
             db, viewer_of(user), status=status, after_id=after, limit=limit + 1
         )
-        rows = [svc.summary(conn) for conn in found[:limit]]
+        ahead = relink_of(request).settings.heads_up_ahead
+        rows = [svc.summary(conn, ahead=ahead) for conn in found[:limit]]
         return {
             "connections": rows,
             "next_after": rows[-1]["id"] if len(found) > limit else None,
@@ -110,4 +120,4 @@ def get_connection(request: Request, connection_id: ConnectionId) -> dict[str, A
     """One connection with its datasets and metrics and their error state."""
     with signed_in(request) as (db, user):
         conn = svc.get_visible(db, viewer_of(user), connection_id)
-        return svc.detail(db, conn)
+        return svc.detail(db, conn, ahead=relink_of(request).settings.heads_up_ahead)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -17,6 +18,7 @@ import connectors
 from relink import connections as svc
 from relink.access import can_reconnect
 from relink.directory import viewer_of
+from relink.domain.expiry import HEADS_UP_AHEAD
 from relink.domain.words import Mode, Status
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import MAX_ID, AuditEvent, Connection, User
@@ -119,7 +121,8 @@ def connections_page(
         found = svc.list_visible(
             db, viewer, status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
         )
-        rows = [svc.summary(conn) for conn in found[:PAGE_SIZE]]
+        ahead = relink_of(request).settings.heads_up_ahead
+        rows = [svc.summary(conn, ahead=ahead) for conn in found[:PAGE_SIZE]]
         next_after = rows[-1]["id"] if len(found) > PAGE_SIZE else None
         counts: dict[str | None, int] = {**svc.listed_counts(db, svc.visible_filter(viewer))}
         counts[None] = sum(counts.values())
@@ -149,10 +152,13 @@ def connection_page(request: Request, connection_id: ConnectionId) -> Response:
     request.state.nav = "data"
     with signed_in(request) as (db, user):
         conn = svc.get_visible(db, viewer_of(user), connection_id)
-        return views.render(request, "connection.html", _details(db, user, conn), user=user)
+        details = _details(db, user, conn, relink_of(request).settings.heads_up_ahead)
+        return views.render(request, "connection.html", details, user=user)
 
 
-def _details(db: Session, user: User, conn: Connection) -> dict[str, Any]:
+def _details(
+    db: Session, user: User, conn: Connection, ahead: timedelta = HEADS_UP_AHEAD
+) -> dict[str, Any]:
     events = db.scalars(
         sa.select(AuditEvent)
         .where(AuditEvent.connection_id == conn.id)
@@ -170,7 +176,7 @@ def _details(db: Session, user: User, conn: Connection) -> dict[str, Any]:
         for event in events
     ]
     return {
-        "conn": svc.detail(db, conn),
+        "conn": svc.detail(db, conn, ahead=ahead),
         "history": history,
         # misconfigured: the installation is wrong, which a reconnect cannot fix (the
         # notice says what an admin fixes), so no button offers one

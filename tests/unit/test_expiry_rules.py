@@ -32,6 +32,7 @@ moments = st.datetimes(
 )
 spans = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=400))
 kinds = st.sampled_from(list(ExpiryKind))
+R = {"refresh_token": "r"}
 
 
 def test_the_catalogue_knows_the_providers_of_issue_19():
@@ -61,10 +62,10 @@ def test_a_bad_lifetime_setting_is_one_clear_line():
 def test_google_testing_app_expires_seven_days_after_consent_and_a_refresh_keeps_that_end():
     google = connectors.get("google_analytics")
     settings = {"publishing_status": "testing"}
-    consent = google.credentials_expiry(settings, {}, now=T0)
+    consent = google.credentials_expiry(settings, R, now=T0)
     assert consent == Expiry(T0 + 7 * DAY, ExpiryKind.HARD)
     later = google.credentials_expiry(
-        settings, {}, now=T0 + 3 * DAY, new_refresh_token=False, previous=consent
+        settings, R, now=T0 + 3 * DAY, new_refresh_token=False, previous=consent
     )
     assert later == consent
 
@@ -91,13 +92,14 @@ def test_an_unreadable_refresh_lifetime_is_unknown_never_a_refused_token():
 
 def test_idle_tokens_renew_with_every_refresh():
     xero = connectors.get("xero")
-    assert xero.credentials_expiry({}, {}, now=T0 + 50 * DAY) == Expiry(
+    assert xero.credentials_expiry({}, R, now=T0 + 50 * DAY) == Expiry(
         T0 + 110 * DAY, ExpiryKind.IDLE
     )
 
 
-def test_databases_have_no_known_end():
+def test_databases_and_tokens_without_a_refresh_token_have_no_known_end():
     assert connectors.get("postgres").credentials_expiry({}, {"password": "x"}, now=T0) == UNKNOWN
+    assert connectors.get("xero").credentials_expiry({}, {"access_token": "a"}, now=T0) == UNKNOWN
 
 
 @given(now=moments, length=spans.filter(lambda s: s > timedelta(0)), kind=kinds)
