@@ -16,7 +16,6 @@ then SIGTERM, then SIGKILL to each process group, each after a grace period.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -29,13 +28,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+from uuid import UUID
+
+import httpx
+from prefect.exceptions import ObjectNotFound
 
 from relink import db, demo
 from relink.app import Relink
 from relink.errors import RelinkError
 from relink.settings import PROJECT_ROOT
 from relink.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import State
 
 READY = "Relink is ready"
 GRACE_SECONDS = 5.0
@@ -199,13 +206,10 @@ def ensure_ports_free(config: RunConfig) -> None:
                 ) from None
 
 
-def http_status(url: str, *, method: str = "GET", body: Any = None, timeout: float = 2.0) -> int:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
+def http_status(url: str, *, timeout: float = 2.0) -> int:
+    """The status of a GET (0 when nothing answers): the sandbox's and the pages' health."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -213,23 +217,33 @@ def http_status(url: str, *, method: str = "GET", body: Any = None, timeout: flo
         return 0
 
 
-def http_json(url: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+@contextlib.contextmanager
+def prefect_client(config: RunConfig) -> Iterator[SyncPrefectClient]:
+    """Prefect's own client for this run's server, whatever PREFECT_API_URL says here."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: config.prefect_api_url}):
+        client = get_client(httpx_settings={"timeout": 5.0}, sync_client=True)
+    with client:
+        yield client
+
+
+def prefect_health(config: RunConfig) -> Exception | None:
+    """None when this run's Prefect API answers its health check, else what went wrong."""
+    with prefect_client(config) as client:
+        return client.api_healthcheck()
 
 
 def served_deployments(config: RunConfig) -> list[str]:
     """`flow/deployment` names the Prefect server knows (empty when it does not answer)."""
     try:
-        rows = http_json(f"{config.prefect_api_url}/deployments/filter", method="POST", body={})
-        flows = http_json(f"{config.prefect_api_url}/flows/filter", method="POST", body={})
-    except (OSError, ValueError, urllib.error.URLError):
+        with prefect_client(config) as client:
+            deployments = client.read_deployments()
+            flows = {flow.id: flow.name for flow in client.read_flows()}
+    except (OSError, httpx.HTTPError):
         return []
-    names = {f["id"]: f["name"] for f in flows}
-    return sorted(f"{names.get(r['flow_id'], '?')}/{r['name']}" for r in rows)
+    return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in deployments)
 
 
 def wait_until(
@@ -247,11 +261,11 @@ def wait_until(
 
 
 def _answers(ready: Callable[[], bool]) -> bool:
-    """`ready()`, with a refused connection or an error answer (a busy server's 503) as
-    "not yet"."""
+    """`ready()`, with a refused connection, an error answer (a busy server's 503) or a
+    deployment the server does not know yet as "not yet"."""
     try:
         return ready()
-    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
+    except (OSError, ValueError, httpx.HTTPError, ObjectNotFound):
         return False
 
 
@@ -312,42 +326,37 @@ def write_sandbox_state(path: Path, tokens: Sequence[dict[str, Any]]) -> None:
             )
 
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
 def run_once(
     config: RunConfig, supervisor: Supervisor, deployment: str, run_name: str
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, State | None]:
     """Run a served deployment (`flow/deployment`) once and wait for it: its flow run id
     and final state. A run that did not complete is said on the terminal."""
-    flow_run: dict[str, Any] = {}
+    flow_run_id = ""
 
     def created() -> bool:
-        nonlocal flow_run
-        found = http_json(f"{config.prefect_api_url}/deployments/name/{deployment}")
-        flow_run = http_json(
-            f"{config.prefect_api_url}/deployments/{found['id']}/create_flow_run",
-            method="POST",
-            body={"name": run_name},
-        )
+        nonlocal flow_run_id
+        with prefect_client(config) as client:
+            found = client.read_deployment_by_name(deployment)
+            flow_run_id = str(client.create_flow_run_from_deployment(found.id, name=run_name).id)
         return True
 
     wait_until(f"a run of {deployment}", created, supervisor)
-    state: dict[str, Any] = {}
+    state: State | None = None
 
     def finished() -> bool:
         nonlocal state
-        state = http_json(f"{config.prefect_api_url}/flow_runs/{flow_run['id']}")["state"] or {}
-        return state.get("type") in FINAL_STATES
+        with prefect_client(config) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        return state is not None and state.is_final()
 
     wait_until(f"the {run_name}", finished, supervisor)
-    if state.get("type") != "COMPLETED":
+    if state is None or not state.is_completed():
         # e.g. CANCELLED: a scheduled sweep was running (one at a time, CANCEL_NEW)
         supervisor.say(
-            f"note: the {run_name} ended {state.get('name')}; see "
-            f"{config.prefect_url}/runs/flow-run/{flow_run['id']}"
+            f"note: the {run_name} ended {state.name if state else None}; see "
+            f"{config.prefect_url}/runs/flow-run/{flow_run_id}"
         )
-    return flow_run["id"], state
+    return flow_run_id, state
 
 
 def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
@@ -391,12 +400,16 @@ def self_check(config: RunConfig) -> list[tuple[str, bool, str]]:
     from deployments.definitions import DEPLOYMENTS
 
     login = http_status(f"{config.web_url}/login")
-    health = http_status(f"{config.prefect_api_url}/health")
+    problem = prefect_health(config)
     served = served_deployments(config)
     wanted = sorted(spec.full_name for spec in DEPLOYMENTS)
     return [
         ("web login page", login == 200, f"GET {config.web_url}/login -> {login}"),
-        ("Prefect API", health == 200, f"GET {config.prefect_api_url}/health -> {health}"),
+        (
+            "Prefect API",
+            problem is None,
+            f"{config.prefect_api_url}/health: {problem or 'healthy'}",
+        ),
         (
             "served deployments",
             set(wanted) <= set(served),
@@ -471,11 +484,7 @@ def _start_and_wait(
         lambda: http_status(f"{config.sandbox_url}/_sandbox/health") == 200,
         supervisor,
     )
-    wait_until(
-        "the Prefect server",
-        lambda: http_status(f"{config.prefect_api_url}/health") == 200,
-        supervisor,
-    )
+    wait_until("the Prefect server", lambda: prefect_health(config) is None, supervisor)
     supervisor.start(
         "serve",
         [sys.executable, "-m", "deployments.serve"],
