@@ -149,6 +149,9 @@ class ConnectionSpec:
     settings: Mapping[str, Any]
     credentials: Mapping[str, str]
     version: int = 0
+    # spend the refresh token even if the access token is fresh: it would lapse unused
+    # soon (relink.domain.expiry.keep_alive_due)
+    keep_alive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,11 +44,20 @@ async def check_range(
     only: Sequence[int] | None = None,
     actor_id: int | None = None,
 ) -> BatchSummary:
-    """Load, validate and record one batch, checked as of `now`; returns its counts.
+    """Load, validate and record one batch, checked as of `now` (refreshing the tokens
+    that would lapse unused within RELINK_KEEP_ALIVE_DAYS); returns its counts.
     `actor_id`: who asked (None: the schedule)."""
     from relink.tokens import DbTokenStore
 
-    loaded = await asyncio.to_thread(load_batch, app, after_id, upto_id, only)
+    loaded = await asyncio.to_thread(
+        load_batch,
+        app,
+        after_id,
+        upto_id,
+        only,
+        now=now,
+        keep_alive=app.settings.keep_alive_margin,
+    )
     specs = [s for s in loaded if isinstance(s, ConnectionSpec)]
     unloadable = [s for s in loaded if isinstance(s, Unloadable)]
     make_ctx = make_context_factory(app, policy, now=now, token_store=DbTokenStore(app))

@@ -247,7 +247,11 @@ class TokenRun:
             self.version = version
 
     async def ensure_fresh(self) -> None:
-        if needs_refresh(self.creds, self.ctx.now, self.ctx.refresh_window):
+        """Refresh an access token that is missing or about to expire, and a refresh
+        token the sweep keeps alive (`ConnectionSpec.keep_alive`)."""
+        if needs_refresh(self.creds, self.ctx.now, self.ctx.refresh_window) or (
+            self.conn.keep_alive and self.can_refresh()
+        ):
             await self.refresh()
 
     def may_retry(self) -> bool:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 import connectors
 from connectors.base import ConnectionSpec
 from relink.app import Relink
+from relink.domain.expiry import KEEP_ALIVE_MARGIN, Expiry, ExpiryKind, keep_alive_due
 from relink.errors import VaultError
 from relink.models import Connection
 
@@ -27,9 +29,17 @@ class Unloadable:
 
 
 def load_batch(
-    app: Relink, after_id: int, upto_id: int | None, only: Sequence[int] | None = None
+    app: Relink,
+    after_id: int,
+    upto_id: int | None,
+    only: Sequence[int] | None = None,
+    *,
+    now: datetime | None = None,
+    keep_alive: timedelta = KEEP_ALIVE_MARGIN,
 ) -> list[ConnectionSpec | Unloadable]:
-    """The connections in (after_id, upto_id], decrypted; bad ones as Unloadable."""
+    """The connections in (after_id, upto_id], decrypted; bad ones as Unloadable. With
+    `now`, a connection whose refresh token lapses unused within `keep_alive` of it is
+    marked to be refreshed by its check (`ConnectionSpec.keep_alive`)."""
     query = (
         sa.select(
             Connection.id,
@@ -38,6 +48,8 @@ def load_batch(
             Connection.settings,
             Connection.credentials,
             Connection.version,
+            Connection.credentials_expire_at,
+            Connection.credentials_expiry_kind,
         )
         .where(Connection.id > after_id)
         .order_by(Connection.id)
@@ -70,5 +82,8 @@ def load_batch(
                 Unloadable(row.id, connector.provider, row.version, "vault_error", str(exc))
             )
             continue
-        loaded.append(ConnectionSpec(row.id, row.type, row.settings, credentials, row.version))
+        kind = row.credentials_expiry_kind
+        expiry = Expiry(row.credentials_expire_at, ExpiryKind(kind) if kind else None)
+        due = now is not None and keep_alive_due(expiry, now, keep_alive)
+        loaded.append(ConnectionSpec(row.id, row.type, row.settings, credentials, row.version, due))
     return loaded
