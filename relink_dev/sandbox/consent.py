@@ -1,6 +1,7 @@
-"""The consent page at ``/oauth/authorize``: GET shows which client asks for which scope
-and a username field; POST with Allow signs that user in and redirects back with a code,
-with Deny back with ``access_denied`` (Authlib's authorization-code flow)."""
+"""The consent page at ``/oauth/authorize``: GET shows which client asks for which scopes
+(each one requested, and whether this client may be granted it) and a username field;
+POST with Allow signs that user in and redirects back with a code, with Deny back with
+``access_denied`` (Authlib's authorization-code flow)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,37 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2 import OAuth2Error
-from flask import Flask, render_template_string, request
+from flask import Flask, request
 
 from .models import SandboxUser
+from .pages import page
 
-CONSENT_TEMPLATE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Relink sandbox – authorize {{ client_id }}</title></head>
-<body>
+CONSENT = """
+<section class="card narrow">
   <h1>Authorize <code id="client-id">{{ client_id }}</code></h1>
-  <p>The application requests access to: <code id="scope">{{ scope }}</code></p>
-  <form method="post" action="{{ action }}">
-    <label for="username">Username</label>
+  {% if requested %}
+  <p>The application requests access to:</p>
+  <ul id="scopes">
+    {% for scope, granted in requested %}
+    <li><code>{{ scope }}</code>{% if not granted %}
+      <span class="muted">(not allowed for this client: it will not be granted)</span>
+    {%- endif %}</li>
+    {% endfor %}
+  </ul>
+  {% else %}
+  <p id="scopes">The application names no scope: it gets this client's default,
+  {% for scope in default %}<code>{{ scope }}</code>{{ ", " if not loop.last }}{% endfor %}.</p>
+  {% endif %}
+  <form method="post" action="{{ action }}" class="stack">
+    <label for="username">Sign in to the sandbox as</label>
     <input type="text" id="username" name="username" value="demo" autocomplete="off">
-    <button type="submit" id="allow" name="decision" value="allow">Allow</button>
-    <button type="submit" id="deny" name="decision" value="deny">Deny</button>
+    <p class="hint">Any name works: the sandbox has no passwords.</p>
+    <div class="actions">
+      <button type="submit" class="primary" id="allow" name="decision" value="allow">Allow</button>
+      <button type="submit" id="deny" name="decision" value="deny">Deny</button>
+    </div>
   </form>
-</body>
-</html>
+</section>
 """
 
 
@@ -36,10 +50,16 @@ def add_consent_routes(app: Flask, server: AuthorizationServer) -> None:
             grant = server.get_consent_grant(end_user=None)
         except OAuth2Error as error:
             return server.handle_error_response(None, error)
-        return render_template_string(
-            CONSENT_TEMPLATE,
-            client_id=grant.client.get_client_id(),
-            scope=grant.request.scope,
+        client = grant.client
+        allowed = set(client.scope.split())
+        # as the client asked (Authlib's grant keeps only the scopes it will grant)
+        requested = [(s, s in allowed) for s in request.args.get("scope", "").split()]
+        return page(
+            f"Authorize {client.get_client_id()}",
+            CONSENT,
+            client_id=client.get_client_id(),
+            requested=requested,
+            default=client.scope.split(),
             action=request.full_path,
         )
 

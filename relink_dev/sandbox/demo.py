@@ -17,6 +17,8 @@ DEMO_CLIENT_ID = "relink-demo"
 DEMO_CLIENT_SECRET = "relink-demo-secret"  # public demo credential, not a secret
 DEMO_REDIRECT_URI = "http://127.0.0.1:8000/oauth/callback"
 DEMO_API_KEY = "demo-api-key"
+# what the demo's connections ask for (Salesforce's scopes), and the sandbox's own
+DEMO_SCOPE = "api refresh_token profile"
 _RECORDS_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -27,6 +29,7 @@ def seed_demo(provider: SandboxProvider) -> SandboxClient:
         DEMO_CLIENT_ID,
         DEMO_CLIENT_SECRET,
         [DEMO_REDIRECT_URI],
+        DEMO_SCOPE,
         allow_loopback_redirects=True,
     )
 

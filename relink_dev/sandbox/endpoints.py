@@ -1,7 +1,8 @@
 """The sandbox's Flask app (`create_app`): the OAuth endpoints (consent, token,
 introspection, revocation), the demo API behind a bearer token (``/api/me``,
 ``/api/records``) and behind an API key (``/apikey/me``, ``/apikey/records``), and the
-loopback-only admin API under ``/_sandbox/``."""
+loopback-only admin API under ``/_sandbox/``; the pages for people (`pages`): the root page
+saying what this server is, Relink's stylesheet and icon."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .authserver import (
 from .consent import add_consent_routes
 from .demo import demo_records
 from .faults import json_response
+from .pages import add_page_routes
 
 if TYPE_CHECKING:
     from .provider import SandboxProvider
@@ -35,6 +37,7 @@ def create_app(provider: SandboxProvider) -> Flask:
     _add_token_routes(app, server, provider)
     _add_api_routes(app, provider, protector)
     add_admin_routes(app, provider)
+    add_page_routes(app, provider)
     return app
 
 

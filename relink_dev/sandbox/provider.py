@@ -110,6 +110,11 @@ class SandboxProvider:
         with self._lock:
             return self._clients.get(client_id)
 
+    def clients(self) -> list[SandboxClient]:
+        """Every registered client, by id (the root page lists them, never their secrets)."""
+        with self._lock:
+            return sorted(self._clients.values(), key=lambda c: c.client_id)
+
     def add_api_key(self, key: str) -> None:
         """Accept ``key`` at ``/apikey/*``."""
         self._set_api_key(key, forbidden=False)

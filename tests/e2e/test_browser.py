@@ -248,6 +248,8 @@ def test_reconnect_oauth_through_the_consent_page(page, site: Site) -> None:
     page.click("#continue")
     page.wait_for_selector("#allow")  # the sandbox provider's consent page
     assert page.url.startswith(site.url.rsplit(":", 1)[0]) and "/oauth/authorize" in page.url
+    # the scopes the Salesforce connector asked for, one by one
+    assert page.locator("#scopes li").all_inner_texts() == ["api", "refresh_token"]
     page.click("#allow")
     page.wait_for_url(f"{site.url}/connections/{conn_id}")
     assert page.inner_text("#connection-status") == "Connected"
@@ -489,6 +491,37 @@ def test_the_connectors_page_is_a_summary_with_each_kind_folded_below(page, site
 
     page.goto(f"{site.url}/connectors?kind=sharepoint#sharepoint")
     assert "no connector kind “sharepoint”" in page.inner_text("#unknown-kind")
+
+
+TOP_BAR = "getComputedStyle(document.querySelector('.topbar')).backgroundColor"
+
+
+def test_the_sandbox_says_what_it_is_and_its_consent_page_shows_the_scopes_asked(
+    page, site: Site
+) -> None:
+    """The sandbox's root (the URL `make run` prints) says what it is; its consent page
+    wears Relink's stylesheet and lists each scope asked for, saying which it leaves out."""
+    assert site.sandbox is not None
+    sandbox = site.sandbox.url
+    page.goto(f"{site.url}/connectors")
+    relink_bar = page.evaluate(TOP_BAR)
+
+    page.goto(f"{sandbox}/")
+    assert "sandbox OAuth 2.0 provider" in page.inner_text("#what")
+    assert "/oauth/authorize" in page.inner_text("#endpoints")
+    assert "relink-demo" in page.inner_text("#clients")
+    assert page.evaluate(TOP_BAR) == relink_bar
+
+    page.goto(
+        f"{sandbox}/oauth/authorize?response_type=code&client_id=relink-demo"
+        "&redirect_uri=http://127.0.0.1:8000/oauth/callback&scope=api%20email"
+    )
+    assert page.evaluate(TOP_BAR) == relink_bar
+    assert page.inner_text("#client-id") == "relink-demo"
+    api, email = page.locator("#scopes li").all_inner_texts()
+    assert api == "api" and email.startswith("email") and "will not be granted" in email
+    allow = page.locator("#allow").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert allow == "rgb(31, 111, 235)"  # Relink's primary button
 
 
 # --- the demo, as `make run` shows it ---------------------------------------------------------

@@ -112,6 +112,23 @@ def test_consent_page_shows_form(http: httpx.Client) -> None:
         assert marker in resp.text
 
 
+def test_the_root_page_says_what_the_sandbox_is_and_shows_no_secret(http: httpx.Client) -> None:
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "sandbox OAuth 2.0 provider" in page.text and "/oauth/token" in page.text
+    assert CLIENT_ID in page.text and CLIENT_SECRET not in page.text
+    assert http.get("/static/relink.css").headers["content-type"].startswith("text/css")
+
+
+def test_the_consent_page_lists_each_scope_asked_for(http: httpx.Client) -> None:
+    params = {"response_type": "code", "client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI}
+    asked = http.get("/oauth/authorize", params={**params, "scope": "profile email"}).text
+    assert "<code>profile</code></li>" in asked
+    assert "<code>email</code>" in asked and "it will not be granted" in asked
+    default = http.get("/oauth/authorize", params=params).text
+    assert "names no scope" in default and "<code>api</code>, <code>profile</code>" in default
+
+
 def test_unknown_redirect_uri_is_not_followed(http: httpx.Client) -> None:
     resp = http.get(
         "/oauth/authorize",
