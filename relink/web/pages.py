@@ -115,8 +115,9 @@ def connections_page(
 ) -> Response:
     request.state.nav = "data"
     with signed_in(request) as (db, user):
-        if status is not None and status not in set(Status):
-            status = None
+        unknown_status = status is not None and status not in set(Status)
+        if unknown_status:
+            status = None  # every connection, and a notice that says so
         viewer = viewer_of(user)
         found = svc.list_visible(
             db, viewer, status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
@@ -132,6 +133,7 @@ def connections_page(
             {
                 "rows": rows,
                 "status": status,
+                "unknown_status": unknown_status,
                 "filters": views.FILTERS,
                 "counts": counts,
                 "next_page": _page_link(status, next_after) if next_after else None,

@@ -293,6 +293,21 @@ def test_unknown_input_is_not_echoed(web: Any) -> None:
     assert client.get("/connections/not-a-number").status_code == 404
 
 
+def test_an_unknown_status_filter_says_so_and_shows_every_connection(
+    web: Any, world: World
+) -> None:
+    client = client_for(web, "owner")
+    every = client.get("/connections").text
+    page = client.get("/connections?status=brokn")
+    assert page.status_code == 200
+    assert 'id="unknown-status"' in page.text and "no such status" in page.text
+    assert "brokn" not in page.text  # what was typed is not echoed
+    assert 'id="unknown-status"' not in every
+    for name in ("Owned DB", "Owned API"):
+        assert name in page.text
+    assert 'id="unknown-status"' not in client.get("/connections?status=disconnected").text
+
+
 def test_a_missing_page_keeps_the_signed_in_header(web: Any) -> None:
     owner = client_for(web, "owner")
     page = owner.get("/no-such-page")
