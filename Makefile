@@ -33,10 +33,11 @@ browser:
 	  fi; \
 	fi
 
-## test: lint and the whole suite on TEST_WORKERS processes (PostgreSQL and MariaDB on loopback when reachable)
+## test: lint (ruff, the import layers) and the whole suite on TEST_WORKERS processes (PostgreSQL and MariaDB on loopback when reachable)
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## soak: the reliability and security promises with many trials; writes docs/reliability.md
@@ -49,6 +50,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format .

@@ -18,14 +18,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import sqlalchemy as sa
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from deployments.definitions import SHARD_SIZE
 from flows.logical_time import logical_now
 from relink.app import get_app
-from relink.models import Connection
+from relink.sweep.plan import connections_in
 from relink.sweep.run import SweepPolicy, run_sweep
 from relink.sweep.validate import CheckPolicy
 from tasks.checks import STEPS
@@ -40,7 +39,7 @@ def _run_name() -> str:
     if ids:
         return f"check {len(ids):,} connection(s)"
     with get_app().sessions() as session:
-        count = session.scalar(sa.select(sa.func.count(Connection.id)))
+        count = connections_in(session, after_id=0, upto_id=None)  # ids start at 1
     return f"check {count:,} connections"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from relink.models import Role
+from relink.domain.words import Role
 
 
 @dataclass(frozen=True, slots=True)

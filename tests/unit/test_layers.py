@@ -19,6 +19,9 @@ PRODUCT = (
     "flows.send_disconnection_emails",
     "flows.reconnect_connection",
     "flows.refresh_datasets",
+    "tasks.checks",
+    "tasks.emails",
+    "tasks.refresh",
 )
 
 
