@@ -1,8 +1,10 @@
 """HTTP APIs authenticated with a static key (a header, or ``Authorization: Bearer``):
 validate is a GET of `base_url + probe_path` judged as every HTTP answer is
-(`connectors.http`); fetch runs a dataset query (`connectors.http_query`) relative to
-`base_url`, never sending the key to another origin. Missing or unusable settings are
-`AuthFailed("invalid_settings")`; the key never appears in a message."""
+(`connectors.http`), whose JSON body, when it names an account (a who-am-I endpoint's
+`sub`/`id` and `email`/`name`), is the connection's identity; fetch runs a dataset query
+(`connectors.http_query`) relative to `base_url`, never sending the key to another
+origin. Missing or unusable settings are `AuthFailed("invalid_settings")`; the key never
+appears in a message."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from connectors.http import (
 from connectors.http_query import parse_query, records_to_result, resolve_url
 from connectors.outcomes import INVALID_SETTINGS
 from connectors.registry import register
+from relink.domain.identity import Identity, from_claims
 from relink.domain.words import AuthKind
 
 FIELDS = (
@@ -74,10 +77,10 @@ class ApiKeyConnector(Connector):
         try:
             target = _target(conn)
             probe = target.base_url.rstrip("/") + "/" + target.probe_path.lstrip("/")
-            await _get(target, probe, ctx)
+            response = await _get(target, probe, ctx)
         except CheckError as err:
             return CheckResult.from_error(safe_error(err, [key]))
-        return CheckResult.ok()
+        return CheckResult.ok(identity=_whoami(response, key))
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
         key = _key(conn)
@@ -143,6 +146,15 @@ def _target(conn: ConnectionSpec) -> _Target:
     if any(c in key for c in "\r\n\0"):
         raise AuthFailed(INVALID_SETTINGS, "the API key holds a line break")
     return _Target(base_url, probe_path, header, key)
+
+
+def _whoami(response: httpx.Response, key: str) -> Identity | None:
+    """The account a who-am-I answer names; None when the probe is no such endpoint."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return from_claims(body, secrets=[key])
 
 
 def _client(ctx: CheckContext) -> httpx.AsyncClient:

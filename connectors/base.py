@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relink.domain.expiry import UNKNOWN, Expiry
+from relink.domain.identity import Identity
 from relink.domain.words import AuthKind, Outcome
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ class CheckResult:
     # validation of a reconnect) because it spent the ones it was given (an OAuth refresh
     # rotates the refresh token): the caller stores these instead. None otherwise.
     credentials: Mapping[str, str] | None = field(default=None, repr=False)
+    # Whose account the credentials use, when the source said (an ok check only)
+    identity: Identity | None = None
 
     @classmethod
     def ok(cls, message: str = "credentials valid", **kw: Any) -> CheckResult:

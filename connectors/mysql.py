@@ -132,6 +132,8 @@ class MySQLConnector(SqlConnector):
     default_port = 3306
     sslmodes = SSLMODES
     default_sslmode = "preferred"
+    # CURRENT_USER() is the account matched, 'reader@%': its user part
+    whoami_sql = "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)"
 
     def connect_args(self, target: SqlTarget, timeout: float) -> dict[str, Any]:
         return {

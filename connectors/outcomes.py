@@ -82,6 +82,8 @@ class OAuthFinding(StrEnum):
     NO_REFRESH_TOKEN = "no_refresh_token"
     INACTIVE_TOKEN = "inactive_token"  # RFC 7662 introspection: `active: false`
     OAUTH_APP_NOT_CONFIGURED = "oauth_app_not_configured"
+    # An ID token that fails verification (signature, issuer, audience, expiry)
+    INVALID_ID_TOKEN = "invalid_id_token"
 
 
 # --- what any connector finds itself (network failures: `connectors.network`) ----------
@@ -212,6 +214,7 @@ def forbidden(provider: str, named: str | None) -> Judgment:
 NO_REFRESH_TOKEN = OAuthFinding.NO_REFRESH_TOKEN
 INACTIVE_TOKEN = OAuthFinding.INACTIVE_TOKEN
 OAUTH_APP_NOT_CONFIGURED = OAuthFinding.OAUTH_APP_NOT_CONFIGURED
+INVALID_ID_TOKEN = OAuthFinding.INVALID_ID_TOKEN
 
 OAUTH_ERRORS: dict[str, Judgment] = {
     TokenEndpointError.INVALID_GRANT: _row(

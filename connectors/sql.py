@@ -1,7 +1,8 @@
 """What the PostgreSQL and MySQL/MariaDB connectors share: settings parsed into a
 `SqlTarget` (bad ones are `AuthFailed("invalid_settings")`), the SQLAlchemy URL built
 with `URL.create`, one engine per check (`NullPool`) run in this module's own thread
-pool, validate (connect + ``SELECT 1``) and fetch (the dataset's query as written), a
+pool, validate (connect and ask the server who we are: the connection's identity,
+user@host) and fetch (the dataset's query as written), a
 backstop around the driver's timeouts, and messages that are one line, name the server
 but never the DSN, and have the password scrubbed. A dialect subclasses `SqlConnector`
 with its driver, connect arguments and `classify_error`. Details: docs/connectors.md."""
@@ -34,6 +35,7 @@ from connectors.base import (
 )
 from connectors.network import NetworkFailure, network_error
 from connectors.outcomes import INVALID_SETTINGS, UNEXPECTED
+from relink.domain.identity import Identity, identity
 
 T = TypeVar("T")
 # Threads for blocking driver work: wider than the checks a sweep has in flight at once
@@ -143,6 +145,8 @@ class SqlConnector(Connector):
     default_port: int
     sslmodes: frozenset[str]
     default_sslmode: str
+    # the user the server authenticated (a proxy or SET ROLE may differ from the setting)
+    whoami_sql: str = "SELECT current_user"
 
     # --- what a dialect supplies ------------------------------------------------------
 
@@ -189,10 +193,20 @@ class SqlConnector(Connector):
 
     async def validate(self, conn: ConnectionSpec, ctx: CheckContext) -> CheckResult:
         try:
-            await self._run(conn, ctx, _select_one)
+            user = await self._run(conn, ctx, self._whoami)
+            target = self.target(conn)
         except CheckError as err:
             return CheckResult.from_error(err)
-        return CheckResult.ok()
+        return CheckResult.ok(identity=self.identity(user or target.username, target))
+
+    def identity(self, user: str, target: SqlTarget) -> Identity | None:
+        """user@host: the account the server authenticated, on the host the settings name."""
+        login = f"{user}@{target.host}"
+        return identity(login, login)
+
+    def _whoami(self, connection: Connection) -> str:
+        value = connection.execute(sa.text(self.whoami_sql)).scalar_one()
+        return str(value or "")
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
         timeout = ctx.timeout
@@ -264,10 +278,6 @@ class SqlConnector(Connector):
 @functools.cache
 def _driver_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(DRIVER_THREADS, thread_name_prefix="relink-sql")
-
-
-def _select_one(connection: Connection) -> None:
-    connection.execute(sa.text("SELECT 1")).scalar_one()
 
 
 def whole_seconds(timeout: float) -> int:

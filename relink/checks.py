@@ -1,8 +1,10 @@
 """Checking one batch of connections: load it, validate it (`relink.sweep`), and record
 every outcome through the state rules in one transaction (`record_batch`): a change of
 status or disconnection is made on the connection's object with its audit event, the
-rest (the check's time and last error) is one UPDATE for the whole batch. A connection
-changed by someone else during the check (a reconnect) is skipped, not overwritten."""
+rest (the check's time and last error) is one UPDATE for the whole batch. The account a
+successful check saw is recorded when it tells something new (`domain.identity.observed`:
+the first time, or a new label). A connection changed by someone else during the check
+(a reconnect) is skipped, not overwritten."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
-from connectors.base import ConnectionSpec
+from connectors.base import CheckResult, ConnectionSpec
 from relink import audit, events
 from relink.app import Relink
+from relink.domain.identity import observed
 from relink.domain.words import Outcome
 from relink.models import Connection, Disconnection, User
 from relink.state import ConnState, decide
@@ -113,6 +116,7 @@ def record_batch(
     outcomes: Counter[str] = Counter()
     by_provider: Counter[str] = Counter()
     plain: list[_Bookkeeping] = []  # rows whose only change is the check's own record
+    seen: list[tuple[Connection, CheckResult]] = []  # ok checks that named an account
     for item in checked:
         conn = conns.get(item.connection_id)
         if conn is None or conn.version != item.version:
@@ -131,6 +135,8 @@ def record_batch(
         row = _apply(session, conn, open_eps.get(conn.id), item, now, summary, actor_id)
         if row is not None:
             plain.append(row)
+        if item.result.outcome is Outcome.OK and item.result.identity is not None:
+            seen.append((conn, item.result))
     for bad in unloadable:
         conn = conns.get(bad.connection_id)
         if conn is None or conn.version != bad.version:
@@ -140,6 +146,8 @@ def record_batch(
         by_provider[ResultKey(bad.provider, ERROR, bad.code).key()] += 1
         plain.append(_Bookkeeping.error(conn, bad.code, bad.message))
     _write_bookkeeping(session, plain, now)
+    for conn, result in seen:  # after the batch UPDATE: it compares the versions it read
+        _record_identity(session, conn, result, now, actor_id)
     summary.checked = sum(outcomes.values())
     summary.outcomes = dict(outcomes)
     summary.by_provider = dict(by_provider)
@@ -214,6 +222,31 @@ def _write_bookkeeping(session: Session, rows: Sequence[_Bookkeeping], now: date
             ("version", r.conn.version + 1),
         ):
             set_committed_value(r.conn, name, value)
+
+
+def _record_identity(
+    session: Session,
+    conn: Connection,
+    result: CheckResult,
+    now: datetime,
+    actor_id: int | None,
+) -> None:
+    """The account the check saw, when it tells something new (rare: one write per
+    connection when first learnt, not one per check)."""
+    before = conn.identity
+    new = observed(before, result.identity)
+    if new is None:
+        return
+    conn.identity = new
+    audit.record(
+        session,
+        "connection.account_seen",
+        at=now,
+        connection=conn,
+        actor=session.get(User, actor_id) if actor_id is not None else None,
+        account=new.label,
+        account_before=before.label if before else None,
+    )
 
 
 def _apply(

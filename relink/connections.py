@@ -378,6 +378,8 @@ def summary(
         "unreachable_now": unreachable_now(conn.last_outcome),
         "created_by": conn.owner.name,
         "created_by_email": conn.owner.email,
+        "connected_as": conn.identity_label,
+        "connected_as_subject": conn.identity_subject,
         "invalid_since": _iso(conn.invalid_since),
         "last_checked_at": _iso(conn.last_checked_at),
         "last_error_code": conn.last_error_code,

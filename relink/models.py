@@ -15,6 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from relink.domain.expiry import ExpiryKind
+from relink.domain.identity import Identity
+from relink.domain.identity import identity as make_identity
 from relink.domain.words import (  # the words of these columns
     DatasetStatus,
     Mode,
@@ -121,6 +123,9 @@ class Connection(Base):
     # when unknown; written whenever credentials are stored or refreshed
     credentials_expire_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     credentials_expiry_kind: Mapped[str | None] = mapped_column(sa.String(8), default=None)
+    # whose account the credentials use, as the source told it (relink.domain.identity)
+    identity_subject: Mapped[str | None] = mapped_column(sa.String(500), default=None)
+    identity_label: Mapped[str | None] = mapped_column(sa.String(320), default=None)
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -135,6 +140,15 @@ class Connection(Base):
     datasets: Mapped[list[Dataset]] = relationship(
         back_populates="connection", order_by="Dataset.id", cascade="all, delete-orphan"
     )
+
+    @property
+    def identity(self) -> Identity | None:
+        return make_identity(self.identity_subject, self.identity_label)
+
+    @identity.setter
+    def identity(self, value: Identity | None) -> None:
+        self.identity_subject = value.subject if value else None
+        self.identity_label = value.label if value else None
 
 
 class ConnectionShare(Base):

@@ -2,6 +2,8 @@
 introspection endpoint and the client a secret, else an authenticated GET of the probe
 URL (a 401, or a 403 naming a token error, rejects the token), else the refresh grant
 itself. A token rejected although it looked valid gets one refresh and one more try.
+The introspection or probe answer's `sub` and `email` (a userinfo endpoint's) are the
+identity the check saw (`identity`).
 `Check` is also what a dataset fetch runs its authenticated GET through."""
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from collections.abc import Mapping
 import httpx
 
 from connectors.base import AuthFailed, Unreachable
-from connectors.http import classify_response, json_body, response_error, where
+from connectors.http import classify_response, json_body, json_or_none, response_error, where
 from connectors.oauth2.errors import CLIENT_REFUSALS, TOKEN_REJECTED, TokenEndpointError, refused
 from connectors.oauth2.plan import api_base_url
 from connectors.oauth2.session import exchange
 from connectors.oauth2.tokens import TokenRun
 from connectors.outcomes import BAD_RESPONSE, INACTIVE_TOKEN, INVALID_SETTINGS, BearerTokenError
+from relink.domain.identity import Identity, from_claims
 
 
 class Check(TokenRun):
     """One validate/fetch: `TokenRun`'s tokens, verified against the provider."""
+
+    identity: Identity | None = None  # whose account the answer named, when it did
 
     async def verify(self) -> None:
         p = self.plan
@@ -34,7 +39,8 @@ class Check(TokenRun):
                 await self.refresh(rejected=self.creds.get("access_token"))
                 await self.introspect()
         elif p.probe_url:
-            await self.get(p.probe_url)
+            response = await self.get(p.probe_url)
+            self.identity = self._identity(json_or_none(response))
         elif self.minted:
             return  # the refresh grant just answered: the grant is alive
         elif self.can_refresh():
@@ -73,6 +79,7 @@ class Check(TokenRun):
         body = json_body(response, at)
         active = body.get("active") if isinstance(body, Mapping) else None
         if active is True or active == "true":
+            self.identity = self._identity(body)
             return
         if active is False or active == "false":
             raise AuthFailed(
@@ -112,6 +119,9 @@ class Check(TokenRun):
             if problem is not None:
                 raise problem
             return response
+
+    def _identity(self, claims: object) -> Identity | None:
+        return from_claims(claims, secrets=self.secrets)
 
     def api_base_url(self) -> str | None:
         """The base of the dataset paths of this connection."""

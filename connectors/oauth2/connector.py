@@ -2,13 +2,15 @@
 refreshes the access token when needed (`tokens`) and verifies it (`check`), returning a
 `CheckResult` and never raising for a source problem; `fetch` runs a dataset's query
 through the same authenticated GET; `authorization_url` and `exchange_code` are the two
-halves of a reconnect's consent (authorization code with PKCE S256). A token set without
+halves of a reconnect's consent (authorization code with PKCE S256; `grant_code` also
+tells whose account consented, from a verified ID token: `identity`). A token set without
 a refresh token is refused unless the provider's access tokens last."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from connectors.http import json_body, safe_error, where
 from connectors.http_query import parse_query, records_to_result, resolve_url
 from connectors.oauth2.check import Check
 from connectors.oauth2.errors import not_configured, require_token_client
+from connectors.oauth2.identity import grant_identity
 from connectors.oauth2.plan import (
     CLIENT_FIELDS,
     GENERIC_RECONNECT_FIELDS,
@@ -48,7 +51,17 @@ from connectors.oauth2.session import (
 from connectors.oauth2.tokens import refresh_expires_in, token_credentials
 from connectors.outcomes import INVALID_SETTINGS, NO_REFRESH_TOKEN
 from relink.domain.expiry import UNKNOWN, Expiry, credentials_expiry
+from relink.domain.identity import Identity
 from relink.domain.words import AuthKind
+
+
+@dataclass(frozen=True)
+class CodeGrant:
+    """What an authorization code bought: the token set (as credentials) and whose
+    account it is, when the provider said in a form we could verify."""
+
+    credentials: dict[str, str] = field(repr=False)
+    identity: Identity | None = None
 
 
 class OAuth2Connector(Connector):
@@ -128,7 +141,9 @@ class OAuth2Connector(Connector):
         except CheckError as err:
             return CheckResult.from_error(run.safe(err), stored_version=run.version)
         return CheckResult.ok(
-            stored_version=run.version, credentials=dict(run.creds) if run.unstored else None
+            stored_version=run.version,
+            credentials=dict(run.creds) if run.unstored else None,
+            identity=run.identity,
         )
 
     async def fetch(self, conn: ConnectionSpec, query: str, ctx: CheckContext) -> FetchResult:
@@ -185,10 +200,28 @@ class OAuth2Connector(Connector):
         *,
         credentials: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """Swap an authorization code for a token set (credentials; `expires_at` a string).
+        """Swap an authorization code for a token set (credentials; `expires_at` a string):
+        `grant_code`'s credentials."""
+        grant = await self.grant_code(
+            conn_settings, ctx, code, redirect_uri, code_verifier, credentials=credentials
+        )
+        return grant.credentials
+
+    async def grant_code(
+        self,
+        conn_settings: Mapping[str, Any],
+        ctx: CheckContext,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str,
+        *,
+        credentials: Mapping[str, str] | None = None,
+    ) -> CodeGrant:
+        """Swap an authorization code for a token set and the identity it names.
 
         `credentials` may carry the connection's own `client_secret`. A token set without
-        a refresh token is refused unless this provider's access tokens last.
+        a refresh token is refused unless this provider's access tokens last; one whose
+        ID token fails verification is refused (`invalid_id_token`).
         """
         plan = self.plan(conn_settings, credentials or {}, ctx)
         secrets = {code, code_verifier, plan.client_secret}
@@ -216,7 +249,7 @@ class OAuth2Connector(Connector):
                     "offline access (the connection would stop working when the access "
                     "token expires)",
                 )
-            return creds
+            return CodeGrant(creds, await grant_identity(token, plan, ctx))
         except CheckError as err:
             raise safe_error(err, secrets) from None
 

@@ -53,6 +53,18 @@ TOKEN_FIELDS = (
         help="A cheap authenticated GET (userinfo / who am I)",
     ),
     Field(
+        "issuer",
+        "ID token issuer",
+        required=False,
+        help="OpenID Connect: the issuer of the provider's ID tokens; default: the provider's",
+    ),
+    Field(
+        "jwks_uri",
+        "JWKS URL",
+        required=False,
+        help="OpenID Connect: the provider's signing keys, to verify its ID tokens",
+    ),
+    Field(
         "api_base_url",
         "API base URL",
         required=False,
@@ -101,11 +113,12 @@ URL_SETTINGS = (
     "revocation_url",
     "probe_url",
     "api_base_url",
+    "jwks_uri",
 )
 # What a reconnect may change besides the consent: the connection's own client, and for
 # the generic provider (whose endpoints are the connection's own) those endpoints too.
 CLIENT_FIELDS = frozenset({"client_id", "client_secret"})
-GENERIC_RECONNECT_FIELDS = frozenset({*URL_SETTINGS, "scope", "authorize_params"})
+GENERIC_RECONNECT_FIELDS = frozenset({*URL_SETTINGS, "scope", "authorize_params", "issuer"})
 # Authorization request parameters the flow sets itself: `authorize_params` may not.
 FLOW_PARAMS = frozenset(
     {
@@ -138,6 +151,9 @@ class OAuthPlan:
     auth_method: str
     # the client is the connection's own (its client_id setting), not the installation's
     own_client: bool = False
+    # OpenID Connect: the ID token's issuer and the provider's signing keys
+    issuer: str | None = None
+    jwks_uri: str | None = None
 
     @property
     def effective_auth_method(self) -> str:
@@ -240,6 +256,8 @@ def make_plan(
         client_secret=text(credentials.get("client_secret")) or text(_entry(app, "client_secret")),
         auth_method=method,
         own_client=setting("client_id") is not None,
+        issuer=setting("issuer", d.issuer if d else None),
+        jwks_uri=setting("jwks_uri", d.jwks_uri if d else None),
     )
 
 

@@ -30,6 +30,10 @@ class ProviderEndpoints:
     # The provider's access tokens last until revoked, and it may grant no refresh token;
     # otherwise a grant without one is refused (it would break when the token expires).
     access_tokens_last: bool = False
+    # OpenID Connect: who issues its ID tokens and where its signing keys are (both, or
+    # an ID token is not believed: connectors.oauth2.identity)
+    issuer: str | None = None
+    jwks_uri: str | None = None
 
 
 PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
@@ -58,6 +62,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             api_base_url="https://analyticsdata.googleapis.com",
             token_endpoint_auth_method="client_secret_post",
             authorize_params=(("access_type", "offline"), ("prompt", "consent")),
+            issuer="https://accounts.google.com",
+            jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
         ),
     ),
     "google_sheets": (
@@ -71,6 +77,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             api_base_url="https://sheets.googleapis.com",
             token_endpoint_auth_method="client_secret_post",
             authorize_params=(("access_type", "offline"), ("prompt", "consent")),
+            issuer="https://accounts.google.com",
+            jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
         ),
     ),
     "hubspot": (
@@ -94,6 +102,8 @@ PROVIDERS: dict[str, tuple[str, ProviderEndpoints | None]] = {
             scope="com.intuit.quickbooks.accounting openid email",
             api_base_url="https://quickbooks.api.intuit.com",
             token_endpoint_auth_method="client_secret_basic",
+            issuer="https://oauth.platform.intuit.com/op/v1",
+            jwks_uri="https://oauth.platform.intuit.com/op/v1/jwks",
         ),
     ),
     "microsoft_graph": (

@@ -186,6 +186,7 @@ def connections_show(
         "status",
         "invalid_since",
         "created_by",
+        "connected_as",
         "last_checked_at",
         "last_error_code",
         "last_error_message",

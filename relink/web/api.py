@@ -41,6 +41,11 @@ class ConnectionSummary(BaseModel):
     """The last check could not reach the source (for a broken connection, a second fact)."""
     created_by: str
     created_by_email: str
+    connected_as: str | None
+    """Whose account at the source the credentials use (an email, user@host), as the source
+    told it at the last check or reconnect; null when it does not say."""
+    connected_as_subject: str | None
+    """The source's stable name of that account (an OpenID `sub`, Salesforce's identity URL)."""
     invalid_since: str | None
     last_checked_at: str | None
     last_error_code: str | None

@@ -61,6 +61,7 @@ ACTIONS = {
     "connection.reconnected": "Reconnected",
     "connection.reconnect_failed": "Reconnect failed",
     "connection.owner_changed": "Created By changed",
+    "connection.account_seen": "Account seen",
     "dataset.created": "Dataset created",
     "dataset.refreshed": "Dataset refreshed",
     "dataset.refresh_failed": "Dataset refresh failed",

@@ -84,7 +84,9 @@ def test_a_valid_token_is_ok(relink_app, owner, sandbox, provider, oauth_client,
 
     result = run(OAUTH.validate(spec, ctx))
 
-    assert result == CheckResult.ok()  # nothing stored
+    # nothing stored; the introspection or userinfo answer names the consenting account
+    assert result == CheckResult.ok(identity=result.identity)
+    assert result.identity is not None and result.identity.subject == "alice"
     after = provider.stats()
     used = "/oauth/introspect" if introspection else "/api/me"
     assert after.get(used, 0) == hits.get(used, 0) + 1

@@ -134,6 +134,7 @@ def test_reconnect_by_a_shared_user_fixes_the_connection_and_refreshes_the_wareh
         ("dataset.created", None),
         ("dataset.created", None),
         ("connection.status_changed", "connected"),
+        ("connection.account_seen", None),  # the first check learnt user@host
         ("connection.status_changed", "disconnected"),
         ("connection.status_changed", "connected"),
         ("connection.shared", None),  # the previous owner keeps seeing it
@@ -141,9 +142,10 @@ def test_reconnect_by_a_shared_user_fixes_the_connection_and_refreshes_the_wareh
         ("dataset.refreshed", None),
         ("dataset.refreshed", None),
     ]
-    assert events[7].details == {"shared_with": OWNER, "reason": "previous owner"}
-    reconnected = events[8]
-    assert actors[8] == SHARED
+    assert events[5].details["account"] == f"{role.name}@127.0.0.1"
+    assert events[8].details == {"shared_with": OWNER, "reason": "previous owner"}
+    reconnected = events[9]
+    assert actors[9] == SHARED
     assert reconnected.details["previous_owner"] == OWNER
     assert reconnected.details["owner"] == SHARED
     assert reconnected.details["status_before"] == "disconnected"

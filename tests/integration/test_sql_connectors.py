@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from connectors import registry
 from connectors.base import AuthFailed, CheckContext, CheckResult, ConnectionSpec, FetchResult
+from relink.domain.identity import Identity
 from relink.domain.words import Outcome
 
 if TYPE_CHECKING:  # fixtures come from tests/integration/conftest.py
@@ -62,9 +63,14 @@ pg = pytest.mark.postgres
 
 
 @pg
-def test_postgres_right_password_is_ok(pg_admin: PgAdmin) -> None:
+def test_postgres_right_password_is_ok_and_tells_whose_account_user_at_host(
+    pg_admin: PgAdmin,
+) -> None:
     role = pg_admin.create_role()
-    assert validate(spec("postgres", pg_admin.url, role)) == CheckResult.ok()
+    conn = spec("postgres", pg_admin.url, role)
+    result = validate(conn)
+    login = f"{role.name}@{conn.settings['host']}"
+    assert result == CheckResult.ok(identity=Identity(login, login))
 
 
 @pg
@@ -169,9 +175,14 @@ maria = pytest.mark.mariadb
 
 
 @maria
-def test_mariadb_right_password_is_ok(maria_admin: MariaAdmin, mariadb_url: str) -> None:
+def test_mariadb_right_password_is_ok_and_tells_whose_account_user_at_host(
+    maria_admin: MariaAdmin, mariadb_url: str
+) -> None:
     user = maria_admin.create_user()
-    assert validate(spec("mysql", mariadb_url, user)) == CheckResult.ok()
+    conn = spec("mysql", mariadb_url, user)
+    result = validate(conn)
+    login = f"{user.name}@{conn.settings['host']}"  # CURRENT_USER()'s user part, not 'name@%'
+    assert result == CheckResult.ok(identity=Identity(login, login))
 
 
 @maria

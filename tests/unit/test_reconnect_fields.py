@@ -34,6 +34,8 @@ def test_the_generic_oauth_provider_may_change_its_endpoints_and_its_own_client(
         "introspection_url",
         "revocation_url",
         "probe_url",
+        "issuer",
+        "jwks_uri",
         "api_base_url",
         "scope",
         "authorize_params",
