@@ -12,7 +12,8 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from relink.app import get_app
 from relink.directory import get_user
-from relink.refresh import RefreshPolicy, RefreshSummary, select_datasets
+from relink.refreshing.results import RefreshPolicy, RefreshSummary
+from relink.refreshing.selection import select_datasets
 from tasks.refresh import refresh_dataset
 
 

@@ -15,8 +15,10 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from relink.app import get_app
-from relink.reconnect import email_reconnect_link, recheck
-from relink.refresh import ERROR, RefreshPolicy, refresh_one
+from relink.reconnecting.email_link import email_reconnect_link
+from relink.reconnecting.recheck import recheck
+from relink.refreshing.results import ERROR, RefreshPolicy
+from relink.refreshing.run import refresh_one
 from relink.timeutil import utcnow
 
 

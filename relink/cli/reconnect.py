@@ -16,7 +16,6 @@ import typer
 from sqlalchemy.orm import Session
 
 from connectors.base import Field
-from relink import reconnect as svc
 from relink.cli._common import (
     app,
     console,
@@ -34,7 +33,13 @@ from relink.directory import get_actor, viewer_of
 from relink.domain.broken import is_broken
 from relink.domain.words import Status
 from relink.models import MAX_ID, AuditEvent, Connection, Role, User
-from relink.refresh import ERROR, RefreshPolicy, RefreshSummary, refresh_many, select_datasets
+from relink.reconnecting.form import KIND_LABELS, ReconnectForm, reconnect_form
+from relink.reconnecting.oauth import finish_oauth, oauth_result, start_oauth
+from relink.reconnecting.recheck import recheck
+from relink.reconnecting.replace import Reconnected, reconnect_with_secrets, refresh_connection
+from relink.refreshing.results import ERROR, RefreshPolicy, RefreshSummary
+from relink.refreshing.run import refresh_many
+from relink.refreshing.selection import select_datasets
 from relink.timeutil import utcnow
 
 CALLBACK_PATH = "/oauth/callback"
@@ -123,16 +128,16 @@ def reconnect(
     if check_only:
         _check_only(connection_id, as_, as_json)
         return
-    form = svc.reconnect_form(relink, as_, connection_id)
+    form = reconnect_form(relink, as_, connection_id)
     if not form.oauth and (code_url or no_wait):
         raise fail(
-            f"connection {connection_id} uses {svc.KIND_LABELS[form.kind]}: --code-url and "
+            f"connection {connection_id} uses {KIND_LABELS[form.kind]}: --code-url and "
             "--no-wait are for OAuth connections"
         )
     if code_url:
         state, code = _code_and_state(code_url)
         done = asyncio.run(
-            svc.finish_oauth(relink, state=state, code=code, actor=as_, connection_id=connection_id)
+            finish_oauth(relink, state=state, code=code, actor=as_, connection_id=connection_id)
         )
         _print_reconnected(done, as_json)
         return
@@ -151,14 +156,14 @@ def reconnect(
     else:
         secrets |= _read_secrets([f for f in form.secrets if f.name not in secrets], False)
         done = asyncio.run(
-            svc.reconnect_with_secrets(
+            reconnect_with_secrets(
                 relink, connection_id, actor=as_, secrets=secrets, settings=settings
             )
         )
     _print_reconnected(done, as_json)
 
 
-def _ask_settings(form: svc.ReconnectForm) -> dict[str, str]:
+def _ask_settings(form: ReconnectForm) -> dict[str, str]:
     """One prompt per setting a reconnect may change, its current value pre-filled."""
     if form.settings:
         err_console.print(
@@ -261,13 +266,13 @@ def _handler(callback: _Callback) -> type[BaseHTTPRequestHandler]:
 
 
 def _oauth_with_listener(
-    form: svc.ReconnectForm,
+    form: ReconnectForm,
     actor: str,
     port: int,
     no_wait: bool,
     settings: dict[str, str],
     secrets: dict[str, str],
-) -> svc.Reconnected | None:
+) -> Reconnected | None:
     relink = app()
     connection_id = form.connection_id
     server: HTTPServer | None = None
@@ -282,7 +287,7 @@ def _oauth_with_listener(
         port = server.server_address[1]
     redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
     try:
-        start = svc.start_oauth(
+        start = start_oauth(
             relink,
             connection_id,
             actor=actor,
@@ -329,7 +334,7 @@ def _oauth_with_listener(
         reason = query.get("error_description", query["error"])[0]
         raise fail(f"the provider refused the sign-in: {query['error'][0]} ({reason})")
     return asyncio.run(
-        svc.finish_oauth(
+        finish_oauth(
             relink,
             state=start.state,
             code=query.get("code", [""])[0],
@@ -351,7 +356,7 @@ def web_pages_answer(base_url: str) -> bool:
 
 
 def _oauth_through_web(
-    form: svc.ReconnectForm,
+    form: ReconnectForm,
     actor: str,
     no_wait: bool,
     settings: dict[str, str],
@@ -363,7 +368,7 @@ def _oauth_through_web(
     (signed in as `actor`); this waits for the result they record."""
     relink = app()
     base_url = relink.settings.base_url.rstrip("/")
-    start = svc.start_oauth(
+    start = start_oauth(
         relink,
         form.connection_id,
         actor=actor,
@@ -395,7 +400,7 @@ def _oauth_through_web(
         highlight=False,
         soft_wrap=True,
     )
-    while (result := svc.oauth_result(relink, start.state)) is None:
+    while (result := oauth_result(relink, start.state)) is None:
         if utcnow() >= start.expires_at:
             raise fail("no reconnect was finished before the sign-in expired; nothing was changed")
         time.sleep(poll)
@@ -420,7 +425,7 @@ def _hhmm(moment: datetime) -> str:
     return f"{moment:%H:%M} UTC"
 
 
-def _print_reconnected(done: svc.Reconnected, as_json: bool) -> None:
+def _print_reconnected(done: Reconnected, as_json: bool) -> None:
     if as_json:
         print_json(done.as_dict())
         return
@@ -443,11 +448,11 @@ def _print_reconnected(done: svc.Reconnected, as_json: bool) -> None:
 
 def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
     relink = app()
-    checked = asyncio.run(svc.recheck(relink, connection_id, requested_by=actor))
+    checked = asyncio.run(recheck(relink, connection_id, requested_by=actor))
     refreshed = None
     if checked.connected:
         refreshed = asyncio.run(
-            svc.refresh_connection(relink, connection_id, actor_id=checked.requested_by_id)
+            refresh_connection(relink, connection_id, actor_id=checked.requested_by_id)
         )
     if as_json:
         print_json({"connection": checked.as_dict(), "refresh": refreshed and refreshed.as_dict()})

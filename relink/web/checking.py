@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from relink import reconnect as service
 from relink.domain.words import Outcome, Status
+from relink.reconnecting.recheck import Rechecked, recheck
+from relink.reconnecting.target import authorize
 from relink.sweep.validate import CheckPolicy
 from relink.web import reconnecting
 from relink.web.guards import ConnectionId, check_csrf, relink_of, signed_in, web_session
@@ -26,13 +27,13 @@ async def check_again(request: Request, connection_id: ConnectionId) -> Response
 
     def who() -> tuple[str, int]:
         with signed_in(request) as (db, user):
-            service.authorize(db, user.email, connection_id)  # 404 hidden, 403 may not
+            authorize(db, user.email, connection_id)  # 404 hidden, 403 may not
             check_csrf(request, form)
             return user.email, user.id
 
     email, user_id = await run_in_threadpool(who)
     policy = CheckPolicy(timeout=relink.settings.check_timeout, attempts=1)
-    checked = await service.recheck(relink, connection_id, requested_by=email, policy=policy)
+    checked = await recheck(relink, connection_id, requested_by=email, policy=policy)
     if checked.connected:
         line = await reconnecting.refresh_datasets(
             relink, connection_id, user_id, request.app.state.background
@@ -44,7 +45,7 @@ async def check_again(request: Request, connection_id: ConnectionId) -> Response
     return RedirectResponse(f"/connections/{connection_id}", status_code=303)
 
 
-def _still(checked: service.Rechecked) -> str:
+def _still(checked: Rechecked) -> str:
     reason = checked.message or checked.code or checked.outcome
     if checked.reconnect_url is not None:  # broken: its owner reconnects it
         if checked.outcome == Outcome.UNREACHABLE:

@@ -23,7 +23,7 @@ from relink.domain.words import Mode, Status
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import MAX_ID, AuditEvent, Connection, User
 from relink.passwords import authenticate, fingerprint
-from relink.reconnect import ReconnectForm, form_of
+from relink.reconnecting.form import ReconnectForm, form_of
 from relink.web import reconnecting, views
 from relink.web.guards import (
     BadRequest,

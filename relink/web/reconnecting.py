@@ -1,4 +1,4 @@
-"""The pages' side of a reconnect: which form to show, and the calls to `relink.reconnect`.
+"""The pages' side of a reconnect: which form to show, and the calls to `relink.reconnecting`.
 
 Secrets pass through here on their way to the service and go nowhere else: they are
 never put back into a form, a URL, a flash message or a log line.
@@ -17,12 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import connectors
-from relink import reconnect as service
 from relink.app import Relink
 from relink.errors import Conflict, InvalidInput
 from relink.models import Connection
-from relink.reconnect import ReconnectForm
-from relink.refresh import RefreshSummary
+from relink.reconnecting import oauth
+from relink.reconnecting.errors import (
+    CredentialsRefused,
+    InstallationMisconfigured,
+    OAuthStateRefused,
+    ReconnectFailed,
+)
+from relink.reconnecting.form import Changes, ReconnectForm
+from relink.reconnecting.replace import Reconnected, reconnect_with_secrets, refresh_connection
+from relink.refreshing.results import RefreshSummary
 from relink.web import views
 
 log = logging.getLogger("relink.web")
@@ -48,7 +55,7 @@ def oauth_origin(conn: Connection) -> str | None:
     return views.origin(current.get("authorize_url") or default)
 
 
-def submitted_changes(form: ReconnectForm, submitted: Mapping[str, Any]) -> service.Changes:
+def submitted_changes(form: ReconnectForm, submitted: Mapping[str, Any]) -> Changes:
     """The settings and secrets a form post proposes. A setting missing from the post is
     kept; a secret left empty is left out (an OAuth client secret: kept)."""
     settings = {
@@ -61,16 +68,16 @@ def submitted_changes(form: ReconnectForm, submitted: Mapping[str, Any]) -> serv
         for spec in form.secrets
         if isinstance(value := submitted.get(spec.name), str) and value
     }
-    return service.Changes(settings, secrets)
+    return Changes(settings, secrets)
 
 
 def callback_url(relink: Relink) -> str:
     return relink.settings.base_url.rstrip("/") + CALLBACK_PATH
 
 
-def start_oauth(relink: Relink, connection_id: int, *, actor: str, changes: service.Changes) -> str:
+def start_oauth(relink: Relink, connection_id: int, *, actor: str, changes: Changes) -> str:
     """The provider's authorization URL (a pending state is stored by the service)."""
-    started = service.start_oauth(
+    started = oauth.start_oauth(
         relink,
         connection_id,
         actor=actor,
@@ -93,7 +100,7 @@ async def with_secrets(
 ) -> Outcome:
     changes = submitted_changes(form, submitted)
     try:
-        done = await service.reconnect_with_secrets(
+        done = await reconnect_with_secrets(
             relink,
             connection_id,
             actor=actor,
@@ -101,7 +108,7 @@ async def with_secrets(
             settings=changes.settings,
             refresh=False,
         )
-    except service.ReconnectFailed as exc:
+    except ReconnectFailed as exc:
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
         return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
@@ -118,30 +125,28 @@ async def finish_oauth(
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     try:
-        done = await service.finish_oauth(
-            relink, state=state, code=code, actor=actor, refresh=False
-        )
-    except service.OAuthStateRefused as exc:
+        done = await oauth.finish_oauth(relink, state=state, code=code, actor=actor, refresh=False)
+    except OAuthStateRefused as exc:
         return Outcome(False, str(exc), "state")
-    except service.ReconnectFailed as exc:
+    except ReconnectFailed as exc:
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
         return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
     return await _refreshed(relink, done, actor_id=actor_id, background=background)
 
 
-def _failed(exc: service.ReconnectFailed) -> Outcome:
+def _failed(exc: ReconnectFailed) -> Outcome:
     kind = "unreachable"
-    if isinstance(exc, service.CredentialsRefused):
+    if isinstance(exc, CredentialsRefused):
         kind = "auth_failed"
-    elif isinstance(exc, service.InstallationMisconfigured):
+    elif isinstance(exc, InstallationMisconfigured):
         kind = "misconfigured"
     return Outcome(False, str(exc), kind)
 
 
 async def _refreshed(
     relink: Relink,
-    done: service.Reconnected,
+    done: Reconnected,
     *,
     actor_id: int,
     background: set[asyncio.Task[Any]],
@@ -157,7 +162,7 @@ async def refresh_datasets(
 ) -> str:
     """Refresh the connection's datasets for `actor_id`, waiting up to `REFRESH_WAIT`;
     the line that says how it went (or that it goes on)."""
-    task = asyncio.create_task(service.refresh_connection(relink, connection_id, actor_id=actor_id))
+    task = asyncio.create_task(refresh_connection(relink, connection_id, actor_id=actor_id))
     background.add(task)
     task.add_done_callback(_forget(background, connection_id))
     finished, _ = await asyncio.wait({task}, timeout=REFRESH_WAIT)

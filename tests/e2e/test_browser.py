@@ -28,7 +28,7 @@ from relink.domain.words import Status
 from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.run import send_due
 from relink.models import Connection, Disconnection, User
-from relink.reconnect import recheck
+from relink.reconnecting.recheck import recheck
 from relink.sweep.run import sweep
 from relink.web import create_app
 from relink_dev.sandbox import SandboxServer, seed_demo

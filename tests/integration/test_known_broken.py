@@ -138,7 +138,7 @@ def test_when_the_outage_ends_and_the_password_is_back_it_is_connected(relink_ap
 def test_the_datasets_of_a_known_broken_connection_show_it_through_the_outage(relink_app, outage):
     """refresh and the page's dataset errors use the same definition."""
     from relink.datasets import add_dataset
-    from relink.refresh import refresh_many
+    from relink.refreshing.run import refresh_many
 
     owned, _, _ = outage
     with relink_app.transaction() as session:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from relink.emailing.due import plan
 from relink.models import AuditEvent, Connection, ConnectionShare, User
-from relink.reconnect import reconnect_with_secrets
+from relink.reconnecting.replace import reconnect_with_secrets
 from relink.sweep.run import sweep
 from tests.integration.test_cli import Cli
 from tests.support import reconnect as rc

@@ -17,7 +17,7 @@ from relink.emailing.mailer import SendGridMailer
 from relink.emailing.outbox import list_notifications
 from relink.emailing.run import send_due
 from relink.models import AuditEvent
-from relink.reconnect import email_reconnect_link
+from relink.reconnecting.email_link import email_reconnect_link
 from relink.sweep.run import sweep
 from tests.conftest import APP_BACKENDS
 from tests.support import emaildata

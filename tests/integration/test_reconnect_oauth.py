@@ -23,7 +23,8 @@ from relink.datasets import add_dataset
 from relink.directory import get_user
 from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, OAuthState
-from relink.reconnect import OAuthStateRefused, finish_oauth, start_oauth
+from relink.reconnecting.errors import OAuthStateRefused
+from relink.reconnecting.oauth import finish_oauth, start_oauth
 from relink.web import create_app
 from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.integration.oauth_fixtures import new_client

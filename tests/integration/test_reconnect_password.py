@@ -14,12 +14,14 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.base import CheckResult
-from relink import reconnect as reconnect_module
 from relink.checks import record_batch
 from relink.domain.words import Outcome
 from relink.errors import Conflict, NotFound, PermissionDenied
 from relink.models import AuditEvent, Connection, Disconnection
-from relink.reconnect import CredentialsRefused, SourceUnreachable, reconnect_with_secrets
+from relink.reconnecting import replace as replace_module
+from relink.reconnecting import target as target_module
+from relink.reconnecting.errors import CredentialsRefused, SourceUnreachable
+from relink.reconnecting.replace import reconnect_with_secrets
 from relink.sweep.run import sweep
 from relink.sweep.validate import Checked
 from tests.support.reconnect import (
@@ -268,7 +270,7 @@ def test_someone_who_may_see_but_not_reconnect_gets_permission_denied(
     relink_app, shop, monkeypatch
 ):
     world, _ = shop
-    monkeypatch.setattr(reconnect_module, "can_reconnect", lambda viewer, ref: False)
+    monkeypatch.setattr(target_module, "can_reconnect", lambda viewer, ref: False)
     with pytest.raises(PermissionDenied, match="may see connection"):
         asyncio.run(
             reconnect_with_secrets(
@@ -279,7 +281,7 @@ def test_someone_who_may_see_but_not_reconnect_gets_permission_denied(
 
 def _bump_version_during_validation(monkeypatch, relink_app, times: int) -> list[int]:
     """Someone (a check, another reconnect) changes the connection while we validate."""
-    real = reconnect_module._validate
+    real = replace_module._validate
     bumps: list[int] = []
 
     async def validate_then_change(app, target, settings, credentials, now):
@@ -291,7 +293,7 @@ def _bump_version_during_validation(monkeypatch, relink_app, times: int) -> list
             bumps.append(target.version)
         return validated
 
-    monkeypatch.setattr(reconnect_module, "_validate", validate_then_change)
+    monkeypatch.setattr(replace_module, "_validate", validate_then_change)
     return bumps
 
 

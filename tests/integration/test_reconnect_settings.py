@@ -22,13 +22,11 @@ from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
 from relink.errors import InvalidInput
 from relink.models import AuditEvent, Connection, OAuthState
-from relink.reconnect import (
-    CredentialsRefused,
-    recheck,
-    reconnect_form,
-    reconnect_with_secrets,
-    start_oauth,
-)
+from relink.reconnecting.errors import CredentialsRefused
+from relink.reconnecting.form import reconnect_form
+from relink.reconnecting.oauth import start_oauth
+from relink.reconnecting.recheck import recheck
+from relink.reconnecting.replace import reconnect_with_secrets
 from relink.sweep.run import sweep
 from tests.integration.oauth_fixtures import (
     REDIRECT_URI,

@@ -15,7 +15,7 @@ import pytest
 
 from connectors.base import CheckContext
 from connectors.oauth2 import OAuth2Connector, ProviderEndpoints
-from relink.reconnect import CredentialsRefused
+from relink.reconnecting.errors import CredentialsRefused
 from relink_dev.sandbox import SandboxServer
 from tests.integration.oauth_fixtures import (
     REDIRECT_URI,

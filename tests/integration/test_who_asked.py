@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from relink.app import set_app
 from relink.models import AuditEvent, Dataset
-from relink.reconnect import reconnect_with_secrets
+from relink.reconnecting.replace import reconnect_with_secrets
 from relink.web import create_app
 from tests.conftest import APP_BACKENDS
 from tests.support.reconnect import (

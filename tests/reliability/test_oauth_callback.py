@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from relink.app import Relink
 from relink.models import OAuthState
-from relink.reconnect import OAUTH_STATE_TTL, start_oauth
+from relink.reconnecting.oauth import OAUTH_STATE_TTL, start_oauth
 from relink.sweep.run import sweep
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key

@@ -8,7 +8,7 @@ the database's lock orders them, as between worker processes: PostgreSQL's row l
 SQLite's lock file per connection), each as the sweep
 makes it (`relink.checks`: load, validate with retries, record) and each spending a
 refresh token: the sandbox issues access tokens that live 60 s, inside the 5-minute
-refresh window, so every check refreshes. A reconnect (`relink.reconnect.finish_oauth`
+refresh window, so every check refreshes. A reconnect (`relink.reconnecting.oauth.finish_oauth`
 with a code from the sandbox's consent page, where user "carol" signs in, while the
 connection's first token set is "alice"'s) lands in the middle.
 """
@@ -31,7 +31,8 @@ from relink.checks import _record_with_retry
 from relink.domain.words import Outcome
 from relink.errors import Conflict
 from relink.models import Connection, Disconnection
-from relink.reconnect import Reconnected, finish_oauth, start_oauth
+from relink.reconnecting.oauth import finish_oauth, start_oauth
+from relink.reconnecting.replace import Reconnected
 from relink.sweep.load import load_batch
 from relink.sweep.validate import CheckPolicy, make_context_factory, validate_all
 from relink.tokens import DbTokenStore

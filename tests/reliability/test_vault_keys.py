@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from relink.app import Relink
 from relink.errors import VaultError
 from relink.models import AuditEvent, Connection, OAuthState
-from relink.reconnect import finish_oauth, start_oauth
+from relink.reconnecting.oauth import finish_oauth, start_oauth
 from relink.timeutil import utcnow
 from relink.vault import Vault, generate_key
 from relink.web import create_app

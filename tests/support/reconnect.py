@@ -18,8 +18,9 @@ from relink.connections import NewConnection, add_connection, detail, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user, get_user
 from relink.models import Base, Connection
-from relink.reconnect import Reconnected, finish_oauth, start_oauth
-from relink.refresh import RefreshPolicy
+from relink.reconnecting.oauth import finish_oauth, start_oauth
+from relink.reconnecting.replace import Reconnected
+from relink.refreshing.results import RefreshPolicy
 from relink.sweep.run import sweep
 from relink.sweep.validate import CheckPolicy
 from relink_dev.sandbox import SandboxServer

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relink.refresh import MAX_COLUMN_NAME, safe_column_names, table_name
+from relink.warehouse import MAX_COLUMN_NAME, safe_column_names, table_name
 
 
 @given(st.lists(st.one_of(st.text(max_size=80), st.integers(), st.none()), max_size=30))

@@ -1,0 +1,289 @@
+"""The commit of new credentials: validate the new settings and credentials together with
+the connector (storing nothing, spending no refresh token), then, in one transaction, record
+an `ok` check through the state rules (`checks.record_batch`: the disconnection closes),
+replace the settings and the encrypted credentials, make the reconnecting user the owner
+("Created By") when different and audit `connection.reconnected`; a refused or unreachable
+validation is audited as `connection.reconnect_failed` and changes nothing else. A version
+moved meanwhile is validated once more, then `Conflict`. Afterwards the connection's
+datasets are refreshed. `reconnect_with_secrets` is the entry for passwords and API keys;
+`oauth.finish_oauth` the one for OAuth. docs/reconnect.md has the steps in full."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm.exc import StaleDataError
+
+import connectors
+from connectors.base import CheckResult, ConnectionSpec
+from relink import audit
+from relink.app import Relink
+from relink.checks import record_batch
+from relink.domain.words import Outcome
+from relink.errors import Conflict, InvalidInput
+from relink.models import Connection, Dataset, User
+from relink.people import keep_access
+from relink.reconnecting.errors import (
+    NOTHING_CHANGED,
+    ReconnectFailed,
+    as_failure,
+)
+from relink.reconnecting.form import (
+    Changes,
+    Proposal,
+    ReconnectForm,
+    propose,
+    reconnect_form,
+)
+from relink.reconnecting.target import Target, load_target
+from relink.refreshing.results import RefreshPolicy, RefreshSummary
+from relink.refreshing.run import refresh_many
+from relink.sweep.validate import Checked, CheckPolicy, make_context_factory
+from relink.timeutil import utcnow
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    connection_id: int
+    connection: str
+    by: str  # the reconnecting user's email
+    previous_owner: str
+    owner: str
+    status_before: str
+    disconnection_closed: bool
+    changed: tuple[str, ...] = ()  # the settings the reconnect changed
+    refresh: RefreshSummary | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.connection_id,
+            "connection": self.connection,
+            "by": self.by,
+            "previous_owner": self.previous_owner,
+            "owner": self.owner,
+            "status_before": self.status_before,
+            "disconnection_closed": self.disconnection_closed,
+            "changed": list(self.changed),
+            "refresh": self.refresh.as_dict() if self.refresh else None,
+        }
+
+
+class _Stale(Exception):
+    pass
+
+
+async def _validate(
+    app: Relink,
+    target: Target,
+    settings: Mapping[str, Any],
+    credentials: Mapping[str, str],
+    now: datetime,
+) -> Mapping[str, str]:
+    """The credentials to store: `credentials`, or the set their validation refreshed."""
+    connector = connectors.get(target.type)
+    spec = ConnectionSpec(target.connection_id, target.type, settings, credentials, target.version)
+    # No refresh ahead of expiry (window 0): the validation stores nothing, so a refresh
+    # here would spend the new refresh token (providers rotate it) for nothing. A token
+    # set fresh from the provider is checked as it is, even one that lives only a minute;
+    # one already inactive is refreshed, and the result carries the refreshed set.
+    policy = CheckPolicy(timeout=app.settings.check_timeout, refresh_window=0.0)
+    make_ctx = make_context_factory(app, policy, now=now, token_store=None)
+    try:
+        result = await connector.validate(spec, make_ctx())
+    except Exception as exc:  # noqa: BLE001 - a broken connector is reported, never a traceback
+        result = CheckResult(
+            Outcome.UNREACHABLE,
+            "error",
+            f"the {target.type} connector failed: {type(exc).__name__}",
+        )
+    if result.outcome is not Outcome.OK:
+        raise as_failure(result, target.connection_id)
+    return result.credentials or credentials
+
+
+def _commit(
+    app: Relink,
+    target: Target,
+    proposal: Proposal,
+    credentials: Mapping[str, str],
+    *,
+    now: datetime,
+) -> Reconnected:
+    method = str(connectors.get(target.type).auth_kind)
+    with app.transaction() as session:
+        # The check's state rules, exactly as a successful check applies them; the row
+        # is locked and its version compared (skipped = changed since we read it).
+        outcome = CheckResult.ok("reconnected with new credentials")
+        checked = Checked(target.connection_id, target.provider, outcome, target.version)
+        summary = record_batch(session, [checked], [], now=now, actor_id=target.actor_id)
+        if summary.skipped:
+            raise _Stale
+        conn = session.get(Connection, target.connection_id)
+        actor = session.get(User, target.actor_id)
+        assert conn is not None and actor is not None
+        previous_owner = conn.owner.email
+        if proposal.changed:
+            conn.settings = proposal.settings
+        conn.credentials = app.vault.encrypt(credentials)
+        conn.updated_at = now
+        if conn.owner_id != actor.id:
+            keep_access(session, conn, conn.owner, actor=actor, now=now)  # shared with them
+            conn.owner = actor
+        audit.record(
+            session,
+            "connection.reconnected",
+            at=now,
+            connection=conn,
+            actor=actor,
+            method=method,
+            previous_owner=previous_owner,
+            owner=actor.email,
+            status_before=target.status,
+            disconnection_closed=summary.closed > 0,
+            changed=proposal.changed,
+        )
+        return Reconnected(
+            connection_id=conn.id,
+            connection=conn.name,
+            by=actor.email,
+            previous_owner=previous_owner,
+            owner=actor.email,
+            status_before=target.status,
+            disconnection_closed=summary.closed > 0,
+            changed=tuple(proposal.changed),
+        )
+
+
+def record_failure(
+    app: Relink,
+    target: Target,
+    failed: ReconnectFailed,
+    proposal: Proposal,
+    *,
+    now: datetime,
+) -> None:
+    """`connection.reconnect_failed`: who tried, what the source said, what was to change."""
+    with app.transaction() as session:
+        audit.record(
+            session,
+            "connection.reconnect_failed",
+            at=now,
+            connection=session.get(Connection, target.connection_id),
+            actor=session.get(User, target.actor_id),
+            method=str(connectors.get(target.type).auth_kind),
+            outcome=str(failed.outcome),
+            code=failed.code,
+            changed=proposal.changed,
+            secrets_entered=list(proposal.secrets),
+        )
+
+
+async def replace(
+    app: Relink,
+    actor: str,
+    connection_id: int,
+    new_credentials: Callable[[Target], dict[str, str]],
+    changes: Changes,
+    *,
+    now: datetime,
+    refresh: bool,
+    policy: RefreshPolicy | None,
+) -> Reconnected:
+    """Validate, write (once more on a version conflict), refresh.
+
+    `new_credentials(target)` builds the credentials from what is stored now; `changes`
+    apply to the settings stored now. A refused or unreachable validation is recorded.
+    """
+    validated: Mapping[str, str] = {}  # after a conflict: the set validated (maybe refreshed)
+    for attempt in range(2):
+        target = await asyncio.to_thread(load_target, app, actor, connection_id)
+        proposal = propose(connectors.get(target.type), target.settings, changes)
+        credentials = {**new_credentials(target), **validated}
+        try:
+            validated = await _validate(app, target, proposal.settings, credentials, now)
+        except ReconnectFailed as failed:
+            await asyncio.to_thread(record_failure, app, target, failed, proposal, now=now)
+            raise
+        try:
+            done = await asyncio.to_thread(_commit, app, target, proposal, validated, now=now)
+            break
+        except (_Stale, StaleDataError):  # the version moved between our check and write
+            if attempt:
+                raise Conflict(
+                    f"connection {connection_id} changed twice while it was being reconnected "
+                    f"(a check or another reconnect); {NOTHING_CHANGED}, try again"
+                ) from None
+    if not refresh:
+        return done
+    summary = await refresh_connection(app, connection_id, policy=policy, actor_id=target.actor_id)
+    return dataclasses.replace(done, refresh=summary)
+
+
+async def refresh_connection(
+    app: Relink,
+    connection_id: int,
+    *,
+    policy: RefreshPolicy | None = None,
+    actor_id: int | None = None,
+) -> RefreshSummary:
+    with app.sessions() as session:
+        ids = list(
+            session.scalars(
+                sa.select(Dataset.id)
+                .where(Dataset.connection_id == connection_id)
+                .order_by(Dataset.id)
+            )
+        )
+    return await refresh_many(app, ids, policy=policy, actor_id=actor_id)
+
+
+# --- password / API key ---------------------------------------------------------------------
+
+
+def _typed_secrets_form(app: Relink, actor: str, connection_id: int) -> ReconnectForm:
+    """The form of a connection reconnected with typed secrets (after the access check)."""
+    form = reconnect_form(app, actor, connection_id)
+    if form.oauth:
+        raise InvalidInput(
+            f"connection {form.connection_id} ({form.connection!r}) signs in with OAuth: "
+            "reconnect it through the provider's sign-in page, not with typed secrets"
+        )
+    return form
+
+
+async def reconnect_with_secrets(
+    app: Relink,
+    connection_id: int,
+    *,
+    actor: str,
+    secrets: Mapping[str, str],
+    settings: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+    refresh: bool = True,
+    policy: RefreshPolicy | None = None,
+) -> Reconnected:
+    """Reconnect a password or API-key connection with new secret values and, optionally,
+    new values of the settings a reconnect may change."""
+    now = now or utcnow()
+    # access and kind, before anything else
+    form = await asyncio.to_thread(_typed_secrets_form, app, actor, connection_id)
+    for spec in form.secrets:
+        if spec.required and not secrets.get(spec.name):
+            raise InvalidInput(f"Enter the new {spec.label.lower()}; {NOTHING_CHANGED}.")
+    changes = Changes(dict(settings or {}), {k: v for k, v in secrets.items() if v})
+    return await replace(
+        app,
+        actor,
+        connection_id,
+        lambda _target: dict(changes.secrets),
+        changes,
+        now=now,
+        refresh=refresh,
+        policy=policy,
+    )
