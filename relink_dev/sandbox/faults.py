@@ -28,6 +28,10 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 @dataclass
 class Fault:
+    """What to do to requests under `path_prefix`: ``"answer"`` answers with `status`,
+    `body` and `headers` (a 403 with a provider's body, a 429 with a Retry-After ...)
+    instead of the real answer; ``"slow"`` with a `delay` is a slow provider."""
+
     mode: FaultMode
     path_prefix: str = "/"
     delay: float = 0.0
@@ -36,6 +40,16 @@ class Fault:
     status: int = 200
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in FAULT_MODES:
+            raise ValueError(
+                f"unknown fault mode {self.mode!r}; expected one of {sorted(FAULT_MODES)}"
+            )
+        if self.delay < 0 or (self.times is not None and self.times < 1):
+            raise ValueError("delay must be >= 0 and times >= 1 (or None)")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status (100-599)")
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path_prefix) and not path.startswith(ADMIN_PREFIX)
@@ -49,27 +63,10 @@ class FaultSwitch:
         self._fault: Fault | None = None
         self._stats: Counter[str] = Counter()
 
-    def set(
-        self,
-        mode: FaultMode,
-        *,
-        path_prefix: str = "/",
-        delay: float = 0.0,
-        times: int | None = None,
-        status: int = 200,
-        body: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        """Inject a fault for requests under ``path_prefix`` (``"ok"`` clears)."""
-        if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}; expected one of {sorted(FAULT_MODES)}")
-        if delay < 0 or (times is not None and times < 1):
-            raise ValueError("delay must be >= 0 and times >= 1 (or None)")
-        if not 100 <= status <= 599:
-            raise ValueError("status must be an HTTP status (100-599)")
-        fault = Fault(mode, path_prefix, delay, times, status, body, dict(headers or {}))
+    def set(self, fault: Fault) -> None:
+        """Apply `fault` from the next request on (mode ``"ok"`` clears)."""
         with self._lock:
-            self._fault = None if mode == "ok" else fault
+            self._fault = None if fault.mode == "ok" else fault
 
     def take(self, path: str) -> Fault | None:
         """The fault for this request, if any (one use of a fault given `times`)."""

@@ -17,7 +17,7 @@ from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 
 from .endpoints import create_app
-from .faults import FaultMiddleware, FaultMode, FaultSwitch
+from .faults import Fault, FaultMiddleware, FaultMode, FaultSwitch
 from .models import (
     DEFAULT_SCOPE,
     GRANT_TYPES,
@@ -249,20 +249,10 @@ class SandboxProvider:
         body: str = "",
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Inject a fault for requests under ``path_prefix`` (``"ok"`` clears).
-
-        ``"answer"`` answers with `status`, `body` and `headers` (a 403 with a provider's
-        body, a 429 with a Retry-After ...) instead of the real answer; ``"slow"`` with a
-        ``delay`` is a slow provider."""
-        self.faults.set(
-            mode,
-            path_prefix=path_prefix,
-            delay=delay,
-            times=times,
-            status=status,
-            body=body,
-            headers=headers,
-        )
+        """Inject a fault for requests under ``path_prefix`` (``"ok"`` clears); what
+        each mode does is said on `Fault`."""
+        headers = dict(headers or {})
+        self.faults.set(Fault(mode, path_prefix, delay, times, status, body, headers))
 
     def clear_fault(self) -> None:
         """Back to normal answers."""
