@@ -36,7 +36,7 @@ from relink.state import Change
 from relink.timeutil import utcnow
 
 if TYPE_CHECKING:
-    from relink.models import Connection
+    from relink.models import Connection, ProviderIncident
 
 log = logging.getLogger("relink.events")
 
@@ -284,6 +284,46 @@ def email_changed(
                 "attempts": attempts,
                 "error": error,
                 "disconnected_since": _iso(disconnection.started_at),
+                "at": _iso(at),
+            },
+        ),
+    )
+
+
+def provider_incident(
+    session: Session, incident: ProviderIncident, state: str, text: str, *, at: datetime
+) -> None:
+    """Queue `relink.provider.incident` for an incident `state` ("opened" or "closed").
+    The state is a label of the resource, so that an Automation can match on it."""
+    if not enabled():
+        return
+    resource = provider_resource(incident.provider, role=None)
+    resource["relink.incident.state"] = state
+    resource["relink.incident.outcome"] = incident.outcome
+    if incident.code:
+        resource["relink.incident.code"] = incident.code
+    queue(
+        session,
+        Event(
+            PROVIDER_INCIDENT,
+            resource=resource,
+            related=[
+                {
+                    "prefect.resource.id": f"relink.provider-incident.{incident.id}",
+                    "prefect.resource.role": "incident",
+                }
+            ],
+            payload={
+                "incident_id": incident.id,
+                "provider": incident.provider,
+                "state": state,
+                "outcome": incident.outcome,
+                "code": incident.code,
+                "failed": incident.failed,
+                "checked": incident.checked,
+                "started_at": _iso(incident.started_at),
+                "ended_at": _iso(incident.ended_at),
+                "text": text,
                 "at": _iso(at),
             },
         ),

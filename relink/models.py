@@ -376,3 +376,22 @@ class SweepShard(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     summary: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+
+
+class ProviderIncident(Base):
+    """Most connections of one provider failing alike in a sweep (`relink.sweep.incidents`):
+    opened by the first sweep that finds it, updated by the next ones, ended by the first
+    sweep that checks enough of the provider's connections and finds no incident."""
+
+    __tablename__ = "provider_incidents"
+    __table_args__ = (sa.Index("ix_provider_incidents_provider_ended", "provider", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    outcome: Mapped[str] = mapped_column(sa.String(16))  # what the failing checks found
+    code: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    failed: Mapped[int]  # in the last sweep that found it
+    checked: Mapped[int]
+    started_at: Mapped[datetime]  # the first sweep's time
+    updated_at: Mapped[datetime]  # the last sweep's time that found it
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)

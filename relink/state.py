@@ -18,7 +18,7 @@ rules decide:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -137,10 +137,13 @@ class Incident:
         )
 
 
+INCIDENT_MIN_CONNECTIONS = 5  # fewer checked connections of a provider tell nothing
+
+
 def detect_incidents(
     results: Iterable[tuple[str, str, str | None]],
     *,
-    min_connections: int = 5,
+    min_connections: int = INCIDENT_MIN_CONNECTIONS,
     share: float = 0.5,
 ) -> list[Incident]:
     """Providers where most connections failed at once with the same code.
@@ -163,3 +166,34 @@ def detect_incidents(
         if checked[provider] >= min_connections and count > share * checked[provider]
     ]
     return sorted(incidents, key=lambda i: (i.provider, -i.failed))
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPlan:
+    """What one sweep does to the providers' incidents: `open` the incidents found for a
+    provider without an open one, `update` the open ones found again, `close` the open
+    ones of providers this sweep checked enough of (`min_connections`) without finding
+    one. A provider it checked too little of keeps its incident as it is."""
+
+    open: list[Incident]
+    update: list[Incident]
+    close: list[str]  # providers
+
+
+def plan_incidents(
+    found: Iterable[Incident],
+    open_providers: Iterable[str],
+    checked: Mapping[str, int],
+    *,
+    min_connections: int = INCIDENT_MIN_CONNECTIONS,
+) -> IncidentPlan:
+    ongoing = set(open_providers)
+    first: dict[str, Incident] = {}
+    for incident in found:  # one per provider: its most common failure
+        if incident.provider not in first or incident.failed > first[incident.provider].failed:
+            first[incident.provider] = incident
+    return IncidentPlan(
+        open=[i for p, i in sorted(first.items()) if p not in ongoing],
+        update=[i for p, i in sorted(first.items()) if p in ongoing],
+        close=sorted(p for p in ongoing if p not in first and checked.get(p, 0) >= min_connections),
+    )

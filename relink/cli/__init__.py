@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "status": (
         ("status",),
-        "Connections by status, open disconnections, installation problems (what only an "
+        "Connections by status, open disconnections, provider incidents (most connections "
+        "of a provider failing alike: likely an outage), installation problems (what only an "
         "admin can fix, and how), emails due at the next 07:00 MST run, and the last check "
         "sweep.",
     ),

@@ -1,5 +1,6 @@
-"""`relink status`: how the connections are, what only an admin can fix (installation
-problems), what the next email run will send, and how the last check sweep went."""
+"""`relink status`: how the connections are, the providers' incidents (outages), what only
+an admin can fix (installation problems), what the next email run will send, and how the
+last check sweep went."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from relink.domain.schedule import next_email_run
 from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
 from relink.models import Connection, Disconnection
+from relink.sweep.incidents import open_incidents
 from relink.sweep.record import last_sweep
 from relink.sweep.summary import InstallationProblem
 from relink.timeutil import utcnow
@@ -84,6 +86,7 @@ def collect(session: Session, now: datetime, ahead: timedelta = HEADS_UP_AHEAD) 
         "at": now.isoformat(),
         "connections": {"total": sum(by_status.values()), "by_status": by_status},
         "open_disconnections": int(open_count or 0),
+        "provider_incidents": [i.as_dict() for i in open_incidents(session, sa.true(), now=now)],
         "installation_problems": [p.as_dict() for p in installation_problems(session)],
         "credentials_expiring": expiring(session, now, ahead),
         "emails": {"next_run": run_at.isoformat(), "due": len(due_ids(session, now=run_at))},
@@ -95,7 +98,8 @@ def collect(session: Session, now: datetime, ahead: timedelta = HEADS_UP_AHEAD) 
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Connections by status, open disconnections, installation problems (what only an
+    """Connections by status, open disconnections, provider incidents (most connections
+    of a provider failing alike: likely an outage), installation problems (what only an
     admin can fix, and how), emails due at the next 07:00 MST run, and the last check
     sweep."""
     now = utcnow()
@@ -110,6 +114,8 @@ def status(
         list(data["connections"]["by_status"].items()),
     )
     console.print(f"open disconnections: {data['open_disconnections']}", highlight=False)
+    for incident in data["provider_incidents"]:
+        console.print(incident["text"], style="bold yellow", highlight=False, soft_wrap=True)
     problems = data["installation_problems"]
     if not problems:
         console.print("installation problems: none", highlight=False)

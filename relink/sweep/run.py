@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from relink.app import Relink
+from relink.sweep.incidents import record_incidents
 from relink.sweep.plan import Range, connections_in, plan_batches, plan_window
 from relink.sweep.record import record_sweep
 from relink.sweep.shards import claim_shard, create_shards, finish_shard, shards_of
@@ -148,7 +149,7 @@ async def run_sweep(
 ) -> SweepReport:
     """Check every connection (or only `connection_ids`) as of `now`, and record the
     sweep as `source` with `details` (`relink status` shows the last one; None: not
-    recorded).
+    recorded) with the provider incidents it opened, updated or ended.
 
     A connection's check, its disconnection's start and the sweep's record all carry
     `now`, the sweep's logical time, however long the sweep takes.
@@ -177,6 +178,7 @@ async def run_sweep(
     )
     if source is not None:
         with app.transaction() as session:
+            record_incidents(session, report.summary, now=now)
             record_sweep(
                 session,
                 report.as_dict(),

@@ -118,6 +118,8 @@ class SweepSummary:
     # connections this sweep did not check, by why ("not_started": their shard's run never
     # started); the next sweep checks them
     not_checked: dict[str, int] = field(default_factory=dict)
+    # connections checked by provider: enough of them found well ends a provider incident
+    checked_by_provider: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def combine(
@@ -130,9 +132,11 @@ class SweepSummary:
         total = merge_batches(batches)
         results = []
         problems = []
+        checked_by_provider: Counter[str] = Counter()
         for key, count in sorted(total["by_provider"].items()):
             found = ResultKey.parse(key)
             results.extend([(found.provider, found.outcome, found.code)] * count)
+            checked_by_provider[found.provider] += count
             if found.outcome == Outcome.MISCONFIGURED:
                 fix = total["installation"].get(found.installation_key(), "")
                 problems.append(InstallationProblem(found.provider, found.code, count, fix))
@@ -148,6 +152,7 @@ class SweepSummary:
             installation_problems=problems,
             duration_s=round(duration_s, 3),
             not_checked=dict(not_checked or {}),
+            checked_by_provider=dict(checked_by_provider),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from relink.errors import InvalidInput, PermissionDenied
 from relink.models import MAX_ID, AuditEvent, Connection, User
 from relink.passwords import authenticate, fingerprint
 from relink.reconnecting.form import ReconnectForm, form_of
+from relink.sweep.incidents import open_incidents
+from relink.timeutil import utcnow
 from relink.web import reconnecting, views
 from relink.web.guards import (
     BadRequest,
@@ -125,12 +127,14 @@ def connections_page(
         ahead = relink_of(request).settings.heads_up_ahead
         rows = [svc.summary(conn, ahead=ahead) for conn in found[:PAGE_SIZE]]
         next_after = rows[-1]["id"] if len(found) > PAGE_SIZE else None
-        counts: dict[str | None, int] = {**svc.listed_counts(db, svc.visible_filter(viewer))}
+        visible = svc.visible_filter(viewer)
+        counts: dict[str | None, int] = {**svc.listed_counts(db, visible)}
         counts[None] = sum(counts.values())
         return views.render(
             request,
             "connections.html",
             {
+                "incidents": open_incidents(db, visible, now=utcnow()),
                 "rows": rows,
                 "status": status,
                 "unknown_status": unknown_status,

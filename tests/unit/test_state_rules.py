@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from relink.domain.words import Outcome
-from relink.state import Change, ConnState, decide, detect_incidents
+from relink.state import Change, ConnState, Incident, decide, detect_incidents, plan_incidents
 
 T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 healthy = ConnState(status="connected", invalid_since=None, has_open_disconnection=False)
@@ -141,3 +141,28 @@ def test_what_changes_nothing_a_user_hears_about_is_no_event():
     assert change(healthy, Outcome.UNREACHABLE, "http_503") is None
     assert change(unreachable, Outcome.OK) is None
     assert change(ConnState("unchecked", None, False), Outcome.OK) is None
+
+
+# --- a provider incident's life -----------------------------------------------------------
+
+
+def test_an_incident_opens_is_updated_and_ends_when_enough_connections_are_well():
+    outage = Incident("salesforce", "unreachable", "http_503", 412, 430)
+    first = plan_incidents([outage], [], {"salesforce": 430})
+    assert (first.open, first.update, first.close) == ([outage], [], [])
+    again = plan_incidents([outage], ["salesforce"], {"salesforce": 430})
+    assert (again.open, again.update, again.close) == ([], [outage], [])
+    well = plan_incidents([], ["salesforce"], {"salesforce": 430})
+    assert (well.open, well.update, well.close) == ([], [], ["salesforce"])
+
+
+def test_a_sweep_that_checked_too_few_of_a_provider_leaves_its_incident_open():
+    # a re-check of one connection says nothing about the provider
+    assert plan_incidents([], ["salesforce"], {"salesforce": 1}).close == []
+    assert plan_incidents([], ["salesforce"], {}).close == []
+
+
+def test_one_incident_per_provider_its_most_common_failure():
+    timeouts = Incident("hubspot", "unreachable", "timeout", 6, 10)
+    errors = Incident("hubspot", "unreachable", "http_500", 4, 10)
+    assert plan_incidents([errors, timeouts], [], {"hubspot": 10}).open == [timeouts]
