@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, selectinload
 
 import connectors
 from relink import audit
-from relink.access import ConnectionRef, Viewer, can_share
 from relink.directory import get_user, viewer_of
+from relink.domain.access import ConnectionRef, Viewer, can_share
 from relink.domain.broken import is_broken, listed_under, unreachable_now
 from relink.domain.expiry import (
     HEADS_UP_AHEAD,
@@ -27,9 +27,9 @@ from relink.domain.expiry import (
     describe,
     shown_soon,
 )
+from relink.domain.health import dataset_error, metric_error
 from relink.domain.words import Mode, Status
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from relink.health import dataset_error, metric_error
 from relink.models import Connection, ConnectionShare, Dataset, Role, User
 from relink.names import limit_of, one_line
 from relink.timeutil import utcnow

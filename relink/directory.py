@@ -7,7 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from relink.access import Viewer
+from relink.domain.access import Viewer
 from relink.domain.recipients import valid_address
 from relink.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from relink.models import Account, Role, User

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 import connectors
 from connectors.base import Connector
-from relink.access import can_reconnect
 from relink.app import Relink
 from relink.connections import get_visible, ref_of
 from relink.directory import get_actor, viewer_of
+from relink.domain.access import can_reconnect
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import Connection, User
 

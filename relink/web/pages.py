@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 import connectors
 from relink import connections as svc
-from relink.access import can_reconnect
 from relink.directory import viewer_of
+from relink.domain.access import can_reconnect
 from relink.domain.expiry import HEADS_UP_AHEAD
 from relink.domain.words import Mode, Status
 from relink.errors import InvalidInput, PermissionDenied

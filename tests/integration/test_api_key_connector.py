@@ -15,8 +15,8 @@ import pytest
 
 import connectors
 from connectors.base import CheckResult, ConnectionSpec, Unreachable
+from relink.domain.health import dataset_error
 from relink.domain.words import Outcome
-from relink.health import dataset_error
 from relink.sweep.validate import CheckPolicy, validate_all
 from relink_dev.sandbox import demo_records
 from tests.integration.oauth_fixtures import (  # noqa: F401 - fixtures

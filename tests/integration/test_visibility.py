@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relink.access import can_view
 from relink.connections import list_visible, ref_of
 from relink.directory import viewer_of
+from relink.domain.access import can_view
 from relink.models import Account, Connection, ConnectionShare, User
 
 pytestmark = pytest.mark.both_backends  # who sees what is a SQL filter

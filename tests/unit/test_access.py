@@ -1,4 +1,4 @@
-from relink.access import ConnectionRef, Viewer, can_reconnect, can_share, can_view
+from relink.domain.access import ConnectionRef, Viewer, can_reconnect, can_share, can_view
 
 ACCOUNT, OTHER_ACCOUNT = 1, 2
 OWNER, SHARED, MEMBER, ADMIN = 10, 11, 12, 13

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime
 
-from relink.health import dataset_error, metric_error
+from relink.domain.health import dataset_error, metric_error
 
 
 def error_of(dataset_status="ok", dataset_err=None, status="connected", conn_err=None, since=None):
