@@ -25,6 +25,7 @@ from relink import audit
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
+from relink.domain.identity import identity
 from relink.domain.words import Outcome, Status
 from relink.models import Account, Connection, Disconnection, User
 from relink.vault import Vault
@@ -34,6 +35,9 @@ ADMIN = ("ada@demo.relink.test", "Ada Admin")
 MEMBER = ("max@demo.relink.test", "Max Member")
 OTHER = ("olga@demo.relink.test", "Olga Other")
 SANDBOX_URL = "http://127.0.0.1:8765"
+# The sandbox account the demo's OAuth connections use ("Connected as …"); a reconnect that
+# consents as another one is a replacement, confirmed first
+OAUTH_ACCOUNT = MEMBER[0]
 HEALTHY_OAUTH = "Sales (Salesforce sandbox)"
 REVOKED_OAUTH = "Support (Salesforce sandbox)"
 DEMO_PASSWORD = "relink-demo-password"  # a public demo sign-in, printed by `relink run`
@@ -55,6 +59,10 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
         "revocation_url": f"{sandbox_url}/oauth/revoke",
         "probe_url": f"{sandbox_url}/api/me",
         "client_id": "relink-demo",
+        # OpenID Connect: a reconnect's consent answers an ID token, verified with these
+        "scope": "api refresh_token openid email",
+        "issuer": sandbox_url,
+        "jwks_uri": f"{sandbox_url}/oauth/jwks",
     }
 
     def sandbox_token() -> dict[str, str]:
@@ -163,6 +171,10 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
     billing = session.scalar(sa.select(Connection).where(Connection.name == "Billing API"))
     assert billing is not None
     share(session, billing.id, with_email=MEMBER[0], actor=users[ADMIN[0]], now=now)
+    for name in (HEALTHY_OAUTH, REVOKED_OAUTH):  # as their consent named it (demo data)
+        oauth = session.scalar(sa.select(Connection).where(Connection.name == name))
+        assert oauth is not None
+        oauth.identity = identity(OAUTH_ACCOUNT, OAUTH_ACCOUNT)
     _broken_since(session, REVOKED_OAUTH, broken_at)
     return True
 
@@ -222,6 +234,7 @@ def sandbox_tokens(session: Session, vault: Vault) -> list[dict[str, Any]]:
                 "access_token": creds["access_token"],
                 "refresh_token": creds.get("refresh_token"),
                 "revoked": name == REVOKED_OAUTH,
+                "username": conn.identity_subject or OAUTH_ACCOUNT,
             }
         )
     return tokens

@@ -321,7 +321,7 @@ def write_sandbox_state(path: Path, tokens: Sequence[dict[str, Any]]) -> None:
                 token["access_token"],
                 token["refresh_token"],
                 client_id=DEMO_CLIENT_ID,
-                username="demo",
+                username=token.get("username") or "demo",  # whose account it is
                 scope=DEFAULT_SCOPE,
             )
 

@@ -134,3 +134,13 @@ def add_admin_routes(app: Flask, provider: SandboxProvider) -> None:
         except (TypeError, ValueError) as exc:
             raise _BadAdminRequest(str(exc)) from exc
         return jsonify(mode=body.get("mode", "ok"))
+
+    @app.post(ADMIN_PREFIX + "id-token-fault")
+    def admin_id_token_fault() -> Any:
+        body = _admin_body()
+        fault = body.get("fault")
+        if fault not in (None, "forged", "tampered"):
+            raise _BadAdminRequest("fault must be forged, tampered or null")
+        times = body.get("times")
+        provider.set_id_token_fault(fault, int(times) if times is not None else None)
+        return jsonify(fault=fault)

@@ -1,7 +1,8 @@
 """Authlib's authorization-server components wired to one `SandboxProvider`: the
 authorization-code grant (PKCE limited to S256; a refresh token only when the client's
 policy grants one), the rotating refresh-token grant, token introspection (RFC 7662),
-revocation (RFC 7009) and the bearer-token check of the demo API (RFC 6750)."""
+revocation (RFC 7009), the bearer-token check of the demo API (RFC 6750), and an ID token
+for a scope with ``openid`` (`openid`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .models import (
     SandboxUser,
     TokenHandle,
 )
+from .openid import SandboxOpenIDCode
 
 if TYPE_CHECKING:
     from .provider import SandboxProvider
@@ -41,7 +43,10 @@ class SandboxAuthorizationServer(AuthorizationServer):
         # Replace the config-driven default generator: always issue refresh tokens and
         # read the access-token lifetime from the provider at issue time.
         self.register_token_generator("default", provider.token_generator)
-        self.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=False)])
+        self.register_grant(
+            AuthorizationCodeGrant,
+            [S256CodeChallenge(required=False), SandboxOpenIDCode(provider.signing_keys)],
+        )
         self.register_grant(RefreshTokenGrant)
         self.register_endpoint(SandboxIntrospectionEndpoint)
         self.register_endpoint(SandboxRevocationEndpoint)
@@ -162,6 +167,7 @@ def introspection_payload(handle: TokenHandle) -> dict[str, Any]:
         "client_id": token.client_id,
         "username": token.username,
         "sub": token.username,
+        "email": token.get_user().email,
         "scope": token.scope,
         "token_type": "Bearer" if handle.kind == "access_token" else "refresh_token",
         "iat": int(token.issued_at),

@@ -18,7 +18,7 @@ DEMO_CLIENT_SECRET = "relink-demo-secret"  # public demo credential, not a secre
 DEMO_REDIRECT_URI = "http://127.0.0.1:8000/oauth/callback"
 DEMO_API_KEY = "demo-api-key"
 # what the demo's connections ask for (Salesforce's scopes), and the sandbox's own
-DEMO_SCOPE = "api refresh_token profile"
+DEMO_SCOPE = "api refresh_token profile openid email"
 _RECORDS_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 

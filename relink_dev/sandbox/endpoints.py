@@ -1,8 +1,9 @@
 """The sandbox's Flask app (`create_app`): the OAuth endpoints (consent, token,
-introspection, revocation), the demo API behind a bearer token (``/api/me``,
-``/api/records``) and behind an API key (``/apikey/me``, ``/apikey/records``), and the
-loopback-only admin API under ``/_sandbox/``; the pages for people (`pages`): the root page
-saying what this server is, Relink's stylesheet and icon."""
+introspection, revocation; OpenID's keys and discovery: `openid`), the demo API behind a
+bearer token (``/api/me``, its userinfo, and ``/api/records``) and behind an API key
+(``/apikey/me``, ``/apikey/records``), and the loopback-only admin API under
+``/_sandbox/``; the pages for people (`pages`): the root page saying what this server is,
+Relink's stylesheet and icon."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .authserver import (
 from .consent import add_consent_routes
 from .demo import demo_records
 from .faults import json_response
+from .openid import add_openid_routes
 from .pages import add_page_routes
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ def create_app(provider: SandboxProvider) -> Flask:
     _add_token_routes(app, server, provider)
     _add_api_routes(app, provider, protector)
     add_admin_routes(app, provider)
+    add_openid_routes(app, provider)
     add_page_routes(app, provider)
     return app
 
@@ -62,7 +65,7 @@ def _add_api_routes(app: Flask, provider: SandboxProvider, protector: ResourcePr
     def api_me() -> Any:
         with protector.acquire() as token:
             user = token.get_user()
-            return jsonify(sub=user.username, name=user.display_name)
+            return jsonify(sub=user.username, name=user.display_name, email=user.email)
 
     @app.get("/api/records")
     def api_records() -> Any:

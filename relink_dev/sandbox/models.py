@@ -39,11 +39,18 @@ class SandboxUser:
         return self.username
 
     @property
+    def email(self) -> str:
+        """The user's email (ID token, ``/api/me``, introspection): the username when it is
+        one, else at ``sandbox.relink.test``."""
+        return self.username if "@" in self.username else f"{self.username}@sandbox.relink.test"
+
+    @property
     def display_name(self) -> str:
         """Human name shown by ``/api/me``."""
         if self.username == "demo":
             return "Demo User"
-        return self.username.replace(".", " ").replace("_", " ").title()
+        local = self.username.split("@")[0]
+        return local.replace(".", " ").replace("_", " ").title()
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .models import (
     SandboxToken,
     SandboxUser,
 )
+from .openid import IdTokenFault, SigningKeys
 from .state import load_state, save_state
 from .tokens import TokenStore, random_access_token, random_refresh_token
 
@@ -59,6 +60,7 @@ class SandboxProvider:
             code_lifetime=code_lifetime,
         )
         self.faults = FaultSwitch(self._lock)
+        self.signing_keys = SigningKeys()  # the ID tokens' key; made anew at each start
         self.token_generator = BearerTokenGenerator(
             random_access_token, random_refresh_token, self._expires_in
         )
@@ -253,6 +255,10 @@ class SandboxProvider:
         each mode does is said on `Fault`."""
         headers = dict(headers or {})
         self.faults.set(Fault(mode, path_prefix, delay, times, status, body, headers))
+
+    def set_id_token_fault(self, fault: IdTokenFault | None, times: int | None = None) -> None:
+        """Make the next `times` ID tokens (all: None) forged or tampered; None: valid."""
+        self.signing_keys.set_fault(fault, times)
 
     def clear_fault(self) -> None:
         """Back to normal answers."""

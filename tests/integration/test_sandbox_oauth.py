@@ -310,7 +310,7 @@ def test_api_me_then_401_after_revoke(http: httpx.Client, provider: SandboxProvi
     token = provider.issue_token(CLIENT_ID, username="bob")
     resp = http.get("/api/me", headers=bearer(token["access_token"]))
     assert resp.status_code == 200
-    assert resp.json() == {"sub": "bob", "name": "Bob"}
+    assert resp.json() == {"sub": "bob", "name": "Bob", "email": "bob@sandbox.relink.test"}
 
     assert provider.revoke_token(token["access_token"])
     resp = http.get("/api/me", headers=bearer(token["access_token"]))
@@ -487,3 +487,11 @@ def test_demo_client_accepts_loopback_callbacks_only() -> None:
         "http://127.0.0.1/oauth/callback",
     ):
         assert not client.check_redirect_uri(bad), bad
+
+
+def test_openid_discovery_names_the_issuer_and_its_public_keys(http: httpx.Client) -> None:
+    found = http.get("/.well-known/openid-configuration").json()
+    assert found["issuer"] == str(http.base_url).rstrip("/")
+    keys = http.get("/oauth/jwks").json()["keys"]
+    assert [k["kty"] for k in keys] == ["RSA"]
+    assert not {"d", "p", "q"} & set(keys[0])  # public only
