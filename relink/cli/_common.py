@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +17,18 @@ from sqlalchemy.orm import Session
 from relink.app import Relink
 from relink.cli import tables
 from relink.errors import RelinkError
+
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Show every value in full: the table at its natural width, wider than the "
+        "terminal if need be (pipe it to `less -S`). Without it a table fits the terminal "
+        "and long values are cut with …",
+        callback=tables.set_wide,
+        expose_value=False,
+    ),
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -10,6 +10,7 @@ import typer
 
 from relink import audit, db
 from relink.cli._common import (
+    WideOpt,
     app,
     console,
     fail,
@@ -62,7 +63,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base
 
 
 @config_app.command("show")
-def config_show(as_json: JsonOpt = False) -> None:
+def config_show(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Print the effective settings, secrets masked."""
     values = app().settings.masked()
     if as_json:
@@ -134,7 +135,7 @@ def accounts_add(name: Annotated[str, typer.Argument(help="Account name.")]) -> 
 
 @accounts_app.command("list")
 @handle_errors
-def accounts_list(as_json: JsonOpt = False) -> None:
+def accounts_list(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """List accounts."""
     with transaction() as session:
         rows = [
@@ -204,6 +205,7 @@ def users_add(
 def users_list(
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """List users."""
     with transaction() as session:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import typer
 
 from relink.app import Relink
-from relink.cli._common import app, console, fail, handle_errors, print_json, print_table
+from relink.cli._common import WideOpt, app, console, fail, handle_errors, print_json, print_table
 from relink.models import MAX_ID, Connection
 from relink.sweep.run import SweepPolicy, plain_steps, run_sweep
 from relink.sweep.validate import CheckPolicy
@@ -31,6 +31,7 @@ def check(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Checks in flight at once.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """Check connections' credentials now and record what broke (the check-connections
     flow's sweep, run here without Prefect)."""

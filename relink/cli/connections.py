@@ -12,6 +12,7 @@ import typer
 import connectors
 from relink import connections as svc
 from relink.cli._common import (
+    WideOpt,
     app,
     console,
     fail,
@@ -128,6 +129,7 @@ def connections_list(
     as_: AsOpt,
     status: Annotated[Status | None, typer.Option("--status", help="Only this status.")] = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """List the connections this user may see."""
     with transaction() as session:
@@ -170,6 +172,7 @@ def connections_show(
     connection_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)],
     as_: AsOpt,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Show one connection with its datasets and metrics and their error state."""
     with transaction() as session:
@@ -270,7 +273,7 @@ def metrics_add(
 
 
 @connectors_app.command("list")
-def connectors_list(as_json: JsonOpt = False) -> None:
+def connectors_list(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """List connector types."""
     rows = [c.describe() for c in connectors.all_connectors()]
     if as_json:
@@ -294,7 +297,9 @@ def connectors_list(as_json: JsonOpt = False) -> None:
 @connectors_app.command("show")
 @handle_errors
 def connectors_show(
-    type_: Annotated[str, typer.Argument(metavar="TYPE")], as_json: JsonOpt = False
+    type_: Annotated[str, typer.Argument(metavar="TYPE")],
+    as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Show a connector's connection requirements."""
     try:

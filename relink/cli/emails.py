@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from relink.cli._common import (
+    WideOpt,
     app,
     console,
     fail,
@@ -80,6 +81,7 @@ def notify(
         int | None, typer.Option(min=1, help="Email at most this many disconnections.")
     ] = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Email every disconnection open for 24 hours that was never emailed (the
     send-disconnection-emails flow's run, here without Prefect). Without an API key
@@ -161,6 +163,7 @@ def outbox_list(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first.")] = 500,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """The disconnection emails Relink has recorded, one per disconnection."""
     if state is not None and state not in set(NotificationState):

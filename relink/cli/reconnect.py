@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from connectors.base import Field
 from relink.cli._common import (
+    WideOpt,
     app,
     console,
     err_console,
@@ -112,6 +113,7 @@ def reconnect(
         typer.Option("--secret-env", help="A new secret from an environment variable: key=ENVVAR."),
     ] = [],  # noqa: B006
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Reconnect a connection with new credentials, validated together with any changed
     settings before they replace the old ones; a refused attempt changes nothing and is
@@ -500,6 +502,7 @@ def datasets_refresh(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Datasets refreshed at once.")] = 4,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Refresh datasets now, in this process (the refresh-datasets flow without Prefect).
     Exits 1 when a dataset failed, or at once, refreshing nothing, when the --connection
@@ -567,6 +570,7 @@ def audit_trail(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="The newest N events.")] = 200,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """The audit trail: who changed what and when (oldest first). Never holds secrets."""
     with transaction() as session:

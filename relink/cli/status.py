@@ -12,7 +12,15 @@ import typer
 from sqlalchemy.orm import Session
 
 import connectors
-from relink.cli._common import app, console, handle_errors, print_json, print_table, transaction
+from relink.cli._common import (
+    WideOpt,
+    app,
+    console,
+    handle_errors,
+    print_json,
+    print_table,
+    transaction,
+)
 from relink.connections import broken_clause, expiry_view, listed_counts
 from relink.domain.expiry import HEADS_UP_AHEAD, ExpiryKind
 from relink.domain.schedule import next_email_run
@@ -97,6 +105,7 @@ def collect(session: Session, now: datetime, ahead: timedelta = HEADS_UP_AHEAD) 
 @handle_errors
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    wide: WideOpt = False,
 ) -> None:
     """Connections by status, open disconnections, provider incidents (most connections
     of a provider failing alike: likely an outage), installation problems (what only an

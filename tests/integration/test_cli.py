@@ -569,6 +569,30 @@ def test_the_demo_has_a_disconnection_past_24_hours_and_says_it_is_demo_data(cli
     )
 
 
+def test_every_table_command_takes_wide_and_json_is_unchanged(cli, account):
+    """--wide prints every value in full (a table wider than an 80-column terminal);
+    --json is the same data with or without it."""
+    add_pg(cli)
+    narrow = cli.ok("audit", env={"COLUMNS": "80"}).stdout
+    full = cli.ok("audit", "--wide", env={"COLUMNS": "80"}).stdout
+    assert max(map(len, narrow.splitlines())) <= 80 < max(map(len, full.splitlines()))
+    assert "┃ details" in full  # a table, not cards
+    for command in (
+        ("status",),
+        ("connections", "list", "--as", "ann@acme.test"),
+        ("connectors", "list"),
+        ("outbox", "list"),
+        ("users", "list"),
+        ("accounts", "list"),
+        ("config", "show"),
+    ):
+        cli.ok(*command, "--wide")
+        with_wide, without = cli.json(*command, "--wide"), cli.json(*command)
+        if isinstance(with_wide, dict):  # `status` says when it looked
+            with_wide.pop("at", None), without.pop("at", None)
+        assert with_wide == without, command
+
+
 def test_connectors_list_and_show(cli):
     types = {c["type"] for c in cli.json("connectors", "list")}
     assert {

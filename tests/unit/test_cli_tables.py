@@ -1,11 +1,15 @@
 """Tables on an 80-column terminal: times to the minute, no word broken in the middle,
-and cards when the columns cannot fit; nothing is dropped."""
+and cards when the columns cannot fit; a long value is cut with "…" and a last line says
+so; `--wide` shows every value in full."""
 
 import io
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from rich.console import Console
 
+from relink.cli import tables
 from relink.cli.tables import cell, render
 
 COLUMNS = ["id", "name", "type", "mode", "status", "invalid since", "created by", "last checked"]
@@ -65,3 +69,28 @@ def test_a_narrow_table_that_fits_stays_a_table_with_whole_words():
     assert "┃ type" in text
     for word in words_of(rows):
         assert word in text, word
+
+
+LONG = "details: " + ", ".join(f"key{i}=value{i}" for i in range(60))
+
+
+@pytest.fixture
+def wide() -> Iterator[None]:
+    tables.set_wide(True)
+    yield
+    tables.set_wide(False)
+
+
+def test_at_80_columns_a_long_value_is_cut_and_the_table_says_wide_shows_it():
+    text = shown(80, [*COLUMNS, "details"], [[*ROWS[1], LONG]])
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "key0=value0" in text and "key59=value59" not in text and "…" in text
+    assert text.rstrip().endswith(tables.FOLDED)
+    assert tables.FOLDED not in shown(80)  # nothing cut, nothing said
+
+
+def test_wide_shows_every_value_in_full_as_one_table_whatever_the_terminal(wide):
+    text = shown(80, [*COLUMNS, "details"], [[*ROWS[1], LONG]])
+    row = next(line for line in text.splitlines() if "Support (Salesforce sandbox)" in line)
+    assert LONG in row and len(row) > 80  # one line: for `less -S` or a wide window
+    assert tables.FOLDED not in text
