@@ -22,7 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
 from connectors.base import CheckResult, ConnectionSpec
-from relink import audit
+from relink import audit, events
 from relink.app import Relink
 from relink.checks import record_batch
 from relink.domain.words import Outcome
@@ -147,6 +147,19 @@ def _commit(
             status_before=target.status,
             disconnection_closed=summary.closed > 0,
             changed=proposal.changed,
+        )
+        events.connection_changed(  # in place of the check's `recovered`
+            session,
+            events.CONNECTION_RECONNECTED,
+            conn,
+            provider=target.provider,
+            at=now,
+            method=method,
+            status_before=target.status,
+            status=conn.status,
+            disconnection_closed=summary.closed > 0,
+            owner_changed=previous_owner != actor.email,
+            changed=list(proposal.changed),
         )
         return Reconnected(
             connection_id=conn.id,

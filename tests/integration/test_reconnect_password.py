@@ -336,3 +336,50 @@ def test_a_connection_that_keeps_changing_is_never_overwritten(
     assert len(bumps) == 2
     view = connection_view(relink_app, world.connection_id)
     assert view["status"] == "disconnected" and view["created_by"] == "Bob Owner"
+
+
+def test_a_reconnect_is_one_reconnected_event_and_a_refused_one_none(
+    relink_app, pg_admin, shop, prefect_events
+):
+    """The reconnect closes the disconnection as a check would, but the news is who fixed
+    it: `relink.connection.reconnected`, not `.recovered`; no password in it."""
+    world, role = shop
+    new_password = "new-pw-marker-event-77c2"
+    break_it(relink_app, pg_admin, role, new_password)
+    assert prefect_events.names() == ["relink.connection.disconnected"]
+    prefect_events.clear()
+    with pytest.raises(CredentialsRefused):
+        asyncio.run(
+            reconnect_with_secrets(
+                relink_app,
+                world.connection_id,
+                actor=ADMIN,
+                secrets={"password": "still-wrong-event-marker"},
+                now=T2,
+                policy=FAST_REFRESH,
+            )
+        )
+    assert prefect_events.names() == []
+
+    asyncio.run(
+        reconnect_with_secrets(
+            relink_app,
+            world.connection_id,
+            actor=SHARED,
+            secrets={"password": new_password},
+            now=T2,
+            policy=FAST_REFRESH,
+        )
+    )
+
+    (event,) = prefect_events.all()
+    assert event.event == "relink.connection.reconnected"
+    assert event.resource.id == f"relink.connection.{world.connection_id}"
+    assert (event.payload["status_before"], event.payload["status"]) == (
+        "disconnected",
+        "connected",
+    )
+    assert event.payload["disconnection_closed"] and event.payload["owner_changed"]
+    assert event.payload["method"] == "password"
+    text = event.model_dump_json()
+    assert new_password not in text and "still-wrong-event-marker" not in text
