@@ -63,8 +63,10 @@ def refused(code: str, at: str, action: str, plan: OAuthPlan, detail: str = "") 
             f"cannot help.{detail}",
         )
     if judgment.outcome is Outcome.AUTH_FAILED:
-        fix = "with the right client" if code in CLIENT_REFUSALS else "the connection"
-        return judgment.error(code, f"{at} refused {action}: {code}{detail}; reconnect {fix}")
+        # what is wrong, not what to do: whoever shows it adds "reconnect" once (a
+        # dataset's error, the connection page's button, the CLI's reconnect line)
+        whose = " (the connection's own OAuth client)" if code in CLIENT_REFUSALS else ""
+        return judgment.error(code, f"{at} refused {action}{whose}: {code}{detail}")
     return judgment.error(code, f"{at} could not answer {action}: {code}{detail}")
 
 

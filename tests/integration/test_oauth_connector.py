@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import connectors
 from connectors.base import AuthFailed, CheckResult, ConnectionSpec, Credentials, Unreachable
 from connectors.oauth2 import OAuth2Connector
+from relink.domain.health import dataset_error
 from relink.domain.words import Outcome
 from relink.locks import ConnectionLocks, lock_dir
 from relink.models import Connection
@@ -218,6 +219,15 @@ def test_a_revoked_refresh_token_is_auth_failed_invalid_grant(
     assert result.stored_version is None
     assert stored(relink_app, spec.id)[:2] == (creds, spec.version)  # nothing written
     assert_no_secret(result, secrets_of(creds, client=oauth_client))
+    # said once: the connector says what is wrong, a dataset's message adds the advice
+    shown = dataset_error(
+        dataset_status="ok",
+        dataset_error=None,
+        connection_name="CRM",
+        connection_status="disconnected",
+        connection_error=result.message,
+    )
+    assert "invalid_grant" in (shown or "") and (shown or "").count("reconnect") == 1
 
 
 @pytest.mark.parametrize("introspection", [True, False], ids=["introspection", "probe"])
