@@ -1,6 +1,7 @@
 """send-disconnection-emails: the daily 07:00 MST run. Every disconnection that has been
 open for 24 hours and was never emailed gets its one email, sent to the connection's
-owner (or the account's admins)."""
+owner (or the account's admins); every hard credentials expiry within
+RELINK_HEADS_UP_DAYS gets its one heads-up the same way."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
     summary = await run_emails(app, now=now, steps=STEPS, policy=NotifyPolicy(), limit=limit)
     logger = get_run_logger()
     logger.info("disconnection emails: %s", summary.counts)
+    logger.info("expiry heads-ups: %s", summary.heads_ups)
     if summary.stopped:
         logger.warning("stopped early: %s", summary.stopped)
     if summary.failures:

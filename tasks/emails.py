@@ -1,6 +1,7 @@
 """Tasks of the send-disconnection-emails flow: each wraps one step of the email run
 (relink/emailing/run.py) for Prefect, with retries where a retry is safe, and runs once
-per batch of due disconnections (`NotifyPolicy.batch_size`), never once per email.
+per batch of due disconnections or expiry heads-ups (`NotifyPolicy.batch_size`), never
+once per email.
 `STEPS` is what the flow hands to `run_emails`."""
 
 from __future__ import annotations
@@ -58,6 +59,36 @@ async def send_email_batch(
     return result.as_dict()
 
 
+@task(name="find-due-heads-ups", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+async def find_heads_ups(now: datetime, ahead_seconds: float, limit: int | None) -> list[int]:
+    """Ids of the connections whose expiry heads-up is due at `now`. Read-only: safe to
+    retry."""
+    return await asyncio.to_thread(run.find_heads_ups, get_app(), now, ahead_seconds, limit)
+
+
+# retries=0 for the same reason as send-email-batch: it commits claims and sends emails.
+@task(
+    name="send-heads-up-batch",
+    task_run_name="heads-up batch {number}",
+    retries=0,
+    cache_policy=NO_CACHE,
+)
+async def send_heads_up_batch(
+    now: datetime, number: int, connection_ids: list[int], policy: dict[str, Any]
+) -> dict[str, Any]:
+    """Claim, send and record the expiry heads-ups of these connections."""
+    app = get_app()
+    sender = Sender(
+        app, mailer_for(app.settings), now, NotifyPolicy.from_params(policy), clock=utcnow
+    )
+    result = await asyncio.to_thread(send_batch, sender, connection_ids, heads_ups=True)
+    return result.as_dict()
+
+
 STEPS = run.EmailRunSteps(
-    expire_claims=expire_claims, find_due=find_due, send_batch=send_email_batch
+    expire_claims=expire_claims,
+    find_due=find_due,
+    send_batch=send_email_batch,
+    find_heads_ups=find_heads_ups,
+    send_heads_ups=send_heads_up_batch,
 )

@@ -34,8 +34,9 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "notify": (
         ("emails",),
-        "Email every disconnection open for 24 hours that was never emailed (the "
-        "send-disconnection-emails flow's run, here without Prefect).",
+        "Email every disconnection open for 24 hours that was never emailed, and every "
+        "owner whose credentials expire for good within RELINK_HEADS_UP_DAYS their one "
+        "heads-up (the send-disconnection-emails flow's run, here without Prefect).",
     ),
     "outbox": (
         ("emails",),

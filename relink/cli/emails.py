@@ -83,8 +83,9 @@ def notify(
     as_json: JsonOpt = False,
     wide: WideOpt = False,
 ) -> None:
-    """Email every disconnection open for 24 hours that was never emailed (the
-    send-disconnection-emails flow's run, here without Prefect). Without an API key
+    """Email every disconnection open for 24 hours that was never emailed, and every
+    owner whose credentials expire for good within RELINK_HEADS_UP_DAYS their one
+    heads-up (the send-disconnection-emails flow's run, here without Prefect). Without an API key
     (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead. With --as-of it
     decides exactly as the run scheduled at that time does."""
     now = utcnow()
@@ -105,7 +106,11 @@ def notify(
         return
     mailer = "the outbox" if not relink.settings.sendgrid_api_key.get_secret_value() else "SendGrid"
     console.print(f"Disconnection emails at {_when(moment)} through {mailer}", highlight=False)
-    print_table("", ["result", "emails"], list(summary.counts.items()))
+    print_table(
+        "",
+        ["result", "disconnection emails", "expiry heads-ups"],
+        [(k, v, summary.heads_ups.get(k, "")) for k, v in summary.counts.items()],
+    )
     if summary.stopped:
         console.print(f"stopped early: {summary.stopped}", style="bold red", highlight=False)
     if summary.failures:

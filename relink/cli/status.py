@@ -26,6 +26,7 @@ from relink.domain.expiry import HEADS_UP_AHEAD, ExpiryKind
 from relink.domain.schedule import next_email_run
 from relink.domain.words import Outcome, Status
 from relink.emailing.due import due_ids
+from relink.emailing.headsup import due_query as heads_up_query
 from relink.models import Connection, Disconnection
 from relink.sweep.incidents import open_incidents
 from relink.sweep.record import last_sweep
@@ -97,7 +98,11 @@ def collect(session: Session, now: datetime, ahead: timedelta = HEADS_UP_AHEAD) 
         "provider_incidents": [i.as_dict() for i in open_incidents(session, sa.true(), now=now)],
         "installation_problems": [p.as_dict() for p in installation_problems(session)],
         "credentials_expiring": expiring(session, now, ahead),
-        "emails": {"next_run": run_at.isoformat(), "due": len(due_ids(session, now=run_at))},
+        "emails": {
+            "next_run": run_at.isoformat(),
+            "due": len(due_ids(session, now=run_at)),
+            "heads_ups_due": len(session.scalars(heads_up_query(run_at, ahead)).all()),
+        },
         "last_sweep": last_sweep(session),
     }
 
@@ -158,7 +163,8 @@ def status(
         console.print("credentials expiring: none", highlight=False)
     console.print(
         f"emails due at the next run ({data['emails']['next_run']}, 07:00 MST): "
-        f"{data['emails']['due']}",
+        f"{data['emails']['due']} disconnection email(s), "
+        f"{data['emails']['heads_ups_due']} expiry heads-up(s)",
         highlight=False,
     )
     sweep = data["last_sweep"]

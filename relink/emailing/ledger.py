@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session
 from relink import audit, events
 from relink.app import Relink
 from relink.domain.due import NOT_YET, awaiting_email
+from relink.emailing import headsup
 from relink.emailing.due import DueEmail
+from relink.emailing.headsup import HeadsUpEmail, HeldHeadsUp
 from relink.emailing.outbox import NotificationView, get_notification
 from relink.errors import Conflict, NotFound
 from relink.models import Disconnection, Notification, NotificationState, User
@@ -90,13 +92,13 @@ def _set_awaiting(
 
 def claim(
     app: Relink,
-    item: DueEmail,
+    item: DueEmail | HeadsUpEmail,
     *,
     now: datetime,
     state: State = State.CLAIMED,
     subject: str | None = None,
     reason: str | None = None,
-) -> HeldClaim | None:
+) -> HeldClaim | HeldHeadsUp | None:
     """Commit this run's claim of `item`'s one notification; None when someone else has it
     (or the disconnection closed meanwhile).
 
@@ -106,6 +108,8 @@ def claim(
     disconnection is open (that UPDATE locks its row until the commit, so a concurrent
     close waits for it or is seen).
     """
+    if isinstance(item, HeadsUpEmail):  # its own record, the same protocol
+        return headsup.claim(app, item, now=now, state=state, subject=subject, reason=reason)
     values = {
         "state": str(state),
         "recipients": list(item.recipients.to),
@@ -157,7 +161,7 @@ def claim(
 
 def mark(
     app: Relink,
-    held: HeldClaim,
+    held: HeldClaim | HeldHeadsUp,
     state: State,
     *,
     now: datetime,
@@ -173,6 +177,10 @@ def mark(
     on a new one (`MARK_TRIES`): giving up would leave an email SendGrid accepted
     `claimed`, then `unknown`. Trying again is harmless: the UPDATE is fenced by this
     claim, so after a commit whose reply was lost it matches nothing."""
+    if isinstance(held, HeldHeadsUp):
+        return headsup.mark(
+            app, held, state, now=now, attempts=attempts, message_id=message_id, error=error
+        )
     tries = 1
     while True:
         try:

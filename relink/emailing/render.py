@@ -1,7 +1,7 @@
-"""Renders the disconnection email (subject, plain text and HTML) from the Jinja2
-templates in relink/templates/email. Connection names and error messages are user or
-provider input: the HTML template is autoescaped, the subject is flattened to one line.
-Nothing here sees a credential."""
+"""Renders the disconnection email and the expiry heads-up (subject, plain text and
+HTML) from the Jinja2 templates in relink/templates/email, with the same blue button.
+Connection names and error messages are user or provider input: the HTML template is
+autoescaped, the subject is flattened to one line. Nothing here sees a credential."""
 
 from __future__ import annotations
 
@@ -80,4 +80,41 @@ def render_disconnection_email(facts: DisconnectionFacts, *, base_url: str) -> R
         subject=subject,
         text=env.get_template("disconnection.txt").render(context),
         html=env.get_template("disconnection.html").render(context),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsUpFacts:
+    """What the heads-up says about one connection's coming hard expiry."""
+
+    connection_id: int
+    connection_name: str
+    source_type: str
+    expires_at: datetime
+    now: datetime  # when it is written: "in 7 days" counts from here
+
+
+def time_left(until: datetime, now: datetime) -> str:
+    """'7 days', '1 day', 'less than a day'."""
+    days = (as_utc(until) - as_utc(now)).days
+    if days < 1:
+        return "less than a day"
+    return f"{days} day{'s' if days != 1 else ''}"
+
+
+def render_heads_up_email(facts: HeadsUpFacts, *, base_url: str) -> RenderedEmail:
+    env = _environment()
+    context = {
+        "name": facts.connection_name,
+        "source_type": facts.source_type,
+        "until": format_local(facts.expires_at),
+        "left": time_left(facts.expires_at, facts.now),
+        "url": connection_url(base_url, facts.connection_id),
+        "button_color": BUTTON_COLOR,
+    }
+    subject = one_line(env.get_template("heads_up_subject.txt").render(context), 400)
+    return RenderedEmail(
+        subject=subject,
+        text=env.get_template("heads_up.txt").render(context),
+        html=env.get_template("heads_up.html").render(context),
     )

@@ -1,6 +1,7 @@
 """The email run, written once as it reads: expire the claims of runs that died, find
 the emails due at `now`, send them batch by batch until done or SendGrid stops the run,
-and summarise it (`EmailRunSummary`: the counts, the emails whose delivery raised and
+then the same for the expiry heads-ups due at `now` (relink/emailing/headsup.py), and
+summarise it (`EmailRunSummary`: the counts, the emails whose delivery raised and
 what each is left as, the emails awaiting an admin's decision, a markdown artifact). One
 email's error never stops the run. Its I/O steps come in as `EmailRunSteps`: `send_due`
 (`relink notify`, the tests, the benchmark) passes the step functions below as plain
@@ -13,11 +14,12 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from relink.app import Relink
+from relink.emailing import headsup
 from relink.emailing.due import due_ids
 from relink.emailing.ledger import expire_stale_claims
 from relink.emailing.mailer import Mailer, mailer_for
@@ -39,6 +41,9 @@ COUNTS = (
 )
 
 
+HEADS_UP_COUNTS = tuple(c for c in COUNTS if c != "expired_claims")
+
+
 def batches_of(ids: Sequence[int], size: int) -> list[list[int]]:
     """Consecutive runs of at most `size` ids, in order."""
     return [list(ids[i : i + size]) for i in range(0, len(ids), max(1, size))]
@@ -55,6 +60,13 @@ class EmailRunSteps:
     """(now, due-after in seconds, limit) -> the due disconnection ids, ascending."""
     send_batch: Callable[[datetime, int, list[int], dict[str, Any]], Awaitable[dict[str, Any]]]
     """(now, batch number from 1, ids, `NotifyPolicy.as_params()`) -> `BatchResult.as_dict()`."""
+    find_heads_ups: Callable[[datetime, float, int | None], Awaitable[list[int]]] | None = None
+    """(now, heads-up days in seconds, limit) -> ids of the connections whose expiry
+    heads-up is due, ascending."""
+    send_heads_ups: (
+        Callable[[datetime, int, list[int], dict[str, Any]], Awaitable[dict[str, Any]]] | None
+    ) = None
+    """(now, batch number from 1, connection ids, policy) -> `BatchResult.as_dict()`."""
 
 
 async def run_emails(
@@ -83,20 +95,47 @@ async def run_emails(
         if batch["stopped"]:
             deferred = sum(len(rest) for rest in chunks[number:])
             break
-    return EmailRunSummary.combine(
+    heads_ups: list[dict[str, Any]] = []
+    heads_ups_deferred = 0
+    if steps.find_heads_ups is not None and steps.send_heads_ups is not None:
+        ahead = app.settings.heads_up_ahead.total_seconds()
+        left = None if limit is None else max(0, limit - len(ids))
+        found = await steps.find_heads_ups(now, ahead, left) if left != 0 else []
+        groups = batches_of(found, policy.batch_size)
+        if any(b["stopped"] for b in batches):
+            heads_ups_deferred = len(found)  # SendGrid stopped the run: the next one sends
+            groups = []
+        for number, chunk in enumerate(groups, start=1):
+            batch = await steps.send_heads_ups(now, number, chunk, params)
+            heads_ups.append(batch)
+            if batch["stopped"]:
+                heads_ups_deferred = sum(len(rest) for rest in groups[number:])
+                break
+    summary = EmailRunSummary.combine(
         batches,
         expired_claims=expired,
         deferred=deferred,
         awaiting_decision=await asyncio.to_thread(awaiting_decision, app),
         duration_s=time.perf_counter() - started,
     )
+    summary.add_heads_ups(heads_ups, deferred=heads_ups_deferred)
+    return summary
 
 
 # --- the steps as functions: plain calls here, Prefect tasks in tasks/emails.py -------------
 
 
 def expire_claims(app: Relink, now: datetime, lease_seconds: float) -> int:
-    return expire_stale_claims(app, now=now, lease=timedelta(seconds=lease_seconds))
+    lease = timedelta(seconds=lease_seconds)
+    return expire_stale_claims(app, now=now, lease=lease) + headsup.expire_stale_claims(
+        app, now=now, lease=lease
+    )
+
+
+def find_heads_ups(
+    app: Relink, now: datetime, ahead_seconds: float, limit: int | None
+) -> list[int]:
+    return headsup.due_heads_ups(app, now=now, ahead=timedelta(seconds=ahead_seconds), limit=limit)
 
 
 def find_due(app: Relink, now: datetime, due_after_seconds: float, limit: int | None) -> list[int]:
@@ -121,7 +160,21 @@ def plain_steps(app: Relink, sender: Sender) -> EmailRunSteps:
     ) -> dict[str, Any]:
         return send_batch(sender, ids).as_dict()
 
-    return EmailRunSteps(expire_claims=expire, find_due=find, send_batch=send)
+    async def find_ahead(now: datetime, ahead_seconds: float, limit: int | None) -> list[int]:
+        return find_heads_ups(app, now, ahead_seconds, limit)
+
+    async def send_ahead(
+        now: datetime, number: int, ids: list[int], policy: dict[str, Any]
+    ) -> dict[str, Any]:
+        return send_batch(sender, ids, heads_ups=True).as_dict()
+
+    return EmailRunSteps(
+        expire_claims=expire,
+        find_due=find,
+        send_batch=send,
+        find_heads_ups=find_ahead,
+        send_heads_ups=send_ahead,
+    )
 
 
 def send_due(
@@ -162,6 +215,17 @@ class EmailRunSummary:
     failures: list[dict[str, Any]]
     awaiting_decision: list[dict[str, Any]]
     duration_s: float
+    heads_ups: dict[str, int] = field(default_factory=lambda: {k: 0 for k in HEADS_UP_COUNTS})
+    """The expiry heads-ups' results, counted as the disconnection emails' are."""
+
+    def add_heads_ups(self, batches: Iterable[dict[str, Any]], *, deferred: int = 0) -> None:
+        totals: Counter[str] = Counter()
+        for batch in batches:
+            totals.update(batch["counts"])
+            self.failures += batch.get("failures", [])
+            self.stopped = self.stopped or batch["stopped"]
+        totals["deferred"] += deferred
+        self.heads_ups = {k: totals.get(k, 0) for k in HEADS_UP_COUNTS}
 
     @classmethod
     def combine(
@@ -201,16 +265,20 @@ class EmailRunSummary:
             "failures": self.failures,
             "awaiting_decision": self.awaiting_decision,
             "duration_s": self.duration_s,
+            "heads_ups": self.heads_ups,
         }
 
     def markdown(self) -> str:
         delivered = self.counts["sent"] + self.counts["outbox"]
+        ahead = self.heads_ups["sent"] + self.heads_ups["outbox"]
         lines = [
             f"# Disconnection emails: {delivered} delivered in {self.duration_s:.1f} s",
             "",
-            "| result | emails |",
-            "| --- | --- |",
-            *(f"| {k} | {v} |" for k, v in self.counts.items()),
+            f"Expiry heads-ups: {ahead} delivered.",
+            "",
+            "| result | disconnection emails | expiry heads-ups |",
+            "| --- | --- | --- |",
+            *(f"| {k} | {v} | {self.heads_ups.get(k, '')} |" for k, v in self.counts.items()),
         ]
         if self.stopped:
             lines += ["", f"**Stopped early**: {self.stopped}. The rest waits for the next run."]

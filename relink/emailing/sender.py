@@ -24,10 +24,11 @@ from relink.app import Relink
 from relink.domain.words import NotificationState
 from relink.emailing import ledger
 from relink.emailing.due import DueEmail, load_due
+from relink.emailing.headsup import HeadsUpEmail, load_heads_ups
 from relink.emailing.mailer import Attempt, Mailer, OutgoingEmail, Result, mailer_for
 from relink.emailing.outbox import notification_of
 from relink.emailing.policy import NotifyPolicy
-from relink.emailing.render import render_disconnection_email
+from relink.emailing.render import render_disconnection_email, render_heads_up_email
 from relink.models import Disconnection
 
 State = NotificationState
@@ -147,7 +148,7 @@ class Sender:
         assert self.clock is not None
         return max(self.now, self.clock())
 
-    def deliver(self, item: DueEmail) -> str:
+    def deliver(self, item: DueEmail | HeadsUpEmail) -> str:
         """Claim, send and mark one email; the counter it adds to. An error on the way
         (the database, a bug) is recorded on this email, in the ledger as far as the
         ledger can still be written and in `failures`, and counts as `error`: the other
@@ -160,7 +161,7 @@ class Sender:
                 raise
             return self._failed(item, progress, exc)
 
-    def _deliver(self, item: DueEmail, progress: _Progress) -> str:
+    def _deliver(self, item: DueEmail | HeadsUpEmail, progress: _Progress) -> str:
         assert self.breaker is not None
         if self.breaker.is_open:
             return "deferred"
@@ -202,7 +203,7 @@ class Sender:
         )
         return str(state)
 
-    def _failed(self, item: DueEmail, progress: _Progress, exc: Exception) -> str:
+    def _failed(self, item: DueEmail | HeadsUpEmail, progress: _Progress, exc: Exception) -> str:
         """Record what is known of one email whose delivery raised: not claimed (the claim
         rolled back: due again for the next run), claimed but certainly not sent
         (released), or possibly sent (unknown, never resent automatically)."""
@@ -259,7 +260,18 @@ class Sender:
         return min(wanted, self.policy.retry_after_cap)
 
 
-def build_email(item: DueEmail, *, sender: str, base_url: str) -> OutgoingEmail:
+def build_email(item: DueEmail | HeadsUpEmail, *, sender: str, base_url: str) -> OutgoingEmail:
+    if isinstance(item, HeadsUpEmail):
+        heads_up = render_heads_up_email(item.facts(), base_url=base_url)
+        return OutgoingEmail(
+            reference=item.reference,
+            sender=sender,
+            to=item.recipients.to,
+            subject=heads_up.subject,
+            text=heads_up.text,
+            html=heads_up.html,
+            custom_args={"heads_up": item.reference, "connection_id": str(item.connection_id)},
+        )
     rendered = render_disconnection_email(item.facts(), base_url=base_url)
     return OutgoingEmail(
         reference=item.reference,
@@ -288,20 +300,27 @@ class BatchResult:
         return {"counts": self.counts, "stopped": self.stopped, "failures": self.failures}
 
 
-def send_batch(sender: Sender, ids: Sequence[int]) -> BatchResult:
-    """Claim, send and record the emails of these due disconnections, `concurrency` at
-    a time. Each claim re-checks that the disconnection is still open and unclaimed; an
-    email whose delivery raised is recorded on it and the others go on."""
+def send_batch(sender: Sender, ids: Sequence[int], *, heads_ups: bool = False) -> BatchResult:
+    """Claim, send and record the emails of these due disconnections (with `heads_ups`:
+    the expiry heads-ups of these connections), `concurrency` at a time. Each claim
+    re-checks that the email is still due and unclaimed; an email whose delivery raised
+    is recorded on it and the others go on."""
     counts: Counter[str] = Counter()
     before = len(sender.failures)
     try:
-        items = load_due(sender.app, ids)
+        items: Sequence[DueEmail | HeadsUpEmail] = (
+            load_heads_ups(sender.app, ids, now=sender.now)
+            if heads_ups
+            else load_due(sender.app, ids)
+        )
     except Exception as exc:  # noqa: BLE001 - nothing claimed: all of them stay due
         error = describe_error(exc)
         items = []
         counts["error"] += len(ids)
         sender.failures.extend(
-            {"disconnection_id": i, "connection_id": None, "state": "due", "error": error}
+            {"disconnection_id": None, "connection_id": i, "state": "due", "error": error}
+            if heads_ups
+            else {"disconnection_id": i, "connection_id": None, "state": "due", "error": error}
             for i in ids
         )
     else:

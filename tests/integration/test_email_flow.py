@@ -59,7 +59,12 @@ def test_flow_sends_the_due_emails_and_publishes_a_summary(app, endpoint):
     sent = [d for d, state in states.items() if state == "sent"]
     assert emails_per_disconnection(r.body for r in endpoint.delivered) == dict.fromkeys(sent, 1)
 
-    expected = ["email batch 1", "expire-stale-claims", "find-due-disconnections"]
+    expected = [
+        "email batch 1",
+        "expire-stale-claims",
+        "find-due-disconnections",
+        "find-due-heads-ups",  # none due: no heads-up batch
+    ]
 
     def names_of(tasks):
         return sorted(t.name.rsplit("-", 1)[0] for t in tasks)
@@ -84,7 +89,7 @@ def test_flow_sends_the_due_emails_and_publishes_a_summary(app, endpoint):
     assert names_of(tasks) == expected  # one run per batch, not per email
     (artifact,) = artifacts
     assert artifact.key == "send-disconnection-emails-summary"
-    assert "| sent | 3 |" in artifact.data and "| failed | 1 |" in artifact.data
+    assert "| sent | 3 | 0 |" in artifact.data and "| failed | 1 | 0 |" in artifact.data
     everything = json.dumps(
         [run.model_dump(mode="json"), artifact.data, summary]
         + [t.model_dump(mode="json") for t in tasks]

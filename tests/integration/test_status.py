@@ -59,7 +59,11 @@ def test_status_counts_and_emails_due_at_the_next_run(seeded):
     assert data["connections"]["total"] == 5
     assert data["connections"]["by_status"]["disconnected"] == 3
     assert data["open_disconnections"] == 3
-    assert data["emails"] == {"next_run": "2026-01-10T14:00:00+00:00", "due": 2}
+    assert data["emails"] == {
+        "next_run": "2026-01-10T14:00:00+00:00",
+        "due": 2,
+        "heads_ups_due": 0,
+    }
     assert data["last_sweep"] is None
 
 
