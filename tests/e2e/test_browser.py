@@ -236,6 +236,17 @@ def test_email_button_link_signed_out_lands_on_the_connection(page, site: Site) 
     assert page.inner_text("#reconnect") == "Manage Connection"
 
 
+def test_a_signed_in_visitor_on_a_missing_page_keeps_the_signed_in_header(page, site: Site) -> None:
+    sign_in(page, site, "owner")
+    response = page.goto(f"{site.url}/connections/999999")
+    assert response is not None and response.status == 404
+    assert page.inner_text("#signed-in-as").startswith("Owen Owner")
+    assert page.locator("#sign-out").is_visible()
+    page.click("#nav-data")  # the way back is where it always is
+    page.wait_for_url(re.compile(r".*/connections$"))
+    assert "Owned DB" in listed(page)
+
+
 # --- reconnecting ---------------------------------------------------------------------------
 
 

@@ -90,6 +90,10 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
         assert list((tmp_path / "data" / "outbox").glob("disconnection-*.eml")), output
 
         assert get(f"http://127.0.0.1:{web}/login") == 200
+        # the sandbox's printed URL answers with a page saying what it is
+        assert f"http://127.0.0.1:{sandbox} (the demo's OAuth provider)" in output
+        with urllib.request.urlopen(f"http://127.0.0.1:{sandbox}/", timeout=5) as root:
+            assert "sandbox OAuth 2.0 provider" in root.read().decode()
         assert get(f"http://127.0.0.1:{prefect_port}/api/health") == 200
         # the printed line points the Prefect CLI at this server, where the deployments are
         api_url = re.search(r"export PREFECT_API_URL=(\S+)", output)
