@@ -117,9 +117,9 @@ def connections_page(
 ) -> Response:
     request.state.nav = "data"
     with signed_in(request) as (db, user):
-        unknown_status = status is not None and status not in set(Status)
-        if unknown_status:
-            status = None  # every connection, and a notice that says so
+        unknown_status = None
+        if status is not None and status not in set(Status):
+            unknown_status, status = status, None  # every connection, and a notice (as /emails)
         viewer = viewer_of(user)
         found = svc.list_visible(
             db, viewer, status=status, after_id=max(after, 0), limit=PAGE_SIZE + 1
