@@ -50,6 +50,18 @@ def get(url: str) -> int:
         return exc.code
 
 
+def readme_first_screen() -> list[str]:
+    """The lines of the README's block showing what `make run` prints once ready."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("What `make run` prints once it is ready", 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def label(line: str) -> str:
+    """'  web pages    http://...' -> 'web pages' (the labels' column is 12 wide)."""
+    return line[2:14].strip() if line.startswith("  ") else line.strip()
+
+
 def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
     web, prefect_port, sandbox = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
@@ -88,6 +100,12 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
         # the demo's Support, broken for 26 hours, gets its one email at start-up
         assert "first emails 1 disconnection email(s): 1 outbox" in output, output
         assert list((tmp_path / "data" / "outbox").glob("disconnection-*.eml")), output
+
+        # the README's first screen shows these lines, label by label and in this order
+        labels = [label(line) for line in readme_first_screen()]
+        printed = output.splitlines()
+        at = printed.index(f"{READY}:")
+        assert [label(line) for line in printed[at : at + len(labels)]] == labels, output
 
         assert get(f"http://127.0.0.1:{web}/login") == 200
         # the sandbox's printed URL answers with a page saying what it is
