@@ -23,6 +23,13 @@ TOKEN_FIELDS = (
     Field("refresh_token", "Refresh token", secret=True, required=False),
     Field("expires_at", "Expires at (epoch seconds)", secret=True, required=False),
     Field(
+        "refresh_expires_at",
+        "Refresh token expires at (epoch seconds)",
+        secret=True,
+        required=False,
+        help="When the provider said the refresh token ends (refresh_token_expires_in)",
+    ),
+    Field(
         "instance_url",
         "Instance URL",
         secret=True,

@@ -25,6 +25,7 @@ from connectors.base import CheckResult, ConnectionSpec
 from relink import audit, events
 from relink.app import Relink
 from relink.checks import record_batch
+from relink.connections import note_expiry
 from relink.domain.words import Outcome
 from relink.errors import Conflict, InvalidInput
 from relink.models import Connection, Dataset, User
@@ -132,6 +133,7 @@ def _commit(
             conn.settings = proposal.settings
         conn.credentials = app.vault.encrypt(credentials)
         conn.updated_at = now
+        note_expiry(conn, credentials, now=now)  # a new grant: its own end (issue 19)
         if conn.owner_id != actor.id:
             keep_access(session, conn, conn.owner, actor=actor, now=now)  # shared with them
             conn.owner = actor

@@ -70,6 +70,10 @@ class SandboxClient(ClientMixin):
     inactive_code_tokens: bool = False
     # Reuse detection: a retired (rotated) refresh token presented again revokes its grant.
     revoke_on_reuse: bool = False
+    # A hard cap on the grant (Intuit's): its refresh tokens end this many seconds after
+    # consent, however they rotate, and every token response says how long is left
+    # (`refresh_token_expires_in`). None: no cap, nothing said.
+    refresh_token_expires_in: int | None = None
 
     def grants_refresh_token(self, offline: bool) -> bool:
         return self.refresh_tokens == "always" or (self.refresh_tokens == "offline" and offline)

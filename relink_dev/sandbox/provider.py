@@ -89,6 +89,7 @@ class SandboxProvider:
         refresh_tokens: RefreshTokens = "always",
         inactive_code_tokens: bool = False,
         revoke_on_reuse: bool = False,
+        refresh_token_expires_in: int | None = None,
     ) -> SandboxClient:
         """Register (or replace: a new secret refuses the old one) a confidential client."""
         client = SandboxClient(
@@ -101,6 +102,7 @@ class SandboxProvider:
             refresh_tokens,
             inactive_code_tokens,
             revoke_on_reuse,
+            refresh_token_expires_in,
         )
         with self._lock:
             self._clients[client_id] = client

@@ -65,12 +65,23 @@ class TokenStore:
             self._by_refresh[token.refresh_token] = token
 
     def store(
-        self, token: dict[str, Any], client_id: str, username: str, grant_id: str | None = None
+        self,
+        token: dict[str, Any],
+        client_id: str,
+        username: str,
+        grant_id: str | None = None,
+        grant_ends: float | None = None,
     ) -> None:
-        """Keep a newly issued token set (a new grant unless `grant_id` continues one)."""
+        """Keep a newly issued token set (a new grant unless `grant_id` continues one,
+        whose hard cap `grant_ends` it keeps). Under a client's cap the response says
+        what is left of it (`refresh_token_expires_in`: `token` is the response)."""
         now = time.time()
         lifetime = token.get("expires_in", self.access_token_lifetime)
         refresh_exp = now + self.refresh_token_lifetime if self.refresh_token_lifetime else None
+        client = self._clients.get(client_id)
+        if client is not None and client.refresh_token_expires_in and token.get("refresh_token"):
+            refresh_exp = grant_ends or now + client.refresh_token_expires_in
+            token["refresh_token_expires_in"] = max(0, int(refresh_exp - now))
         record = SandboxToken(
             access_token=token["access_token"],
             refresh_token=token.get("refresh_token"),
@@ -90,7 +101,8 @@ class TokenStore:
         with self._lock:
             spent = request.refresh_token  # a refresh grant: the new set continues its grant
             grant_id = spent.grant_id if isinstance(spent, SandboxToken) else None
-            self.store(token, request.client.get_client_id(), request.user.username, grant_id)
+            ends = spent.refresh_expires_at if isinstance(spent, SandboxToken) else None
+            self.store(token, request.client.get_client_id(), request.user.username, grant_id, ends)
             code = request.authorization_code
             if code is not None:
                 self._code_tokens[code.code] = token["access_token"]
