@@ -23,9 +23,9 @@ from connectors.base import CheckResult, ConnectionSpec
 from relink import audit, events
 from relink.app import Relink
 from relink.domain.identity import observed
+from relink.domain.state import ConnState, decide
 from relink.domain.words import Outcome
 from relink.models import Connection, Disconnection, User
-from relink.state import ConnState, decide
 from relink.sweep.load import Unloadable, load_batch
 from relink.sweep.summary import BatchSummary, ResultKey
 from relink.sweep.validate import (

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from relink.state import Change
+from relink.domain.state import Change
 from relink.timeutil import utcnow
 
 if TYPE_CHECKING:

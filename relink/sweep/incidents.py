@@ -1,8 +1,8 @@
 """Provider incidents, kept as one thing: a sweep that finds most connections of one
-provider failing alike (`relink.state.detect_incidents`) opens a `provider_incidents`
+provider failing alike (`relink.domain.state.detect_incidents`) opens a `provider_incidents`
 row, the next sweeps that find it update its counts, and the first sweep that checks
 enough of the provider's connections and finds no incident ends it
-(`relink.state.plan_incidents`). Opening and ending are Prefect events
+(`relink.domain.state.plan_incidents`). Opening and ending are Prefect events
 (`relink.provider.incident`). What the Connections page and `relink status` show of an
 open incident (`open_incidents`) is counted over the connections the viewer may see."""
 
@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from relink import events
 from relink.domain.schedule import EMAIL_TIME_ZONE
+from relink.domain.state import IncidentPlan, plan_incidents
 from relink.domain.words import CHECK_ERROR, Outcome
 from relink.models import Connection, ProviderIncident
-from relink.state import IncidentPlan, plan_incidents
 from relink.sweep.summary import SweepSummary
 
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relink.domain.state import Incident, detect_incidents
 from relink.domain.words import CHECK_ERROR as ERROR
 from relink.domain.words import Outcome
-from relink.state import Incident, detect_incidents
 
 COUNT_KEYS = ("checked", "opened", "closed", "status_changes", "skipped")
 

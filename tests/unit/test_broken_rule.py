@@ -1,5 +1,5 @@
 """The one definition of "broken" (relink/domain/broken.py) and the state rule that keeps
-a known-broken connection disconnected through an outage (relink/state.py)."""
+a known-broken connection disconnected through an outage (relink/domain/state.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relink.domain.broken import is_broken, listed_under, unreachable_now
+from relink.domain.state import ConnState, decide
 from relink.domain.words import Outcome, Status
-from relink.state import ConnState, decide
 
 T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 broken = ConnState("disconnected", T0, True, "28P01", "password authentication failed")

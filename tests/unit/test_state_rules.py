@@ -1,7 +1,14 @@
 from datetime import UTC, datetime, timedelta
 
+from relink.domain.state import (
+    Change,
+    ConnState,
+    Incident,
+    decide,
+    detect_incidents,
+    plan_incidents,
+)
 from relink.domain.words import Outcome
-from relink.state import Change, ConnState, Incident, decide, detect_incidents, plan_incidents
 
 T0 = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 healthy = ConnState(status="connected", invalid_since=None, has_open_disconnection=False)
