@@ -525,12 +525,12 @@ def test_the_sandbox_says_what_it_is_and_its_consent_page_shows_the_scopes_asked
 
     page.goto(
         f"{sandbox}/oauth/authorize?response_type=code&client_id=relink-demo"
-        "&redirect_uri=http://127.0.0.1:8000/oauth/callback&scope=api%20email"
+        "&redirect_uri=http://127.0.0.1:8000/oauth/callback&scope=api%20calendar.write"
     )
     assert page.evaluate(TOP_BAR) == relink_bar
     assert page.inner_text("#client-id") == "relink-demo"
-    api, email = page.locator("#scopes li").all_inner_texts()
-    assert api == "api" and email.startswith("email") and "will not be granted" in email
+    api, other = page.locator("#scopes li").all_inner_texts()  # calendar.write: not the demo's
+    assert api == "api" and other.startswith("calendar.write") and "will not be granted" in other
     allow = page.locator("#allow").evaluate("e => getComputedStyle(e).backgroundColor")
     assert allow == "rgb(31, 111, 235)"  # Relink's primary button
 
