@@ -333,7 +333,9 @@ class AuditEvent(Base):
 
 
 class OAuthState(Base):
-    """A pending OAuth reconnect: bound to a connection and the user who started it.
+    """A pending OAuth reconnect: bound to a connection and the user who started it; or a
+    validated reconnect of another account waiting for that user's confirmation
+    (`relink.reconnecting.confirm`: its token's hash, the held credentials encrypted).
 
     Only a SHA-256 of the `state` value is stored; the PKCE code_verifier, and the
     changes the reconnect proposes (settings, a new client secret), are encrypted with

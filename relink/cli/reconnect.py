@@ -34,6 +34,7 @@ from relink.directory import get_actor, viewer_of
 from relink.domain.broken import is_broken
 from relink.domain.words import Status
 from relink.models import MAX_ID, AuditEvent, Connection, Role, User
+from relink.reconnecting.errors import AccountReplacement
 from relink.reconnecting.form import KIND_LABELS, ReconnectForm, reconnect_form
 from relink.reconnecting.oauth import finish_oauth, oauth_result, start_oauth
 from relink.reconnecting.recheck import recheck
@@ -112,12 +113,22 @@ def reconnect(
         list[str],
         typer.Option("--secret-env", help="A new secret from an environment variable: key=ENVVAR."),
     ] = [],  # noqa: B006
+    replace_account: Annotated[
+        bool,
+        typer.Option(
+            "--replace-account",
+            help="Confirm that the new credentials may be another account's than the "
+            'connection\'s ("This replaces max@acme.test with ann@acme.test"); without it '
+            "such a reconnect is refused and changes nothing.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
 ) -> None:
     """Reconnect a connection with new credentials, validated together with any changed
     settings before they replace the old ones; a refused attempt changes nothing and is
-    kept in the audit trail. A terminal is guided through prompts: each setting a
+    kept in the audit trail. Credentials of another account than the one the connection
+    uses need --replace-account. A terminal is guided through prompts: each setting a
     reconnect may change (username, host ...; Enter keeps the current value), then each
     secret (no echo). Without a terminal, settings come from --set and secrets from
     --secret-env or one line each on stdin. OAuth connections print the provider's
@@ -130,6 +141,38 @@ def reconnect(
     if check_only:
         _check_only(connection_id, as_, as_json)
         return
+    try:
+        _reconnect(
+            connection_id,
+            as_,
+            callback_port=callback_port,
+            code_url=code_url,
+            no_wait=no_wait,
+            set_=set_,
+            secret_env=secret_env,
+            replace_account=replace_account,
+            as_json=as_json,
+        )
+    except AccountReplacement as exc:
+        raise fail(
+            f"connection {connection_id}: {exc.line}; run again with --replace-account to "
+            "confirm; nothing was changed"
+        ) from None
+
+
+def _reconnect(
+    connection_id: int,
+    as_: str,
+    *,
+    callback_port: int | None,
+    code_url: str | None,
+    no_wait: bool,
+    set_: list[str],
+    secret_env: list[str],
+    replace_account: bool,
+    as_json: bool,
+) -> None:
+    relink = app()
     form = reconnect_form(relink, as_, connection_id)
     if not form.oauth and (code_url or no_wait):
         raise fail(
@@ -139,7 +182,14 @@ def reconnect(
     if code_url:
         state, code = _code_and_state(code_url)
         done = asyncio.run(
-            finish_oauth(relink, state=state, code=code, actor=as_, connection_id=connection_id)
+            finish_oauth(
+                relink,
+                state=state,
+                code=code,
+                actor=as_,
+                connection_id=connection_id,
+                replace_account=replace_account,
+            )
         )
         _print_reconnected(done, as_json)
         return
@@ -152,14 +202,21 @@ def reconnect(
         if callback_port is None and (no_wait or web_pages_answer(relink.settings.base_url)):
             _oauth_through_web(form, as_, no_wait, settings, secrets, as_json)
             return
-        done = _oauth_with_listener(form, as_, callback_port or 0, no_wait, settings, secrets)
+        done = _oauth_with_listener(
+            form, as_, callback_port or 0, no_wait, settings, secrets, replace_account
+        )
         if done is None:
             return
     else:
         secrets |= _read_secrets([f for f in form.secrets if f.name not in secrets], False)
         done = asyncio.run(
             reconnect_with_secrets(
-                relink, connection_id, actor=as_, secrets=secrets, settings=settings
+                relink,
+                connection_id,
+                actor=as_,
+                secrets=secrets,
+                settings=settings,
+                replace_account=replace_account,
             )
         )
     _print_reconnected(done, as_json)
@@ -274,6 +331,7 @@ def _oauth_with_listener(
     no_wait: bool,
     settings: dict[str, str],
     secrets: dict[str, str],
+    replace_account: bool = False,
 ) -> Reconnected | None:
     relink = app()
     connection_id = form.connection_id
@@ -342,6 +400,7 @@ def _oauth_with_listener(
             code=query.get("code", [""])[0],
             actor=actor,
             connection_id=connection_id,
+            replace_account=replace_account,
         )
     )
 
@@ -437,9 +496,12 @@ def _print_reconnected(done: Reconnected, as_json: bool) -> None:
         else f"Created By stays {done.owner}"
     )
     changed = f"; changed: {', '.join(done.changed)}" if done.changed else ""
+    account = f"; connected as {done.account}" if done.account else ""
+    if done.account_replaced:
+        account = f"; connected as {done.account} (was {done.account_before})"
     console.print(
         f"connection {done.connection_id} ({done.connection!r}) reconnected by {done.by}; "
-        f"{owner}{changed}",
+        f"{owner}{account}{changed}",
         highlight=False,
         markup=False,
         soft_wrap=True,

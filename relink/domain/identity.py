@@ -1,6 +1,7 @@
 """Whose account a connection's credentials use: the external identity the source tells
 (`Identity`: a stable subject and a label people read), how a claim set becomes one
-(`from_claims`), what a check does with the one it sees (`observed`), and when a
+(`from_claims`; `merged` for a grant's and a check's), what a check does with the one it
+sees (`observed`), and when a
 reconnect replaces one account with another (`replaces`, `replacement_line`), which the
 person reconnecting must confirm. Pure: no I/O, no clock."""
 
@@ -80,6 +81,18 @@ def observed(stored: Identity | None, seen: Identity | None) -> Identity | None:
     if seen is None or seen == stored:
         return None
     return seen
+
+
+def merged(told: Identity | None, seen: Identity | None) -> Identity | None:
+    """One identity from what a grant told (`told`: a verified ID token, Salesforce's
+    identity URL) and what a check saw (`seen`: userinfo): the grant's subject wins; a
+    label that is only the subject (an identity URL) takes the check's label for the same
+    subject (its email)."""
+    if told is None:
+        return seen
+    if seen is not None and seen.subject == told.subject and told.label == told.subject:
+        return Identity(told.subject, seen.label)
+    return told
 
 
 def replaces(before: Identity | None, after: Identity | None) -> bool:

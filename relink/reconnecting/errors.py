@@ -1,12 +1,14 @@
 """What can go wrong in a reconnect, named as the user meets it: the source refused the new
 credentials (`CredentialsRefused`), could not be asked (`SourceUnreachable`), Relink's own
-setup is wrong (`InstallationMisconfigured`), or an OAuth callback's state is unknown,
-foreign, used or expired (`OAuthStateRefused`). Each carries a one-line message that says
-nothing was changed."""
+setup is wrong (`InstallationMisconfigured`), an OAuth callback's state is unknown,
+foreign, used or expired (`OAuthStateRefused`), or the new credentials belong to another
+account than the connection's and the replacement is not confirmed yet
+(`AccountReplacement`). Each carries a one-line message that says nothing was changed."""
 
 from __future__ import annotations
 
 from connectors.base import CheckError, CheckResult
+from relink.domain.identity import Identity, replacement_line
 from relink.domain.words import Outcome
 from relink.errors import RelinkError
 
@@ -47,6 +49,25 @@ class OAuthStateRefused(RelinkError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class AccountReplacement(RelinkError):
+    """The new credentials work but are another account's: "This replaces max@acme.test with
+    ann@acme.test" waits for the user's confirmation. `token` confirms it later
+    (`confirm.confirm_replacement`) when the reconnect was held for that; None otherwise."""
+
+    def __init__(
+        self, connection_id: int, before: Identity, after: Identity, *, token: str | None = None
+    ) -> None:
+        self.connection_id = connection_id
+        self.before = before
+        self.after = after
+        self.token = token
+        self.line = replacement_line(before, after)
+        super().__init__(
+            f"connection {connection_id}: {self.line}; confirm to replace the account, "
+            f"{NOTHING_CHANGED} until then"
+        )
 
 
 def as_failure(error: CheckError | CheckResult, connection_id: int) -> ReconnectFailed:

@@ -235,9 +235,13 @@ async def finish_oauth(
     now: datetime | None = None,
     refresh: bool = True,
     policy: RefreshPolicy | None = None,
+    replace_account: bool = False,
+    hold: bool = False,
 ) -> Reconnected:
     """The callback: claim the state, exchange the code, then reconnect with the tokens
-    and the changes proposed when the sign-in started.
+    and the changes proposed when the sign-in started. Tokens of another account than the
+    connection's need `replace_account`, else `AccountReplacement` (held for a later
+    confirmation when `hold`: the code cannot be exchanged twice).
 
     `connection_id` is the connection the callback is for (the page's, or the CLI's
     argument); a state started for another one is refused.
@@ -254,7 +258,7 @@ async def finish_oauth(
         app, CheckPolicy(timeout=app.settings.check_timeout), now=now, token_store=None
     )()
     try:
-        tokens = await connector.exchange_code(
+        grant = await connector.grant_code(
             proposal.settings,
             ctx,
             code,
@@ -269,7 +273,8 @@ async def finish_oauth(
 
     def build(current: Target) -> dict[str, str]:
         kept = {k: v for k, v in current.credentials.items() if k in OAUTH_KEPT_SECRETS}
-        return {**kept, **changes.secrets, **{k: str(v) for k, v in tokens.items() if v}}
+        fresh = {k: str(v) for k, v in grant.credentials.items() if v}
+        return {**kept, **changes.secrets, **fresh}
 
     return await replace(
         app,
@@ -280,4 +285,7 @@ async def finish_oauth(
         now=now,
         refresh=refresh,
         policy=policy,
+        told=grant.identity,
+        replace_account=replace_account,
+        hold=hold,
     )

@@ -2,8 +2,14 @@
 the connector (storing nothing, spending no refresh token), then, in one transaction, record
 an `ok` check through the state rules (`checks.record_batch`: the disconnection closes),
 replace the settings and the encrypted credentials, make the reconnecting user the owner
-("Created By") when different and audit `connection.reconnected`; a refused or unreachable
-validation is audited as `connection.reconnect_failed` and changes nothing else. A version
+("Created By") when different, record whose account the new credentials use (what the grant
+told, else what the validation saw) and audit `connection.reconnected` with that account and
+the one before; a refused or unreachable validation is audited as
+`connection.reconnect_failed` and changes nothing else. New credentials of another account
+than the connection's (`domain.identity.replaces`) are committed only when the replacement
+is confirmed (`replace_account`); otherwise `AccountReplacement` says "This replaces … with
+…", nothing changes, and, when asked to `hold` it, the validated reconnect waits for the
+confirmation (`confirm`). A version
 moved meanwhile is validated once more, then `Conflict`. Afterwards the connection's
 datasets are refreshed. `reconnect_with_secrets` is the entry for passwords and API keys;
 `oauth.finish_oauth` the one for OAuth. docs/reconnect.md has the steps in full."""
@@ -26,12 +32,14 @@ from relink import audit, events
 from relink.app import Relink
 from relink.checks import record_batch
 from relink.connections import note_expiry
+from relink.domain.identity import Identity, merged, replaces
 from relink.domain.words import Outcome
 from relink.errors import Conflict, InvalidInput
 from relink.models import Connection, Dataset, User
 from relink.people import keep_access
 from relink.reconnecting.errors import (
     NOTHING_CHANGED,
+    AccountReplacement,
     ReconnectFailed,
     as_failure,
 )
@@ -60,6 +68,14 @@ class Reconnected:
     disconnection_closed: bool
     changed: tuple[str, ...] = ()  # the settings the reconnect changed
     refresh: RefreshSummary | None = None
+    account: str | None = None  # whose account the new credentials use, when known
+    account_before: str | None = None
+
+    @property
+    def account_replaced(self) -> bool:
+        return None not in (self.account, self.account_before) and (
+            self.account != self.account_before
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +87,8 @@ class Reconnected:
             "status_before": self.status_before,
             "disconnection_closed": self.disconnection_closed,
             "changed": list(self.changed),
+            "account": self.account,
+            "account_before": self.account_before,
             "refresh": self.refresh.as_dict() if self.refresh else None,
         }
 
@@ -85,8 +103,9 @@ async def _validate(
     settings: Mapping[str, Any],
     credentials: Mapping[str, str],
     now: datetime,
-) -> Mapping[str, str]:
-    """The credentials to store: `credentials`, or the set their validation refreshed."""
+) -> tuple[Mapping[str, str], Identity | None]:
+    """The credentials to store (`credentials`, or the set their validation refreshed) and
+    whose account the validation saw."""
     connector = connectors.get(target.type)
     spec = ConnectionSpec(target.connection_id, target.type, settings, credentials, target.version)
     # No refresh ahead of expiry (window 0): the validation stores nothing, so a refresh
@@ -105,7 +124,7 @@ async def _validate(
         )
     if result.outcome is not Outcome.OK:
         raise as_failure(result, target.connection_id)
-    return result.credentials or credentials
+    return result.credentials or credentials, result.identity
 
 
 def _commit(
@@ -115,6 +134,7 @@ def _commit(
     credentials: Mapping[str, str],
     *,
     now: datetime,
+    account: Identity | None,
 ) -> Reconnected:
     method = str(connectors.get(target.type).auth_kind)
     with app.transaction() as session:
@@ -134,6 +154,8 @@ def _commit(
         conn.credentials = app.vault.encrypt(credentials)
         conn.updated_at = now
         note_expiry(conn, credentials, now=now)  # a new grant: its own end (issue 19)
+        before = conn.identity  # what the version compared above guarantees we read
+        conn.identity = account  # new credentials: what they tell, or nothing known
         if conn.owner_id != actor.id:
             keep_access(session, conn, conn.owner, actor=actor, now=now)  # shared with them
             conn.owner = actor
@@ -149,6 +171,9 @@ def _commit(
             status_before=target.status,
             disconnection_closed=summary.closed > 0,
             changed=proposal.changed,
+            account=account.label if account else None,
+            account_before=before.label if before else None,
+            account_replaced=replaces(before, account),
         )
         events.connection_changed(  # in place of the check's `recovered`
             session,
@@ -172,6 +197,8 @@ def _commit(
             status_before=target.status,
             disconnection_closed=summary.closed > 0,
             changed=tuple(proposal.changed),
+            account=account.label if account else None,
+            account_before=before.label if before else None,
         )
 
 
@@ -209,11 +236,19 @@ async def replace(
     now: datetime,
     refresh: bool,
     policy: RefreshPolicy | None,
+    told: Identity | None = None,
+    replace_account: bool = False,
+    hold: bool = False,
+    confirmed: Identity | None = None,
 ) -> Reconnected:
     """Validate, write (once more on a version conflict), refresh.
 
     `new_credentials(target)` builds the credentials from what is stored now; `changes`
     apply to the settings stored now. A refused or unreachable validation is recorded.
+    `told`: whose account the grant named (a verified ID token). Another account than the
+    connection's needs `replace_account`; else `AccountReplacement`, held for a later
+    confirmation when `hold`. `confirmed`: the account the user confirmed (a held
+    replacement): the validation must still see that one.
     """
     validated: Mapping[str, str] = {}  # after a conflict: the set validated (maybe refreshed)
     for attempt in range(2):
@@ -221,12 +256,30 @@ async def replace(
         proposal = propose(connectors.get(target.type), target.settings, changes)
         credentials = {**new_credentials(target), **validated}
         try:
-            validated = await _validate(app, target, proposal.settings, credentials, now)
+            validated, seen = await _validate(app, target, proposal.settings, credentials, now)
         except ReconnectFailed as failed:
             await asyncio.to_thread(record_failure, app, target, failed, proposal, now=now)
             raise
+        account = merged(told, seen)
+        if confirmed is not None and (account is None or account.subject != confirmed.subject):
+            raise Conflict(
+                f"connection {connection_id}: the source no longer names the account you "
+                f"confirmed ({confirmed.label}); {NOTHING_CHANGED}, reconnect again"
+            )
+        if replaces(target.identity, account) and not replace_account:
+            assert target.identity is not None and account is not None
+            token = None
+            if hold:
+                from relink.reconnecting.confirm import hold_replacement
+
+                token = await asyncio.to_thread(
+                    hold_replacement, app, target, validated, changes, account, now=now
+                )
+            raise AccountReplacement(connection_id, target.identity, account, token=token)
         try:
-            done = await asyncio.to_thread(_commit, app, target, proposal, validated, now=now)
+            done = await asyncio.to_thread(
+                _commit, app, target, proposal, validated, now=now, account=account
+            )
             break
         except (_Stale, StaleDataError):  # the version moved between our check and write
             if attempt:
@@ -282,9 +335,12 @@ async def reconnect_with_secrets(
     now: datetime | None = None,
     refresh: bool = True,
     policy: RefreshPolicy | None = None,
+    replace_account: bool = False,
+    hold: bool = False,
 ) -> Reconnected:
     """Reconnect a password or API-key connection with new secret values and, optionally,
-    new values of the settings a reconnect may change."""
+    new values of the settings a reconnect may change. Credentials of another account
+    need `replace_account` (see `replace`)."""
     now = now or utcnow()
     # access and kind, before anything else
     form = await asyncio.to_thread(_typed_secrets_form, app, actor, connection_id)
@@ -301,4 +357,6 @@ async def reconnect_with_secrets(
         now=now,
         refresh=refresh,
         policy=policy,
+        replace_account=replace_account,
+        hold=hold,
     )

@@ -17,6 +17,7 @@ from relink.app import Relink
 from relink.connections import get_visible, ref_of
 from relink.directory import get_actor, viewer_of
 from relink.domain.access import can_reconnect
+from relink.domain.identity import Identity
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import Connection, User
 
@@ -60,6 +61,7 @@ class Target:
     credentials: Mapping[str, str]  # the stored ones
     version: int
     status: str
+    identity: Identity | None = None  # whose account the stored credentials use
 
 
 def load_target(app: Relink, actor_email: str, connection_id: int) -> Target:
@@ -78,4 +80,5 @@ def load_target(app: Relink, actor_email: str, connection_id: int) -> Target:
             credentials=credentials,
             version=conn.version,
             status=conn.status,
+            identity=conn.identity,
         )

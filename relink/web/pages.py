@@ -298,10 +298,58 @@ async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
         submitted=form_data,
         background=request.app.state.background,
     )
+    if outcome.kind == "confirm":
+        return await _confirm_replacement(request, outcome)
     if not outcome.ok:
         return await _reconnect_failed(
             request, connection_id, outcome.message, outcome.kind, changes.settings
         )
+    web_session(request).set_flash(outcome.message)
+    return RedirectResponse(f"/connections/{connection_id}", status_code=303)
+
+
+async def _confirm_replacement(request: Request, outcome: reconnecting.Outcome) -> HTMLResponse:
+    """New credentials of another account: "This replaces … with …", confirmed or not
+    before anything changes."""
+    held = outcome.replacement
+    assert held is not None
+
+    def page() -> HTMLResponse:
+        with signed_in(request) as (db, user):
+            conn = _reconnectable(db, user, held.connection_id)
+            request.state.nav = "data"
+            return views.render(
+                request,
+                "reconnect_confirm.html",
+                {"conn": svc.summary(conn), "held": held},
+                user=user,
+            )
+
+    return await run_in_threadpool(page)
+
+
+@router.post("/connections/{connection_id}/reconnect/confirm")
+async def reconnect_confirm(request: Request, connection_id: ConnectionId) -> Response:
+    """The user confirmed the account replacement shown on the confirm page."""
+    form_data = await request.form()
+
+    def load() -> tuple[str, int]:
+        with signed_in(request) as (db, user):
+            _reconnectable(db, user, connection_id)
+            check_csrf(request, form_data)
+            return user.email, user.id
+
+    email, user_id = await run_in_threadpool(load)
+    outcome = await reconnecting.confirm(
+        relink_of(request),
+        connection_id,
+        actor=email,
+        actor_id=user_id,
+        token=_text(form_data, "confirmation"),
+        background=request.app.state.background,
+    )
+    if not outcome.ok:
+        return await _reconnect_failed(request, connection_id, outcome.message, outcome.kind, {})
     web_session(request).set_flash(outcome.message)
     return RedirectResponse(f"/connections/{connection_id}", status_code=303)
 
@@ -384,6 +432,8 @@ async def oauth_callback(
     )
     if outcome.kind == "state":
         raise BadRequest(f"This sign-in cannot be used: {outcome.message}. Nothing was changed.")
+    if outcome.kind == "confirm":
+        return await _confirm_replacement(request, outcome)
     if outcome.connection_id is None:
         raise BadRequest(f"Could not reconnect: {outcome.message}")
     web_session(request).set_flash(outcome.message, "success" if outcome.ok else "error")

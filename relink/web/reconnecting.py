@@ -21,7 +21,9 @@ from relink.app import Relink
 from relink.errors import Conflict, InvalidInput
 from relink.models import Connection
 from relink.reconnecting import oauth
+from relink.reconnecting.confirm import confirm_replacement
 from relink.reconnecting.errors import (
+    AccountReplacement,
     CredentialsRefused,
     InstallationMisconfigured,
     OAuthStateRefused,
@@ -42,8 +44,14 @@ CALLBACK_PATH = "/oauth/callback"
 class Outcome:
     ok: bool
     message: str
-    kind: str = "ok"  # ok | auth_failed | unreachable | invalid | conflict | state
+    kind: str = "ok"  # ok | auth_failed | unreachable | invalid | conflict | state | confirm
     connection_id: int | None = None
+    # kind "confirm": the replacement to confirm (never a secret; the token is single use)
+    replacement: AccountReplacement | None = None
+
+
+def _confirm(exc: AccountReplacement) -> Outcome:
+    return Outcome(False, exc.line, "confirm", exc.connection_id, replacement=exc)
 
 
 def oauth_origin(conn: Connection) -> str | None:
@@ -107,7 +115,10 @@ async def with_secrets(
             secrets=changes.secrets,
             settings=changes.settings,
             refresh=False,
+            hold=True,  # another account's credentials wait for the user's confirmation
         )
+    except AccountReplacement as exc:
+        return _confirm(exc)
     except ReconnectFailed as exc:
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
@@ -125,9 +136,34 @@ async def finish_oauth(
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     try:
-        done = await oauth.finish_oauth(relink, state=state, code=code, actor=actor, refresh=False)
+        done = await oauth.finish_oauth(
+            relink, state=state, code=code, actor=actor, refresh=False, hold=True
+        )
+    except AccountReplacement as exc:
+        return _confirm(exc)
     except OAuthStateRefused as exc:
         return Outcome(False, str(exc), "state")
+    except ReconnectFailed as exc:
+        return _failed(exc)
+    except (InvalidInput, Conflict) as exc:
+        return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
+    return await _refreshed(relink, done, actor_id=actor_id, background=background)
+
+
+async def confirm(
+    relink: Relink,
+    connection_id: int,
+    *,
+    actor: str,
+    actor_id: int,
+    token: str,
+    background: set[asyncio.Task[Any]],
+) -> Outcome:
+    """The user confirmed "This replaces … with …": commit the held reconnect."""
+    try:
+        done = await confirm_replacement(
+            relink, token, actor=actor, connection_id=connection_id, refresh=False
+        )
     except ReconnectFailed as exc:
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
@@ -152,7 +188,8 @@ async def _refreshed(
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     owner = "" if done.owner == done.previous_owner else " You are now its Created By."
-    head = f"Reconnected {done.connection!r}: the new credentials work.{owner}"
+    account = f" Connected as {done.account}." if done.account else ""
+    head = f"Reconnected {done.connection!r}: the new credentials work.{account}{owner}"
     line = await refresh_datasets(relink, done.connection_id, actor_id, background)
     return Outcome(True, f"{head} {line}", connection_id=done.connection_id)
 

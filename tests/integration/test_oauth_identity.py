@@ -16,7 +16,7 @@ from connectors import registry
 from connectors.base import CheckContext
 from relink.domain.identity import Identity
 from relink.models import AuditEvent, Connection
-from relink.reconnecting.errors import CredentialsRefused
+from relink.reconnecting.errors import AccountReplacement, CredentialsRefused
 from relink.reconnecting.oauth import finish_oauth, start_oauth
 from relink.timeutil import utcnow
 from relink_dev.sandbox import SandboxProvider, SandboxServer
@@ -117,3 +117,74 @@ def test_a_forged_or_tampered_id_token_refuses_the_reconnect_and_changes_nothing
             sa.select(AuditEvent).where(AuditEvent.action == "connection.reconnect_failed")
         ).one()
     assert failed.details["code"] == "invalid_id_token"
+
+
+def set_account(app, connection_id: int, account: Identity) -> None:
+    with app.transaction() as session:
+        conn = session.get(Connection, connection_id)
+        assert conn is not None
+        conn.identity = account
+
+
+def reconnect_as(app, connection_id: int, username: str, **options) -> object:
+    now = utcnow()
+    started = start_oauth(app, connection_id, actor=OWNER, redirect_uri=REDIRECT_URI, now=now)
+    answer = web.consent(started.url, username=username)
+    return asyncio.run(
+        finish_oauth(
+            app,
+            state=answer["state"],
+            code=answer["code"],
+            actor=OWNER,
+            connection_id=connection_id,
+            now=now,
+            refresh=False,
+            **options,
+        )
+    )
+
+
+MAX = Identity("max@acme.test", "max@acme.test")
+
+
+def test_consenting_as_another_account_is_refused_until_the_replacement_is_confirmed(
+    relink_app, crm: int
+) -> None:
+    set_account(relink_app, crm, MAX)
+    before = row(relink_app, crm)
+
+    with pytest.raises(AccountReplacement) as refused:
+        reconnect_as(relink_app, crm, "ann@acme.test")
+
+    assert refused.value.line == "This replaces max@acme.test with ann@acme.test"
+    assert refused.value.token is None  # not held: the caller asks again with consent
+    assert row(relink_app, crm) == before
+
+    done = reconnect_as(relink_app, crm, "ann@acme.test", replace_account=True)
+
+    assert (done.account_before, done.account, done.account_replaced) == (
+        "max@acme.test",
+        "ann@acme.test",
+        True,
+    )
+    with relink_app.sessions() as session:
+        conn = session.get(Connection, crm)
+        assert conn.identity == Identity("ann@acme.test", "ann@acme.test")  # the ID token's
+        event = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "connection.reconnected")
+        ).one()
+    assert event.details["account"] == "ann@acme.test"
+    assert event.details["account_before"] == "max@acme.test"
+    assert event.details["account_replaced"] is True
+
+
+def test_consenting_as_the_same_account_needs_no_confirmation(relink_app, crm: int) -> None:
+    set_account(relink_app, crm, MAX)
+
+    done = reconnect_as(relink_app, crm, "max@acme.test")
+
+    assert (done.account_before, done.account, done.account_replaced) == (
+        "max@acme.test",
+        "max@acme.test",
+        False,
+    )

@@ -128,6 +128,15 @@ ROWS = [
     ),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="none"),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="foreign"),
+    # confirming an account replacement: only with a confirmation the visitor was given
+    Row("POST /connections/{crm}/reconnect/confirm", (400, 400, 400, 404, 404, 303)),
+    Row(
+        "POST /connections/{crm}/reconnect/confirm",
+        (400, 400, 400, 404, 404, 303),
+        {"confirmation": "forged"},
+    ),
+    Row("POST /connections/{crm}/reconnect/confirm", OWNED_REFUSED, token="none"),
+    Row("POST /connections/{crm}/reconnect/confirm", OWNED_REFUSED, token="foreign"),
     # "Check again": who may reconnect it asks for a check now, then sees the page again
     Row(
         "POST /connections/{owned}/check",

@@ -1,0 +1,253 @@
+"""A reconnect with another account's credentials is confirmed before it is final: on the
+web pages a confirm step after the provider's callback ("This replaces max@acme.test with
+ann@acme.test"), in the CLI --replace-account (without it a one-line refusal naming both
+accounts that changes nothing); the audit trail records both accounts. Real parts: the
+sandbox OAuth provider on loopback, the loopback PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from relink.app import Relink
+from relink.checks import check_range
+from relink.cli import app as cli_app
+from relink.cli._common import reset_app
+from relink.connections import NewConnection, add_connection
+from relink.domain.identity import Identity
+from relink.models import AuditEvent, Connection
+from relink.sweep.validate import CheckPolicy
+from relink.timeutil import utcnow
+from relink.web import create_app
+from relink_dev.sandbox import SandboxProvider, SandboxServer
+from tests.integration.oauth_fixtures import issue, oauth_settings
+from tests.support.web import (
+    EMAILS,
+    T0,
+    World,
+    build_world,
+    client_for,
+    consent,
+    make_relink,
+    page_csrf,
+    register_oauth_client,
+    start_reconnect,
+)
+
+BASE_URL = "http://127.0.0.1:8000"  # loopback: the sandbox accepts its /oauth/callback
+POLICY = CheckPolicy(attempts=1, timeout=5.0)
+MAX, ANN = "max@acme.test", "ann@acme.test"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxProvider()) as server:
+        yield server
+
+
+@pytest.fixture
+def relink(database_url: str, tmp_path) -> Iterator[Relink]:
+    app = make_relink(database_url, tmp_path / "data", base_url=BASE_URL)
+    yield app
+    app.close()
+
+
+def check(relink: Relink, connection_id: int) -> None:
+    asyncio.run(
+        check_range(
+            relink,
+            connection_id - 1,
+            connection_id,
+            now=utcnow(),
+            policy=POLICY,
+            only=[connection_id],
+        )
+    )
+
+
+def connection(relink: Relink, connection_id: int) -> tuple[Any, ...]:
+    with relink.sessions() as s:
+        conn = s.get(Connection, connection_id)
+        assert conn is not None
+        return (conn.identity, conn.credentials, conn.owner_id, conn.status, conn.version)
+
+
+def reconnected_events(relink: Relink, connection_id: int) -> list[dict[str, Any]]:
+    with relink.sessions() as s:
+        return [
+            dict(e.details)
+            for e in s.scalars(
+                sa.select(AuditEvent).where(
+                    AuditEvent.connection_id == connection_id,
+                    AuditEvent.action == "connection.reconnected",
+                )
+            )
+        ]
+
+
+# --- the web pages: a confirm step after the OAuth callback ---------------------------------
+
+
+@pytest.fixture
+def crm(relink: Relink, sandbox: SandboxServer) -> tuple[World, int]:
+    """An OAuth connection of the owner's whose tokens are max@acme.test's, as a check
+    learnt from the sandbox."""
+    world = build_world(relink)
+    client = register_oauth_client(relink, sandbox.provider)
+    with relink.transaction() as s:
+        conn = add_connection(
+            s,
+            relink.vault,
+            NewConnection(
+                type="oauth2",
+                name="CRM",
+                owner=EMAILS["owner"],
+                settings=oauth_settings(sandbox.url, client.client_id),
+                secrets=issue(sandbox.provider, client, T0, username=MAX),
+            ),
+            now=T0,
+        )
+        conn_id = conn.id
+    check(relink, conn_id)
+    assert connection(relink, conn_id)[0] == Identity(MAX, MAX)
+    return world, conn_id
+
+
+def test_the_web_confirm_step_shows_both_accounts_and_commits_only_when_confirmed(
+    relink: Relink, crm: tuple[World, int]
+) -> None:
+    _, conn_id = crm
+    owner = client_for(create_app(relink), "owner")
+    answer = consent(start_reconnect(owner, conn_id), username=ANN)
+    before = connection(relink, conn_id)
+
+    page = owner.get("/oauth/callback", params=answer)
+
+    assert page.status_code == 200
+    text = html.unescape(page.text)
+    assert "This replaces max@acme.test with ann@acme.test" in text
+    assert 'id="confirm-replace"' in page.text and 'id="keep-account"' in page.text
+    assert connection(relink, conn_id) == before  # nothing changed before the confirmation
+    assert answer["code"] not in page.text
+
+    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
+    assert token is not None
+    confirm = {"csrf_token": page_csrf(owner), "confirmation": token.group(1)}
+    done = owner.post(f"/connections/{conn_id}/reconnect/confirm", data=confirm)
+
+    assert done.status_code == 303
+    assert connection(relink, conn_id)[0] == Identity(ANN, ANN)
+    landing = html.unescape(owner.get(done.headers["location"]).text)
+    assert "Connected as ann@acme.test" in landing
+    (event,) = reconnected_events(relink, conn_id)
+    assert (event["account_before"], event["account"], event["account_replaced"]) == (
+        MAX,
+        ANN,
+        True,
+    )
+
+    # the same confirmation again: refused in one line, nothing changes
+    after = connection(relink, conn_id)
+    again = owner.post(f"/connections/{conn_id}/reconnect/confirm", data=confirm)
+    assert again.status_code == 400 and "already used" in again.text
+    assert connection(relink, conn_id) == after
+
+
+def test_another_user_cannot_use_someone_elses_confirmation(
+    relink: Relink, crm: tuple[World, int]
+) -> None:
+    _, conn_id = crm
+    app = create_app(relink)
+    owner, admin = client_for(app, "owner"), client_for(app, "admin")
+    page = owner.get(
+        "/oauth/callback", params=consent(start_reconnect(owner, conn_id), username=ANN)
+    )
+    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
+    assert token is not None
+    before = connection(relink, conn_id)
+
+    stolen = admin.post(
+        f"/connections/{conn_id}/reconnect/confirm",
+        data={"csrf_token": page_csrf(admin), "confirmation": token.group(1)},
+    )
+
+    assert stolen.status_code == 400 and "not one you started" in stolen.text
+    assert connection(relink, conn_id) == before
+
+
+# --- the CLI: --replace-account, else a one-line refusal ------------------------------------
+
+
+@pytest.mark.postgres
+def test_cli_refuses_another_database_account_in_one_line_unless_replace_account(
+    relink: Relink, pg_admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = pg_admin.create_role(), pg_admin.create_role()
+    url = sa.make_url(pg_admin.url)
+    host = url.host or "127.0.0.1"
+    settings = {
+        "host": host,
+        "port": str(url.port or 5432),
+        "database": url.database or "test",
+        "username": old.name,
+    }
+    world = build_world(relink, db_settings=settings, db_password=old.password)
+    conn_id = world.ids["Owned DB"]
+    check(relink, conn_id)
+    before = connection(relink, conn_id)
+    assert before[0] == Identity(f"{old.name}@{host}", f"{old.name}@{host}")
+    monkeypatch.setenv("NEW_DB_PASSWORD", new.password)
+    args = [
+        "reconnect",
+        str(conn_id),
+        "--as",
+        EMAILS["owner"],
+        "--set",
+        f"username={new.name}",
+        "--secret-env",
+        "password=NEW_DB_PASSWORD",
+    ]
+
+    refused = cli(relink, *args)
+
+    assert refused.exit_code == 1
+    line = refused.output.strip()
+    assert line.count("\n") == 0, refused.output
+    assert f"This replaces {old.name}@{host} with {new.name}@{host}" in line
+    assert "--replace-account" in line and "nothing was changed" in line
+    assert new.password not in refused.output
+    assert connection(relink, conn_id) == before
+    assert reconnected_events(relink, conn_id) == []
+
+    done = cli(relink, *args, "--replace-account")
+
+    assert done.exit_code == 0, done.output
+    assert f"connected as {new.name}@{host} (was {old.name}@{host})" in done.output
+    assert connection(relink, conn_id)[0] == Identity(f"{new.name}@{host}", f"{new.name}@{host}")
+    (event,) = reconnected_events(relink, conn_id)
+    assert (event["account_before"], event["account"]) == (
+        f"{old.name}@{host}",
+        f"{new.name}@{host}",
+    )
+    assert new.password not in str(event)
+
+
+def cli(relink: Relink, *args: str) -> Any:
+    settings = relink.settings
+    env = {
+        "RELINK_DATABASE_URL": settings.database_url,
+        "RELINK_DATA_DIR": str(settings.data_dir),
+        "RELINK_SECRET_KEYS": settings.secret_keys.get_secret_value(),
+    }
+    reset_app()
+    try:
+        return CliRunner().invoke(cli_app, list(args), env=env)
+    finally:
+        reset_app()
