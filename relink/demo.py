@@ -2,6 +2,8 @@
 
 Against the sandbox provider and the loopback databases, the demo connections show
 each outcome of a check: the PostgreSQL warehouse and "Sales" (OAuth) are healthy,
+though Sales' credentials end for good in 5 days (its org's refresh-token policy,
+`SALES_EXPIRES_IN`), so the first email run gives its owner the expiry heads-up;
 "Support" (OAuth) has a revoked token and has been disconnected for 26 hours (demo data,
 said so in its history), so the first email run emails its owner; "Finance" (MariaDB)
 has a user that does not exist (access denied: 1045 or 1698, which MariaDB sends for the
@@ -25,6 +27,7 @@ from relink import audit
 from relink.connections import NewConnection, add_connection, share
 from relink.datasets import add_dataset, add_metric
 from relink.directory import add_account, add_user
+from relink.domain.expiry import ExpiryKind
 from relink.domain.identity import identity
 from relink.domain.words import Outcome, Status
 from relink.models import Account, Connection, Disconnection, User
@@ -45,6 +48,10 @@ FINANCE = "Finance (MariaDB)"
 # What a reconnect of "Finance" enters to fix it: the loopback MariaDB's root user, which
 # has no password there (as on every development and CI machine).
 FINANCE_FIX = {"username": "root", "password": ""}
+SALES_EXPIRES_IN = timedelta(days=5, hours=1)
+"""How long "Sales" has left of its org's 90-day refresh-token policy when the demo is
+loaded (demo data: as if consented 85 days before): the list shows "expires in 5 days"
+and the first email run sends its heads-up."""
 BROKEN_FOR = timedelta(hours=26)
 """How long "Support" has been disconnected when the demo is loaded: past the 24 hours
 after which its owner is emailed, so the first email run has an email to send."""
@@ -115,7 +122,8 @@ def demo_connections(sandbox_url: str) -> list[tuple[NewConnection, list[tuple[s
                 name=HEALTHY_OAUTH,
                 owner=MEMBER[0],
                 mode="warehouse",
-                settings=oauth_endpoints,
+                # the org's Refresh Token Policy: "expire refresh token after 90 days"
+                settings={**oauth_endpoints, "refresh_token_lifetime": "90 days"},
                 secrets={**sandbox_token(), "client_secret": "relink-demo-secret"},
             ),
             [("Opportunities", "/api/records?path=opportunities | data.records")],
@@ -153,6 +161,7 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
     """Create the demo account; False when it is already there (nothing changes)."""
     if session.scalar(sa.select(Account.id).where(Account.name == ACCOUNT)) is not None:
         return False
+    loaded_at = now
     broken_at = now - BROKEN_FOR
     now = broken_at - timedelta(days=1)  # the demo was made before "Support" broke
     add_account(session, ACCOUNT, now=now)
@@ -176,6 +185,10 @@ def seed(session: Session, vault: Vault, *, now: datetime, sandbox_url: str = SA
         assert oauth is not None
         oauth.identity = identity(OAUTH_ACCOUNT, OAUTH_ACCOUNT)
     _broken_since(session, REVOKED_OAUTH, broken_at)
+    sales = session.scalar(sa.select(Connection).where(Connection.name == HEALTHY_OAUTH))
+    assert sales is not None
+    sales.credentials_expire_at = loaded_at + SALES_EXPIRES_IN  # demo data (see above)
+    sales.credentials_expiry_kind = str(ExpiryKind.HARD)
     return True
 
 

@@ -375,10 +375,11 @@ def first_sweep(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[
 def first_emails(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict[str, Any]:
     """Run the served send-disconnection-emails deployment once, after the first check,
     so the demo's connection broken for over 24 hours gets its one email (to the outbox
-    on the embedded defaults): the email states it leaves, and the flow run id."""
+    on the embedded defaults) and the one whose credentials expire in 5 days its
+    heads-up: the states each kind leaves, and the flow run id."""
     import sqlalchemy as sa
 
-    from relink.models import Notification
+    from relink.models import HeadsUp, Notification
 
     flow_run_id, _state = run_once(
         config,
@@ -392,7 +393,10 @@ def first_emails(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict
                 sa.select(Notification.state, sa.func.count()).group_by(Notification.state)
             ).all()
         )
-    return {"states": states, "flow_run_id": flow_run_id}
+        heads_ups = dict(
+            session.execute(sa.select(HeadsUp.state, sa.func.count()).group_by(HeadsUp.state)).all()
+        )
+    return {"states": states, "heads_ups": heads_ups, "flow_run_id": flow_run_id}
 
 
 def self_check(config: RunConfig) -> list[tuple[str, bool, str]]:
@@ -546,9 +550,12 @@ def _print_ready(
         )
     if emails is not None:
         states = ", ".join(f"{n} {state}" for state, n in sorted(emails["states"].items()))
+        ahead = emails.get("heads_ups", {})
+        ahead_states = ", ".join(f"{n} {state}" for state, n in sorted(ahead.items()))
         lines.append(
             f"  first emails {sum(emails['states'].values())} disconnection email(s)"
-            f"{': ' + states if states else ''} (admins: {config.web_url}/emails; "
+            f"{': ' + states if states else ''}; {sum(ahead.values())} expiry heads-up(s)"
+            f"{': ' + ahead_states if ahead_states else ''} (admins: {config.web_url}/emails; "
             f"{config.prefect_url}/runs/flow-run/{emails['flow_run_id']})"
         )
     if not app.settings.sendgrid_api_key.get_secret_value():

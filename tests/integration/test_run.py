@@ -97,9 +97,14 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
         assert "'Finance (MariaDB)': Reconnect on its page with username root and the " in output
         # the demo shows each outcome: two healthy-by-design sources fail as designed
         assert "first check  5 connection(s): 3 ok, 2 auth_failed" in output, output
-        # the demo's Support, broken for 26 hours, gets its one email at start-up
-        assert "first emails 1 disconnection email(s): 1 outbox" in output, output
+        # the demo's Support, broken for 26 hours, gets its one email at start-up, and
+        # Sales, whose credentials expire in 5 days, its heads-up
+        assert (
+            "first emails 1 disconnection email(s): 1 outbox; 1 expiry heads-up(s): 1 outbox"
+            in output
+        ), output
         assert list((tmp_path / "data" / "outbox").glob("disconnection-*.eml")), output
+        assert list((tmp_path / "data" / "outbox").glob("heads-up-*.eml")), output
 
         # the README's first screen shows these lines, label by label and in this order
         labels = [label(line) for line in readme_first_screen()]
