@@ -399,14 +399,42 @@ def first_emails(app: Relink, config: RunConfig, supervisor: Supervisor) -> dict
     return {"states": states, "heads_ups": heads_ups, "flow_run_id": flow_run_id}
 
 
+def relink_events(config: RunConfig) -> list[str]:
+    """The names of Relink's events in this run's Prefect event feed (relink.events)."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    try:
+        with prefect_client(config) as client:
+            # 50: the server's most per page (the client's default of 100 is refused)
+            page = client.read_events(
+                EventFilter(event=EventNameFilter(prefix=["relink."])), limit=50
+            )
+    except (OSError, httpx.HTTPError):
+        return []
+    return sorted({event.event for event in page.events})
+
+
+def wait_for_events(config: RunConfig, timeout: float = 30.0) -> list[str]:
+    """Relink's events once the server has written them (it does so in batches)."""
+    deadline = time.monotonic() + timeout
+    while not (found := relink_events(config)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def self_check(config: RunConfig) -> list[tuple[str, bool, str]]:
-    """What a person would look at first: the pages, the Prefect API, the deployments."""
+    """What a person would look at first: the pages, the Prefect API, the deployments,
+    and (after the first sweep) Relink's events in Prefect's event feed."""
     from deployments.definitions import DEPLOYMENTS
 
     login = http_status(f"{config.web_url}/login")
     problem = prefect_health(config)
     served = served_deployments(config)
     wanted = sorted(spec.full_name for spec in DEPLOYMENTS)
+    feed = []
+    if config.first_sweep:
+        events = wait_for_events(config)
+        feed = [("Relink events in Prefect's feed", bool(events), ", ".join(events) or "none")]
     return [
         ("web login page", login == 200, f"GET {config.web_url}/login -> {login}"),
         (
@@ -419,6 +447,7 @@ def self_check(config: RunConfig) -> list[tuple[str, bool, str]]:
             set(wanted) <= set(served),
             f"{len(set(wanted) & set(served))}/{len(wanted)} deployments",
         ),
+        *feed,
     ]
 
 
@@ -480,8 +509,10 @@ def _start_and_wait(
         ],
         env,
     )
-    supervisor.start(
-        "web", [*relink_cli, "web", "--host", config.host, "--port", str(config.web_port)], env
+    supervisor.start(  # with the Prefect API: a reconnect on the pages is an event in its feed
+        "web",
+        [*relink_cli, "web", "--host", config.host, "--port", str(config.web_port)],
+        {**env, "PREFECT_API_URL": config.prefect_api_url},
     )
     wait_until(
         "the sandbox provider",
@@ -534,6 +565,8 @@ def _print_ready(
         f"{READY}:",
         f"  web pages    {config.web_url}",
         f"  Prefect UI   {config.prefect_url}",
+        f"  events       {config.prefect_url}/events (Relink's relink.* events; alerts: "
+        "docs/automations.md)",
         f"  sandbox      {config.sandbox_url} (the demo's OAuth provider)",
         f"  Prefect CLI  export PREFECT_API_URL={config.prefect_api_url}  "
         "(then `prefect deployment ls` in another terminal sees these deployments)",

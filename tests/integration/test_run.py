@@ -148,6 +148,23 @@ def test_relink_run_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
         }
         email_schedule = deployments["send-disconnection-emails"]["schedules"][0]["schedule"]
         assert email_schedule["timezone"] == "America/Phoenix"
+        # the first check's and the first email run's events are in Prefect's event feed
+        assert "/events (Relink's relink.* events" in output, output
+        wanted = {"relink.connection.disconnected", "relink.email.sent"}
+        deadline, found = time.monotonic() + 30, set()
+        while not wanted <= found and time.monotonic() < deadline:
+            request = urllib.request.Request(
+                f"{api_url.group(1)}/events/filter",
+                data=json.dumps(
+                    {"filter": {"event": {"prefix": ["relink."]}}, "limit": 50}
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                found = {e["event"] for e in json.loads(response.read())["events"]}
+            time.sleep(0.5)
+        assert wanted <= found, found
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
