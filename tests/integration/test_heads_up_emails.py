@@ -15,10 +15,13 @@ import sqlalchemy as sa
 from relink.app import Relink
 from relink.cli.status import collect
 from relink.connections import NewConnection, add_connection
-from relink.emailing.headsup import heads_up_reference
+from relink.domain.expiry import Expiry, ExpiryKind, heads_up_due
+from relink.emailing.headsup import due_query, heads_up_reference
+from relink.emailing.ledger import CLAIM_LEASE
 from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.render import BUTTON_COLOR
 from relink.emailing.run import send_due
+from relink.emailing.sender import SendHooks
 from relink.models import Account, Connection, HeadsUp
 from tests.support.web import EMAILS, T0, World, build_world, make_relink
 
@@ -127,3 +130,38 @@ def test_relink_status_counts_the_heads_ups_of_the_next_run(relink: Relink, worl
     with relink.sessions() as s:
         assert collect(s, T0)["emails"]["heads_ups_due"] == 0  # next run: T0's 07:00 MST
         assert collect(s, T0 + DAY)["emails"]["heads_ups_due"] == 1
+
+
+class Crash(Exception):
+    """The run dies here."""
+
+
+def test_a_run_that_dies_after_its_claim_never_resends_the_heads_up(
+    relink: Relink, world: World
+) -> None:
+    add_expiring(relink, "Sales", "owner")
+
+    def die(item: object) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        send_due(relink, now=T0 + DAY, hooks=SendHooks(after_claim=die))
+    [row] = heads_ups(relink)
+    assert row.state == "claimed"  # committed before the request would have gone out
+    assert send_due(relink, now=T0 + DAY).heads_ups["outbox"] == 0  # still claimed: skipped
+    later = send_due(relink, now=T0 + DAY + CLAIM_LEASE + timedelta(minutes=1))
+    assert later.counts["expired_claims"] == 1 and later.heads_ups["outbox"] == 0
+    [row] = heads_ups(relink)
+    assert row.state == "unknown"  # it may have been sent: never resent automatically
+
+
+@pytest.mark.parametrize("hours", [-30, 0, 1, 24, 47, 48, 49, 7 * 24, 8 * 24, 9 * 24, 30 * 24])
+def test_the_due_query_is_the_domain_rule(relink: Relink, world: World, hours: int) -> None:
+    """`headsup.due_query` (SQL) and `domain.expiry.heads_up_due` agree, at the edges too."""
+    sales = add_expiring(relink, "Sales", "owner", lifetime="2 days")
+    now = T0 + timedelta(hours=hours) - 7 * DAY + 2 * DAY  # around the window's start
+    for at in (now, T0 + 2 * DAY, T0 + 2 * DAY - 7 * DAY):
+        expected = heads_up_due(Expiry(T0 + 2 * DAY, ExpiryKind.HARD), at)
+        with relink.sessions() as s:
+            found = sales in s.scalars(due_query(at)).all()
+        assert found == expected, at
