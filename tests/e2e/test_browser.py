@@ -24,6 +24,7 @@ from relink import demo
 from relink.app import Relink
 from relink.connections import NewConnection, add_connection
 from relink.datasets import add_dataset
+from relink.domain.identity import Identity
 from relink.domain.words import Status
 from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.run import send_due
@@ -129,14 +130,14 @@ def site(
         relink.close()
 
 
-def _broken_salesforce(relink: Relink, sandbox_url: str) -> int:
+def _broken_salesforce(relink: Relink, sandbox_url: str, name: str = "Sales") -> int:
     with relink.transaction() as s:
         conn = add_connection(
             s,
             relink.vault,
             NewConnection(
                 type="salesforce",
-                name="Sales",
+                name=name,
                 owner=EMAILS["owner"],
                 mode="warehouse",
                 settings={
@@ -267,6 +268,36 @@ def test_reconnect_oauth_through_the_consent_page(page, site: Site) -> None:
     flash = page.inner_text("#flash")
     assert "Reconnected" in flash and "Datasets refreshed: 1 of 1." in flash
     assert "code=" not in page.url and "state=" not in page.url
+
+
+def test_a_reconnect_as_another_account_is_confirmed_on_its_own_page(page, site: Site) -> None:
+    assert site.sandbox is not None
+    conn_id = _broken_salesforce(site.relink, site.sandbox.url, name="Marketing")
+    with site.relink.transaction() as s:
+        s.get(Connection, conn_id).identity = Identity("max@acme.test", "max@acme.test")
+    sign_in(page, site, "owner")
+    page.goto(f"{site.url}/connections/{conn_id}")
+    assert page.inner_text("#fact-connected-as") == "max@acme.test"
+    page.click("#reconnect")
+    page.click("#continue")
+    page.fill("#username", "ann@acme.test")  # another account at the provider
+    page.click("#allow")
+
+    page.wait_for_selector("#confirm-replace")
+    assert page.inner_text("#replacement-line") == (
+        "This replaces max@acme.test with ann@acme.test."
+    )
+    with site.relink.sessions() as s:  # not yet: nothing changed
+        held = s.get(Connection, conn_id)
+        assert (held.identity_label, held.status) == ("max@acme.test", Status.DISCONNECTED)
+    page.click("#confirm-replace")
+
+    page.wait_for_url(f"{site.url}/connections/{conn_id}")
+    assert page.inner_text("#connection-status") == "Connected"
+    assert "Connected as ann@acme.test" in page.inner_text("#flash")
+    assert page.inner_text("#fact-connected-as") == "ann@acme.test"
+    history = page.inner_text("#history")
+    assert "account: ann@acme.test; account before: max@acme.test" in history
 
 
 def test_reconnect_postgres_with_a_new_password(page, site: Site) -> None:

@@ -251,3 +251,46 @@ def cli(relink: Relink, *args: str) -> Any:
         return CliRunner().invoke(cli_app, list(args), env=env)
     finally:
         reset_app()
+
+
+@pytest.mark.postgres
+def test_the_database_form_asks_before_another_user_replaces_the_connections_account(
+    relink: Relink, pg_admin: Any
+) -> None:
+    old, new = pg_admin.create_role(), pg_admin.create_role()
+    url = sa.make_url(pg_admin.url)
+    host = url.host or "127.0.0.1"
+    settings = {
+        "host": host,
+        "port": str(url.port or 5432),
+        "database": url.database or "test",
+        "username": old.name,
+    }
+    world = build_world(relink, db_settings=settings, db_password=old.password)
+    conn_id = world.ids["Owned DB"]
+    check(relink, conn_id)
+    before = connection(relink, conn_id)
+    owner = client_for(create_app(relink), "owner")
+    form = {"csrf_token": page_csrf(owner), "username": new.name, "password": new.password}
+
+    page = owner.post(f"/connections/{conn_id}/reconnect", data=form)
+
+    assert page.status_code == 200
+    assert f"This replaces {old.name}@{host} with {new.name}@{host}" in html.unescape(page.text)
+    assert new.password not in page.text  # the typed secret is held, never put back
+    assert connection(relink, conn_id) == before
+    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
+    assert token is not None
+
+    done = owner.post(
+        f"/connections/{conn_id}/reconnect/confirm",
+        data={"csrf_token": page_csrf(owner), "confirmation": token.group(1)},
+    )
+
+    assert done.status_code == 303
+    assert connection(relink, conn_id)[0] == Identity(f"{new.name}@{host}", f"{new.name}@{host}")
+    (event,) = reconnected_events(relink, conn_id)
+    assert (event["account_before"], event["account"]) == (
+        f"{old.name}@{host}",
+        f"{new.name}@{host}",
+    )

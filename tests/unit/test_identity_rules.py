@@ -6,6 +6,7 @@ from relink.domain.identity import (
     Identity,
     from_claims,
     identity,
+    merged,
     observed,
     replacement_line,
     replaces,
@@ -73,3 +74,12 @@ def test_the_same_account_or_an_unknown_side_is_no_replacement():
 def test_two_accounts_with_one_label_are_told_apart_by_their_subjects():
     one, two = Identity("u1", "Sales team"), Identity("u2", "Sales team")
     assert replacement_line(one, two) == "This replaces Sales team (u1) with Sales team (u2)"
+
+
+def test_a_grants_subject_wins_and_takes_the_checks_label_only_for_the_same_subject():
+    url = "https://login.salesforce.com/id/00D000000000001/005000000000001"
+    told = Identity(url, url)  # Salesforce's identity URL: no label of its own
+    assert merged(told, Identity(url, "ann@acme.test")) == Identity(url, "ann@acme.test")
+    assert merged(told, Identity("someone-else", "max@acme.test")) == told
+    assert merged(ANN, Identity(ANN.subject, "Ann")) == ANN  # the ID token's email stays
+    assert merged(None, ANN) == ANN
