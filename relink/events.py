@@ -245,8 +245,8 @@ def email_changed(
     attempts: int | None = None,
     error: str | None = None,
 ) -> None:
-    """Queue the event of an email's final state (sent, written to the outbox, failed,
-    unknown); other states make none."""
+    """Queue the event of a disconnection email's final state (sent, written to the
+    outbox, failed, unknown); other states make none."""
     name = EMAIL_EVENTS.get(str(state))
     if name is None or not enabled():
         return
@@ -255,7 +255,67 @@ def email_changed(
     disconnection = session.get(Disconnection, disconnection_id)
     if disconnection is None:
         return
-    conn = disconnection.connection
+    _queue_email(
+        session,
+        name,
+        f"relink.email.{notification_id}",
+        f"disconnection email of {disconnection.connection.name}",
+        disconnection.connection,
+        kind="disconnection",
+        notification_id=notification_id,
+        disconnection_id=disconnection_id,
+        state=str(state),
+        attempts=attempts,
+        error=error,
+        disconnected_since=_iso(disconnection.started_at),
+        at=_iso(at),
+    )
+
+
+def heads_up_changed(
+    session: Session,
+    heads_up_id: int,
+    connection_id: int,
+    state: str,
+    *,
+    at: datetime,
+    attempts: int | None = None,
+    error: str | None = None,
+) -> None:
+    """Queue the event of an expiry heads-up email's final state, as `email_changed`
+    does for a disconnection email (resource `relink.email.heads-up.<id>`)."""
+    name = EMAIL_EVENTS.get(str(state))
+    if name is None or not enabled():
+        return
+    from relink.models import Connection, HeadsUp
+
+    conn, heads_up = session.get(Connection, connection_id), session.get(HeadsUp, heads_up_id)
+    if conn is None or heads_up is None:
+        return
+    _queue_email(
+        session,
+        name,
+        f"relink.email.heads-up.{heads_up_id}",
+        f"expiry heads-up of {conn.name}",
+        conn,
+        kind="heads_up",
+        heads_up_id=heads_up_id,
+        state=str(state),
+        attempts=attempts,
+        error=error,
+        expires_at=_iso(heads_up.expires_at),
+        at=_iso(at),
+    )
+
+
+def _queue_email(
+    session: Session,
+    name: str,
+    resource_id: str,
+    title: str,
+    conn: Connection,
+    **payload: Any,
+) -> None:
     provider = provider_of(conn)
     account = conn.account
     queue(
@@ -263,8 +323,8 @@ def email_changed(
         Event(
             name,
             resource={
-                "prefect.resource.id": f"relink.email.{notification_id}",
-                "prefect.resource.name": f"disconnection email of {conn.name}",
+                "prefect.resource.id": resource_id,
+                "prefect.resource.name": title,
                 "relink.provider": provider,
                 "relink.account": str(conn.account_id),
             },
@@ -274,17 +334,11 @@ def email_changed(
                 provider_resource(provider),
             ],
             payload={
-                "notification_id": notification_id,
-                "disconnection_id": disconnection_id,
                 "connection_id": conn.id,
                 "connection": conn.name,
                 "account_id": conn.account_id,
                 "provider": provider,
-                "state": str(state),
-                "attempts": attempts,
-                "error": error,
-                "disconnected_since": _iso(disconnection.started_at),
-                "at": _iso(at),
+                **payload,
             },
         ),
     )

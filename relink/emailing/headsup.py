@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 import connectors
+from relink import events
 from relink.app import Relink
 from relink.domain.due import NOT_YET
 from relink.domain.expiry import HEADS_UP_AHEAD, ExpiryKind
@@ -312,21 +313,41 @@ def mark(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        events.heads_up_changed(
+            session,
+            held.heads_up_id,
+            held.connection_id,
+            state,
+            at=now,
+            attempts=attempts,
+            error=values["last_error"],
+        )
+        return True
 
 
 def expire_stale_claims(app: Relink, *, now: datetime, lease: timedelta) -> int:
     """Heads-up claims older than the lease: `unknown` (they may have been sent)."""
+    stale = (HeadsUp.state == State.CLAIMED, HeadsUp.claimed_at <= now - lease)
+    why = (
+        "the run that claimed it stopped before recording the result; "
+        "it may have been sent (check SendGrid's activity)"
+    )
     with app.transaction() as session:
+        rows = session.execute(
+            sa.select(HeadsUp.id, HeadsUp.connection_id).where(*stale).with_for_update()
+        ).all()
+        if not rows:
+            return 0
         result = session.execute(
             sa.update(HeadsUp)
-            .where(HeadsUp.state == State.CLAIMED, HeadsUp.claimed_at <= now - lease)
-            .values(
-                state=str(State.UNKNOWN),
-                last_error="the run that claimed it stopped before recording the result; "
-                "it may have been sent (check SendGrid's activity)",
-                updated_at=now,
-            )
+            .where(HeadsUp.id.in_([r.id for r in rows]), *stale)
+            .values(state=str(State.UNKNOWN), last_error=why, updated_at=now)
             .execution_options(synchronize_session=False)
         )
+        for row in rows:
+            events.heads_up_changed(
+                session, row.id, row.connection_id, State.UNKNOWN, at=now, error=why
+            )
         return result.rowcount

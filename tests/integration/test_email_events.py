@@ -89,3 +89,35 @@ def test_a_claim_whose_run_died_becomes_unknown_once_with_its_event(
     (event,) = prefect_events.named("relink.email.unknown")
     assert event.payload["disconnection_id"] == episode
     assert "may have been sent" in event.payload["error"]
+
+
+def test_an_expiry_heads_up_is_an_email_event_too(relink_app, tmp_path, prefect_events):
+    from relink.connections import NewConnection, add_connection
+    from tests.support.web import EMAILS, build_world
+    from tests.support.web import T0 as WEB_T0
+
+    build_world(relink_app)
+    with relink_app.transaction() as s:
+        sales = add_connection(
+            s,
+            relink_app.vault,
+            NewConnection(
+                type="salesforce",
+                name="Sales",
+                owner=EMAILS["owner"],
+                settings={"client_id": "app", "refresh_token_lifetime": "8 days"},
+                secrets={"access_token": "a-token", "refresh_token": "r-token"},
+            ),
+            now=WEB_T0,
+        ).id
+    send_due(
+        relink_app,
+        now=WEB_T0 + timedelta(days=1),  # expires in 7 days: the heads-up
+        mailer=OutboxMailer(tmp_path / "outbox"),
+        sleep=Sleeps(),
+    )
+    (event,) = prefect_events.named("relink.email.sent")
+    assert event.resource.id.startswith("relink.email.heads-up.")
+    assert event.payload["kind"] == "heads_up" and event.payload["connection_id"] == sales
+    assert event.payload["expires_at"] == (WEB_T0 + timedelta(days=8)).isoformat()
+    assert "r-token" not in event.model_dump_json()
