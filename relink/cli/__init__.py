@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "outbox": (
         ("emails",),
-        "Every disconnection email's record (sent, outbox, unknown, ...): list, show, release.",
+        "Every disconnection email's record (sent, outbox, unknown, ...): list, show, "
+        "release; and the expiry heads-ups' (heads-ups).",
     ),
     "reconnect": (
         ("reconnect",),

@@ -20,6 +20,7 @@ from relink.cli._common import (
 )
 from relink.directory import get_user
 from relink.emailing.due import email_reference, plan
+from relink.emailing.headsup import list_heads_ups
 from relink.emailing.ledger import release
 from relink.emailing.mailer import OutboxMailer, mailer_for, outbox_folder
 from relink.emailing.outbox import get_notification, list_notifications
@@ -30,7 +31,8 @@ from relink.models import MAX_ID, NotificationState, Role
 from relink.timeutil import as_utc, utcnow
 
 outbox_app = typer.Typer(
-    help="Every disconnection email's record (sent, outbox, unknown, ...): list, show, release.",
+    help="Every disconnection email's record (sent, outbox, unknown, ...): list, show, "
+    "release; and the expiry heads-ups' (heads-ups).",
     no_args_is_help=True,
 )
 
@@ -254,3 +256,35 @@ def outbox_release(
             "note: its disconnection is closed (reconnected), so no email will go out",
             highlight=False,
         )
+
+
+@outbox_app.command("heads-ups")
+@handle_errors
+def outbox_heads_ups(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first.")] = 500,
+    as_json: JsonOpt = False,
+    wide: WideOpt = False,
+) -> None:
+    """The expiry heads-ups Relink has recorded, one per connection and expiry."""
+    with transaction() as session:
+        views = list_heads_ups(session, limit=limit)
+    if as_json:
+        print_json([v.as_dict() for v in views])
+        return
+    print_table(
+        f"{len(views)} heads-up(s)",
+        ["id", "state", "connection", "expires", "to", "claimed", "sent", "note"],
+        [
+            (
+                v.id,
+                v.state,
+                v.connection,
+                f"{v.expires_at:%Y-%m-%d %H:%M}",
+                ", ".join(v.to),
+                f"{v.claimed_at:%Y-%m-%d %H:%M}",
+                v.sent_at and f"{v.sent_at:%Y-%m-%d %H:%M}",
+                v.last_error,
+            )
+            for v in views
+        ],
+    )

@@ -351,3 +351,71 @@ def expire_stale_claims(app: Relink, *, now: datetime, lease: timedelta) -> int:
                 session, row.id, row.connection_id, State.UNKNOWN, at=now, error=why
             )
         return result.rowcount
+
+
+# --- for people: `relink outbox heads-ups` and the Emails page ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsUpView:
+    id: int
+    state: str
+    connection_id: int
+    connection: str
+    expires_at: datetime
+    to: list[str]
+    subject: str | None
+    attempts: int
+    claimed_at: datetime
+    sent_at: datetime | None
+    last_error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "connection_id": self.connection_id,
+            "connection": self.connection,
+            "expires_at": self.expires_at.isoformat(),
+            "to": self.to,
+            "subject": self.subject,
+            "attempts": self.attempts,
+            "claimed_at": self.claimed_at.isoformat(),
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+            "last_error": self.last_error,
+        }
+
+
+def list_heads_ups(
+    session: sa.orm.Session,
+    *,
+    account_id: int | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[HeadsUpView]:
+    """The heads-ups Relink has recorded (of one account's connections, with
+    `account_id`), oldest first unless `newest_first`."""
+    query = (
+        sa.select(HeadsUp, Connection.name)
+        .join(Connection, Connection.id == HeadsUp.connection_id)
+        .order_by(HeadsUp.id.desc() if newest_first else HeadsUp.id)
+        .limit(limit)
+    )
+    if account_id is not None:
+        query = query.where(Connection.account_id == account_id)
+    return [
+        HeadsUpView(
+            id=h.id,
+            state=h.state,
+            connection_id=h.connection_id,
+            connection=name,
+            expires_at=h.expires_at,
+            to=list(h.recipients or []),
+            subject=h.subject,
+            attempts=h.attempts,
+            claimed_at=h.claimed_at,
+            sent_at=h.sent_at,
+            last_error=h.last_error,
+        )
+        for h, name in session.execute(query)
+    ]

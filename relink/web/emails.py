@@ -1,6 +1,7 @@
 """The Emails page (admins): every disconnection email of the account with its state,
-recipients and disconnection; one email as its recipients read it (the HTML in a
-sandboxed frame, the plain text beside it); `release` for an `unknown` one."""
+recipients and disconnection, and below them the expiry heads-ups; one email as its
+recipients read it (the HTML in a sandboxed frame, the plain text beside it); `release`
+for an `unknown` one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from relink.domain.words import NotificationState, Role
 from relink.emailing import ledger
 from relink.emailing.copies import copy_of
+from relink.emailing.headsup import list_heads_ups
 from relink.emailing.outbox import NotificationView, get_notification, list_notifications
 from relink.errors import Conflict, PermissionDenied
 from relink.models import MAX_ID, User
@@ -65,6 +67,9 @@ def emails_page(request: Request, state: str | None = None) -> Response:
                 "states": STATES,
                 "unknown_filter": state if unknown_filter else None,
                 "page_size": PAGE_SIZE,
+                "heads_ups": list_heads_ups(
+                    db, account_id=user.account_id, limit=PAGE_SIZE, newest_first=True
+                ),
             },
             user=user,
         )

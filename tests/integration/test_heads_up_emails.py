@@ -5,14 +5,18 @@ an input: each run is told its `now`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
 from relink.app import Relink
+from relink.cli import app as cli_app
+from relink.cli._common import reset_app
 from relink.cli.status import collect
 from relink.connections import NewConnection, add_connection
 from relink.domain.expiry import Expiry, ExpiryKind, heads_up_due
@@ -23,7 +27,8 @@ from relink.emailing.render import BUTTON_COLOR
 from relink.emailing.run import send_due
 from relink.emailing.sender import SendHooks
 from relink.models import Account, Connection, HeadsUp
-from tests.support.web import EMAILS, T0, World, build_world, make_relink
+from relink.web import create_app
+from tests.support.web import EMAILS, T0, World, build_world, client_for, make_relink
 
 pytestmark = pytest.mark.both_backends
 
@@ -165,3 +170,27 @@ def test_the_due_query_is_the_domain_rule(relink: Relink, world: World, hours: i
         with relink.sessions() as s:
             found = sales in s.scalars(due_query(at)).all()
         assert found == expected, at
+
+
+def test_admins_see_the_heads_ups_on_the_emails_page_and_the_cli_lists_them(
+    relink: Relink, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sales = add_expiring(relink, "Sales", "owner")
+    send_due(relink, now=T0 + DAY)
+    with client_for(create_app(relink), "admin") as admin:
+        page = admin.get("/emails").text
+        table = page.split('id="heads-ups"')[1].split("</table>")[0]
+        assert f'href="/connections/{sales}"' in table and EMAILS["owner"] in table
+    with client_for(create_app(relink), "outsider") as outsider:  # another account's admin
+        assert 'id="no-heads-ups"' in outsider.get("/emails").text
+    monkeypatch.setenv("RELINK_DATABASE_URL", relink.settings.effective_database_url)
+    monkeypatch.setenv("RELINK_DATA_DIR", str(relink.settings.data_dir))
+    monkeypatch.setenv("RELINK_SECRET_KEYS", relink.settings.secret_keys.get_secret_value())
+    reset_app()
+    try:
+        listed = CliRunner().invoke(cli_app, ["outbox", "heads-ups", "--json"])
+    finally:
+        reset_app()
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.output)
+    assert (row["connection_id"], row["state"], row["to"]) == (sales, "outbox", [EMAILS["owner"]])
