@@ -1,6 +1,6 @@
-"""reconnect-connection: check a broken connection's stored credentials again; refresh
-its datasets when they work, else hand its owner the reconnect link (unless Relink's own
-setup is what fails: that waits for an admin, and no owner is emailed)."""
+"""reconnect-connection: the follow-up of a reconnect (`relink.followup.run`) as a flow
+run: the re-check and the email are Prefect tasks, the refresh a refresh-datasets
+subflow; the report is the run's result and a markdown artifact."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.refresh_datasets import refresh_datasets
+from relink.followup.run import FollowupSteps, run_followup
 from tasks.refresh import email_link, recheck_connection
 
 
@@ -36,95 +37,17 @@ async def reconnect_connection(
         requested_by: The email of the person asking; they must be allowed to reconnect it.
         notify_owner: Also email the reconnect link to the connection's owner.
     """
-    logger = get_run_logger()
-    checked = await recheck_connection(connection_id, requested_by)
-    name = checked["connection"]
-    if checked["status"] == "connected":
-        logger.info("connection %d (%s) works again; refreshing its datasets", connection_id, name)
-        refreshed = await refresh_datasets(connection_id=connection_id, requested_by=requested_by)
-        await acreate_markdown_artifact(
-            f"# Connection {connection_id} ({_md(name)}) works again\n\n"
-            f"The stored credentials were accepted; the disconnection is closed"
-            f"{'' if checked['disconnection_closed'] else ' (none was open)'}.\n\n"
-            f"Datasets: {refreshed['ok']} refreshed, {refreshed['error']} failed, "
-            f"{refreshed['skipped']} skipped.\n",
-            key="reconnect-connection",
-            description=f"Reconnect connection {connection_id}",
-        )
-        return {"connection": checked, "refresh": refreshed, "reconnect_url": None}
-    if checked["status"] == "misconfigured":
-        logger.warning(
-            "connection %d (%s) waits for an admin to fix the installation: %s",
-            connection_id,
-            name,
-            checked["message"] or checked["code"],
-        )
-        await acreate_markdown_artifact(
-            f"# Connection {connection_id} ({_md(name)}) waits for an administrator\n\n"
-            "Relink's own setup for this source is wrong; reconnecting cannot help, and its "
-            f"owner is not emailed.\n\n{_md(checked['message'] or checked['code'])}\n",
-            key="reconnect-connection",
-            description=f"Reconnect connection {connection_id}",
-        )
-        return {"connection": checked, "refresh": None, "reconnect_url": None, "emailed": None}
-    if checked["reconnect_url"] is None:  # not broken: the source could not be asked
-        logger.warning(
-            "connection %d (%s) could not be checked: %s; Relink keeps checking",
-            connection_id,
-            name,
-            checked["message"] or checked["code"] or checked["outcome"],
-        )
-        await acreate_markdown_artifact(
-            f"# Connection {connection_id} ({_md(name)}) could not be checked\n\n"
-            "The source could not be asked; this is not a credentials problem, so there is "
-            f"nothing for its owner to do and nobody is emailed.\n\n"
-            f"{_md(checked['message'] or checked['code'] or checked['outcome'])}\n",
-            key="reconnect-connection",
-            description=f"Reconnect connection {connection_id}",
-        )
-        return {"connection": checked, "refresh": None, "reconnect_url": None, "emailed": None}
-
-    link = checked["reconnect_url"]
-    logger.warning(
-        "connection %d (%s) is still %s (%s); its owner %s reconnects it at %s",
-        connection_id,
-        name,
-        checked["status"],
-        checked["code"] or checked["outcome"],
-        checked["owner"],
-        link,
-    )
-    emailed = await email_link(connection_id, requested_by) if notify_owner else None
-    told = _told(emailed)
+    steps = FollowupSteps(recheck=recheck_connection, refresh=_refresh, email_link=email_link)
+    report = await run_followup(connection_id, requested_by, steps=steps, notify_owner=notify_owner)
+    get_run_logger().log(*report.log_line())
     await acreate_markdown_artifact(
-        f"# Connection {connection_id} ({_md(name)}) still needs a reconnect\n\n"
-        f"Status **{checked['status']}**: {_md(checked['message'] or checked['outcome'])}\n\n"
-        f"Owner: {checked['owner']}\n\n"
-        f"[Reconnect {_md(name)}]({link})\n\n"
-        f"{told}\n",
+        report.markdown(),
         key="reconnect-connection",
         description=f"Reconnect connection {connection_id}",
     )
-    return {"connection": checked, "refresh": None, "reconnect_url": link, "emailed": emailed}
+    return report.as_dict()
 
 
-def _told(emailed: dict[str, Any] | None) -> str:
-    """What became of the email, as the ledger records it (`relink outbox list`)."""
-    if emailed is None:
-        return "Not emailed (run with notify_owner=true to email it)."
-    if emailed["result"] in ("none", "error"):
-        return f"Not emailed: {_md(emailed['error'] or emailed['why'])}."
-    to = ", ".join(emailed["to"]) or "nobody"
-    if emailed["earlier"]:
-        return (
-            f"Already emailed about this disconnection (to {_md(to)}, {emailed['result']}, "
-            f"notification {emailed['notification_id']}): not sent again."
-        )
-    return (
-        f"Emailed to {_md(to)} ({_md(emailed['why'])}): {emailed['result']} "
-        f"(notification {emailed['notification_id']} in `relink outbox list`)."
-    )
-
-
-def _md(text: str) -> str:
-    return " ".join(str(text).split()).replace("[", "\\[").replace("]", "\\]")
+async def _refresh(connection_id: int, requested_by: str) -> dict[str, Any]:
+    """The datasets refreshed as a refresh-datasets subflow run."""
+    return await refresh_datasets(connection_id=connection_id, requested_by=requested_by)

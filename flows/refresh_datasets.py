@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from relink.app import get_app
-from relink.directory import get_user
-from relink.refreshing.results import RefreshPolicy, RefreshSummary
-from relink.refreshing.selection import select_datasets
+from relink.refreshing.results import RefreshPolicy
+from relink.refreshing.run import RefreshSteps, run_refresh
+from relink.refreshing.selection import plan_refresh
 from tasks.refresh import refresh_dataset
 
 
@@ -52,20 +49,12 @@ async def refresh_datasets(
     """
     app = get_app()
     app.ensure_schema()
-    with app.sessions() as session:
-        actor_id = get_user(session, requested_by).id if requested_by else None
-        ids = select_datasets(session, connection_id=connection_id, dataset_ids=dataset_ids)
+    ids, actor_id = plan_refresh(
+        app, connection_id=connection_id, dataset_ids=dataset_ids, requested_by=requested_by
+    )
     policy = RefreshPolicy(concurrency=concurrency, attempts=attempts, backoff=backoff)
-    params = dataclasses.asdict(policy)
-    gate = asyncio.Semaphore(max(1, concurrency))
-    started = time.perf_counter()
-
-    async def one(dataset_id: int) -> dict[str, Any]:
-        async with gate:
-            return await refresh_dataset(dataset_id, params, actor_id)
-
-    results = await asyncio.gather(*(one(i) for i in ids))
-    summary = RefreshSummary.from_dicts(results, time.perf_counter() - started)
+    steps = RefreshSteps(refresh_dataset=refresh_dataset)
+    summary = await run_refresh(ids, steps=steps, policy=policy, actor_id=actor_id)
     data = summary.as_dict()
     get_run_logger().info(
         "refreshed %d dataset(s): %d ok, %d failed, %d skipped",

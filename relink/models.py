@@ -357,6 +357,25 @@ class OAuthState(Base):
     used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class Followup(Base):
+    """A reconnect's follow-up asked for by the web pages (re-check, then refresh the
+    datasets): written before it starts, so one the web process did not finish is resumed
+    when it starts again. `flow_run_id`: a reconnect-connection flow run took it over."""
+
+    __tablename__ = "followups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    requested_by_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    flow_run_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    verdict: Mapped[str | None] = mapped_column(sa.String(32), default=None)
+
+
 class SweepShard(Base):
     """One id range of a fanned-out check sweep, claimed by the one run that checks it.
 

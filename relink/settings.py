@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +90,12 @@ class Settings(BaseSettings):
         description="Days before credentials expire for good (a hard end) that the owner "
         "gets one heads-up email and the list shows a badge.",
     )
+    prefect_api_url: str = Field(
+        default="",
+        description="The Prefect API that runs the web pages' reconnect follow-ups as "
+        "reconnect-connection flow runs; empty: PREFECT_API_URL, and without either they "
+        "run in the web process.",
+    )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets
     warehouse_url: str = Field(
@@ -104,6 +111,12 @@ class Settings(BaseSettings):
     @property
     def effective_warehouse_url(self) -> str:
         return self.warehouse_url or f"sqlite:///{self.data_dir / 'warehouse.db'}"
+
+    @property
+    def effective_prefect_api_url(self) -> str:
+        """The Prefect API of the web pages' follow-ups: this setting, else PREFECT_API_URL;
+        empty: they run in the web process."""
+        return (self.prefect_api_url or os.environ.get("PREFECT_API_URL", "")).strip()
 
     @property
     def heads_up_ahead(self) -> timedelta:

@@ -509,7 +509,7 @@ def _start_and_wait(
         ],
         env,
     )
-    supervisor.start(  # with the Prefect API: a reconnect on the pages is an event in its feed
+    supervisor.start(  # with the Prefect API: page events in its feed, follow-ups as flow runs
         "web",
         [*relink_cli, "web", "--host", config.host, "--port", str(config.web_port)],
         {**env, "PREFECT_API_URL": config.prefect_api_url},

@@ -32,13 +32,12 @@ from relink.cli._common import (
 from relink.connections import get_visible, visible_filter
 from relink.directory import get_actor, viewer_of
 from relink.domain.broken import is_broken
-from relink.domain.words import Status
+from relink.followup.run import Verdict, plain_steps, run_followup
 from relink.models import MAX_ID, AuditEvent, Connection, Role, User
 from relink.reconnecting.errors import AccountReplacement
 from relink.reconnecting.form import KIND_LABELS, ReconnectForm, reconnect_form
 from relink.reconnecting.oauth import finish_oauth, oauth_result, start_oauth
-from relink.reconnecting.recheck import recheck
-from relink.reconnecting.replace import Reconnected, reconnect_with_secrets, refresh_connection
+from relink.reconnecting.replace import Reconnected, reconnect_with_secrets
 from relink.refreshing.results import ERROR, RefreshPolicy, RefreshSummary
 from relink.refreshing.run import refresh_many
 from relink.refreshing.selection import select_datasets
@@ -511,41 +510,33 @@ def _print_reconnected(done: Reconnected, as_json: bool) -> None:
 
 
 def _check_only(connection_id: int, actor: str, as_json: bool) -> None:
-    relink = app()
-    checked = asyncio.run(recheck(relink, connection_id, requested_by=actor))
-    refreshed = None
-    if checked.connected:
-        refreshed = asyncio.run(
-            refresh_connection(relink, connection_id, actor_id=checked.requested_by_id)
-        )
+    report = asyncio.run(run_followup(connection_id, actor, steps=plain_steps(app())))
+    checked, refreshed = report.checked, report.refresh
     if as_json:
-        print_json({"connection": checked.as_dict(), "refresh": refreshed and refreshed.as_dict()})
-    elif checked.connected:
+        print_json({"connection": checked, "refresh": refreshed})
+    elif report.verdict is Verdict.WORKS:
         console.print(
-            f"connection {connection_id} ({checked.connection!r}): the stored credentials work"
-            + ("; the disconnection is closed" if checked.disconnection_closed else ""),
+            f"connection {connection_id} ({checked['connection']!r}): the stored credentials "
+            "work" + ("; the disconnection is closed" if checked["disconnection_closed"] else ""),
             highlight=False,
             markup=False,
             soft_wrap=True,
         )
         assert refreshed is not None
-        _print_refresh(refreshed)
-    if checked.status == Status.MISCONFIGURED:
+        _print_refresh(RefreshSummary.from_dicts(refreshed["results"], refreshed["duration_s"]))
+    why = checked["message"] or checked["outcome"]
+    name = f"connection {connection_id} ({checked['connection']!r})"
+    if report.verdict is Verdict.WAITS_FOR_ADMIN:
+        raise fail(f"{name} waits for an admin to fix the installation ({why})")
+    if report.verdict is Verdict.NOT_CHECKED:
         raise fail(
-            f"connection {connection_id} ({checked.connection!r}) waits for an admin to fix "
-            f"the installation ({checked.message or checked.outcome})"
+            f"{name}: the source could not be asked ({why}); not a credentials problem, "
+            "Relink keeps checking"
         )
-    if checked.reconnect_url is None and not checked.connected:  # not broken: an outage
+    if report.verdict is Verdict.NEEDS_RECONNECT:
         raise fail(
-            f"connection {connection_id} ({checked.connection!r}): the source could not be "
-            f"asked ({checked.message or checked.outcome}); not a credentials problem, Relink "
-            "keeps checking"
-        )
-    if not checked.connected:
-        raise fail(
-            f"connection {connection_id} ({checked.connection!r}) is still {checked.status} "
-            f"({checked.message or checked.outcome}); its owner {checked.owner} reconnects it "
-            f"at {checked.reconnect_url}"
+            f"{name} is still {checked['status']} ({why}); its owner {checked['owner']} "
+            f"reconnects it at {checked['reconnect_url']}"
         )
 
 

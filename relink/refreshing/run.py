@@ -2,16 +2,19 @@
 connection is broken is skipped), fetch through the connector's `fetch` (an unreachable
 source is asked again with backoff, a refused login is not: repeating a bad password can
 lock the account), store the rows in the warehouse (warehouse mode) or keep the result's
-shape (direct query), and record the dataset's status and one audit event. `refresh_many`
-runs at most `policy.concurrency` at once; one failing dataset never stops the others."""
+shape (direct query), and record the dataset's status and one audit event. `run_refresh`,
+written once, runs at most `policy.concurrency` at once; one failing dataset never stops
+the others. Its step comes in as `RefreshSteps`: plain calls (`refresh_many`) or a
+Prefect task (the refresh-datasets flow)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.pool import NullPool
 
@@ -148,6 +151,50 @@ async def refresh_one(
     return result
 
 
+@dataclass(frozen=True)
+class RefreshSteps:
+    """The refresh's I/O step. It takes and returns ids and counts: no secret (a Prefect
+    task's inputs and result are stored)."""
+
+    refresh_dataset: Callable[[int, dict[str, Any], int | None], Awaitable[dict[str, Any]]]
+    """(dataset id, `RefreshPolicy` as a dict, actor id) -> `Refreshed.as_dict()`."""
+
+
+async def run_refresh(
+    dataset_ids: Sequence[int],
+    *,
+    steps: RefreshSteps,
+    policy: RefreshPolicy | None = None,
+    actor_id: int | None = None,
+) -> RefreshSummary:
+    """Refresh datasets concurrently (at most `policy.concurrency` at once); one failing
+    dataset never stops the others. Written once: `refresh_many` passes `plain_steps`,
+    the refresh-datasets flow a Prefect task (tasks/refresh.py)."""
+    policy = policy or RefreshPolicy()
+    params = asdict(policy)
+    started = time.perf_counter()
+    gate = asyncio.Semaphore(max(1, policy.concurrency))
+
+    async def one(dataset_id: int) -> dict[str, Any]:
+        async with gate:
+            return await steps.refresh_dataset(dataset_id, params, actor_id)
+
+    results = await asyncio.gather(*(one(i) for i in dataset_ids))
+    return RefreshSummary.from_dicts(results, time.perf_counter() - started)
+
+
+def plain_steps(app: Relink, *, clock: Callable[[], datetime] = utcnow) -> RefreshSteps:
+    """The step as a plain call in this process."""
+
+    async def refresh(dataset_id: int, policy: dict[str, Any], actor_id: int | None) -> dict:
+        done = await refresh_one(
+            app, dataset_id, policy=RefreshPolicy(**policy), clock=clock, actor_id=actor_id
+        )
+        return done.as_dict()
+
+    return RefreshSteps(refresh_dataset=refresh)
+
+
 async def refresh_many(
     app: Relink,
     dataset_ids: Sequence[int],
@@ -156,18 +203,10 @@ async def refresh_many(
     clock: Callable[[], datetime] = utcnow,
     actor_id: int | None = None,
 ) -> RefreshSummary:
-    """Refresh datasets concurrently (at most `policy.concurrency` at once); one failing
-    dataset never stops the others."""
-    policy = policy or RefreshPolicy()
-    started = time.perf_counter()
-    gate = asyncio.Semaphore(max(1, policy.concurrency))
-
-    async def one(dataset_id: int) -> Refreshed:
-        async with gate:
-            return await refresh_one(app, dataset_id, policy=policy, clock=clock, actor_id=actor_id)
-
-    results = await asyncio.gather(*(one(i) for i in dataset_ids))
-    return RefreshSummary(tuple(results), time.perf_counter() - started)
+    """`run_refresh` in this process (the CLI, the reconnect service, the tests)."""
+    return await run_refresh(
+        dataset_ids, steps=plain_steps(app, clock=clock), policy=policy, actor_id=actor_id
+    )
 
 
 def _store(app: Relink, job: _Job, fetched: FetchResult) -> tuple[tuple[str, ...], str | None]:

@@ -1,5 +1,6 @@
 """Which datasets a refresh looks at: a connection's datasets, the given ids, or (neither)
-all; an unknown id is NotFound and giving both is InvalidInput."""
+all; an unknown id is NotFound and giving both is InvalidInput. `plan_refresh` adds who
+asked, the actor of each refresh."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from relink.app import Relink
+from relink.directory import get_user
 from relink.errors import InvalidInput, NotFound
 from relink.models import Connection, Dataset
 
@@ -42,3 +45,19 @@ def select_datasets(
             raise NotFound(f"unknown dataset {missing[0]}; see `relink connections show ID`")
         return wanted
     return list(session.scalars(sa.select(Dataset.id).order_by(Dataset.id)))
+
+
+def plan_refresh(
+    app: Relink,
+    *,
+    connection_id: int | None = None,
+    dataset_ids: Sequence[int] | None = None,
+    requested_by: str | None = None,
+) -> tuple[list[int], int | None]:
+    """The datasets to refresh (`select_datasets`) and the id of who asked (the actor of
+    each refresh in the audit trail; None: Relink itself)."""
+    with app.sessions() as session:
+        actor_id = get_user(session, requested_by).id if requested_by else None
+        return select_datasets(
+            session, connection_id=connection_id, dataset_ids=dataset_ids
+        ), actor_id

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relink.app import Relink
 from relink.errors import NotFound, PermissionDenied, VaultError
-from relink.web import api, checking, docs, emails, pages, views
+from relink.web import api, checking, docs, emails, followups, pages, views
 from relink.web.guards import BadRequest, CsrfFailed, LoginRequired, current_user, relink_of
 from relink.web.sessions import COOKIE_NAME, SessionCodec, WebSession, session_secret
 
@@ -46,11 +47,12 @@ def create_app(relink: Relink) -> FastAPI:
         version="0.1.0",
         docs_url=None,  # served by relink.web.docs without inline scripts
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.relink = relink
     app.state.codec = SessionCodec(session_secret(relink.settings))
     app.state.secure_cookies = relink.settings.base_url.startswith("https://")
-    app.state.background = set()  # dataset refreshes that outlive their request
+    app.state.background = set()  # follow-ups that outlive their request
     templates = Jinja2Templates(directory=str(TEMPLATES))
     views.install_filters(templates.env)
     app.state.templates = templates
@@ -71,6 +73,13 @@ def create_app(relink: Relink) -> FastAPI:
     app.include_router(api.router)
     app.include_router(docs.router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At start, the reconnect follow-ups a stopped web process left unfinished go on."""
+    await followups.resume(app.state.relink, app.state.background)
+    yield
 
 
 # --- middleware -------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 Secrets pass through here on their way to the service and go nowhere else: they are
 never put back into a form, a URL, a flash message or a log line.
 
-After a successful reconnect the connection's datasets are refreshed. The page waits
-for that refresh up to `REFRESH_WAIT` seconds; a longer one goes on in the background
-and the page says it is under way.
+After a successful reconnect its follow-up (re-check, refresh the datasets) starts
+(`relink.web.followups`): a flow run when Prefect is configured, else in this process,
+where the page waits for it a few seconds and says when it goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import connectors
 from relink.app import Relink
 from relink.errors import Conflict, InvalidInput
+from relink.followup.run import Verdict
 from relink.models import Connection
 from relink.reconnecting import oauth
 from relink.reconnecting.confirm import confirm_replacement
@@ -30,13 +31,11 @@ from relink.reconnecting.errors import (
     ReconnectFailed,
 )
 from relink.reconnecting.form import Changes, ReconnectForm
-from relink.reconnecting.replace import Reconnected, reconnect_with_secrets, refresh_connection
-from relink.refreshing.results import RefreshSummary
-from relink.web import views
+from relink.reconnecting.replace import Reconnected, reconnect_with_secrets
+from relink.web import followups, views
 
 log = logging.getLogger("relink.web")
 
-REFRESH_WAIT = 10.0  # seconds a page waits for the datasets' refresh
 CALLBACK_PATH = "/oauth/callback"
 
 
@@ -123,7 +122,7 @@ async def with_secrets(
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
         return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
-    return await _refreshed(relink, done, actor_id=actor_id, background=background)
+    return await _refreshed(relink, done, actor=actor, actor_id=actor_id, background=background)
 
 
 async def finish_oauth(
@@ -147,7 +146,7 @@ async def finish_oauth(
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
         return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
-    return await _refreshed(relink, done, actor_id=actor_id, background=background)
+    return await _refreshed(relink, done, actor=actor, actor_id=actor_id, background=background)
 
 
 async def confirm(
@@ -168,7 +167,7 @@ async def confirm(
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:
         return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
-    return await _refreshed(relink, done, actor_id=actor_id, background=background)
+    return await _refreshed(relink, done, actor=actor, actor_id=actor_id, background=background)
 
 
 def _failed(exc: ReconnectFailed) -> Outcome:
@@ -184,50 +183,51 @@ async def _refreshed(
     relink: Relink,
     done: Reconnected,
     *,
+    actor: str,
     actor_id: int,
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     owner = "" if done.owner == done.previous_owner else " You are now its Created By."
     account = f" Connected as {done.account}." if done.account else ""
     head = f"Reconnected {done.connection!r}: the new credentials work.{account}{owner}"
-    line = await refresh_datasets(relink, done.connection_id, actor_id, background)
+    line = await follow_up(relink, done.connection_id, actor, actor_id, background)
     return Outcome(True, f"{head} {line}", connection_id=done.connection_id)
 
 
-async def refresh_datasets(
-    relink: Relink, connection_id: int, actor_id: int, background: set[asyncio.Task[Any]]
+async def follow_up(
+    relink: Relink,
+    connection_id: int,
+    actor: str,
+    actor_id: int,
+    background: set[asyncio.Task[Any]],
 ) -> str:
-    """Refresh the connection's datasets for `actor_id`, waiting up to `REFRESH_WAIT`;
-    the line that says how it went (or that it goes on)."""
-    task = asyncio.create_task(refresh_connection(relink, connection_id, actor_id=actor_id))
-    background.add(task)
-    task.add_done_callback(_forget(background, connection_id))
-    finished, _ = await asyncio.wait({task}, timeout=REFRESH_WAIT)
-    if not finished:
+    """Start the reconnect's follow-up (re-check, refresh the datasets) for the actor; the
+    line that says how it went, or that it goes on (here, or in a flow run)."""
+    started = await followups.start(
+        relink,
+        connection_id,
+        requested_by=actor,
+        requested_by_id=actor_id,
+        background=background,
+    )
+    if started.flow_run is not None:
+        return f"Its datasets are refreshed by the flow run {started.flow_run}."
+    if started.report is None:
         return "Refreshing its datasets…"
-    return _refresh_line(task.result() if not task.exception() else None)
+    if started.report.verdict is not Verdict.WORKS:
+        status = started.report.checked["status"]
+        return f"Its datasets were not refreshed: checked again, it is {status}."
+    return refresh_line(started.report.refresh)
 
 
-def _refresh_line(summary: RefreshSummary | None) -> str:
-    if summary is None:
+def refresh_line(refreshed: Mapping[str, Any] | None) -> str:
+    """How the refresh of a connection's datasets went (`RefreshSummary.as_dict()`)."""
+    if refreshed is None:
         return "Refreshing its datasets failed; see the datasets below."
-    total = len(summary.results)
+    total = refreshed["datasets"]
     if total == 0:
         return "No datasets to refresh."
-    failed = summary.count("error")
+    failed = refreshed["error"]
     if failed:
         return f"Datasets refreshed: {total - failed} of {total}; {failed} failed (see below)."
     return f"Datasets refreshed: {total} of {total}."
-
-
-def _forget(background: set[asyncio.Task[Any]], connection_id: int) -> Any:
-    def done(task: asyncio.Task[Any]) -> None:
-        background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning(
-                "refresh of connection %s's datasets failed: %s",
-                connection_id,
-                type(task.exception()).__name__,
-            )
-
-    return done

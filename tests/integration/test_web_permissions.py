@@ -11,7 +11,7 @@ visitor's own CSRF token unless its row says otherwise; a post with no token or 
 session's token is refused before anything happens (the session cookie stays as it was).
 No post changes a table of the app database, except the OAuth start (it stores the
 pending sign-in) and "Check again" (the check's record: the connection, a disconnection it
-opens, the status change in the audit trail).
+opens, the status change in the audit trail, and the follow-up that runs it).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ WRONG_PASSWORD = {"email": EMAILS["admin"], "password": "not the password"}
 RIGHT_PASSWORD = {"email": EMAILS["admin"], "password": PASSWORD}
 NEW_DB_PASSWORD = {"password": "a-new-db-password"}
 AUTHORIZE = "{sandbox}/oauth/authorize?"
-CHECKED = ("connections", "disconnections", "audit_events")  # what a check may record
+# what a check may record, and its follow-up (written first, so a restart does not lose it)
+CHECKED = ("connections", "disconnections", "audit_events", "followups")
 
 ROWS = [
     Row("GET /", (303,) * 6, redirect="/connections"),

@@ -1,0 +1,157 @@
+"""The web pages' reconnect follow-up (re-check, then refresh the datasets) is never lost:
+run in the web process, one the process did not finish is run again when it starts; with
+a Prefect server configured it is a reconnect-connection flow run instead. Real parts:
+the loopback PostgreSQL as the source, the app database, a real (temporary) Prefect
+server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from relink.followup import pending
+from relink.models import AuditEvent, Dataset, Followup
+from relink.web import create_app, followups
+from tests.support.reconnect import (
+    OWNER,
+    T0,
+    add_people,
+    add_pg_connection,
+    pg_settings,
+    user_id,
+    warehouse_rows,
+)
+from tests.support.web import TestClient
+
+THREE_FRUITS = "SELECT * FROM (VALUES (1, 'apple'), (2, 'pear'), (3, 'fig')) AS t(id, name)"
+
+
+@pytest.fixture
+def shop(relink_app, postgres_url):
+    """A working connection (the trusted `postgres` role) with one warehouse dataset."""
+    add_people(relink_app)
+    return add_pg_connection(
+        relink_app,
+        settings=pg_settings(postgres_url, "postgres"),
+        password="trusted",
+        queries=[("Fruits", THREE_FRUITS)],
+    )
+
+
+def dataset_status(app, dataset_id: int) -> str:
+    with app.sessions() as session:
+        ds = session.get(Dataset, dataset_id)
+        assert ds is not None
+        return ds.status
+
+
+def followup_row(app, followup_id: int) -> Followup:
+    with app.sessions() as session:
+        row = session.get(Followup, followup_id)
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def test_a_followup_the_web_process_did_not_finish_runs_again_when_it_starts(relink_app, shop):
+    followup_id = pending.submit(relink_app, shop.connection_id, user_id(relink_app, OWNER), now=T0)
+
+    async def first_web_process() -> None:
+        """Re-checks, then stops (a deploy, a crash) before the datasets are refreshed."""
+        rechecked = asyncio.Event()
+
+        async def stopped_before_refresh(connection_id: int, requested_by: str) -> dict:
+            rechecked.set()
+            await asyncio.Event().wait()  # the process stops here
+            raise AssertionError("unreachable")
+
+        steps = dataclasses.replace(pending.web_steps(relink_app), refresh=stopped_before_refresh)
+        task = asyncio.create_task(pending.run_pending(relink_app, followup_id, steps=steps))
+        await rechecked.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(first_web_process())
+    assert pending.unfinished(relink_app) == [followup_id]
+    assert dataset_status(relink_app, shop.dataset_ids[0]) == "pending"
+
+    with TestClient(create_app(relink_app)):  # the web process starts again
+        deadline = time.monotonic() + 60
+        while pending.unfinished(relink_app) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    assert pending.unfinished(relink_app) == []
+    row = followup_row(relink_app, followup_id)
+    assert row.verdict == "works" and row.finished_at is not None and row.flow_run_id is None
+    assert dataset_status(relink_app, shop.dataset_ids[0]) == "ok"
+    assert warehouse_rows(relink_app, f"ds_{shop.dataset_ids[0]}") == [
+        (1, "apple"),
+        (2, "pear"),
+        (3, "fig"),
+    ]
+    with relink_app.sessions() as session:  # visible in the audit trail, by whom it was asked
+        (event,) = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "connection.followup")
+        )
+        assert event.actor_id == user_id(relink_app, OWNER)
+        assert event.details["verdict"] == "works"
+        assert event.details["datasets_refreshed"] == 1
+
+
+def test_a_followup_a_flow_run_took_over_is_not_run_again_here(relink_app, shop):
+    followup_id = pending.submit(relink_app, shop.connection_id, user_id(relink_app, OWNER), now=T0)
+    pending.handed_over(relink_app, followup_id, "8e4f1c2a-0000-4000-8000-000000000000")
+    assert pending.unfinished(relink_app) == []
+    assert asyncio.run(pending.run_pending(relink_app, followup_id)) is None
+    assert dataset_status(relink_app, shop.dataset_ids[0]) == "pending"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_with_a_prefect_server_the_followup_is_a_reconnect_connection_flow_run(relink_app, shop):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.reconnect_connection import reconnect_connection
+
+    async def deploy() -> None:
+        deployment = await reconnect_connection.ato_deployment(name="reconnect-connection")
+        await deployment.aapply()
+
+    asyncio.run(deploy())
+    relink_app.settings.prefect_api_url = PREFECT_API_URL.value()
+    background: set[asyncio.Task] = set()
+
+    started = asyncio.run(
+        followups.start(
+            relink_app,
+            shop.connection_id,
+            requested_by=OWNER,
+            requested_by_id=user_id(relink_app, OWNER),
+            background=background,
+        )
+    )
+
+    assert started.flow_run and started.report is None and not background
+    ((_, flow_run_id),) = pending_rows(relink_app)
+    assert flow_run_id is not None
+    assert pending.unfinished(relink_app) == []  # a restart leaves it to the flow run
+
+    async def read_run():
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    run = asyncio.run(read_run())
+    assert run.name == started.flow_run
+    assert run.parameters == {"connection_id": shop.connection_id, "requested_by": OWNER}
+    assert dataset_status(relink_app, shop.dataset_ids[0]) == "pending"  # not run here
+
+
+def pending_rows(app) -> list[tuple[int, str | None]]:
+    with app.sessions() as session:
+        return [tuple(r) for r in session.execute(sa.select(Followup.id, Followup.flow_run_id))]
