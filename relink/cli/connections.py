@@ -193,6 +193,8 @@ def connections_show(
         "last_checked_at",
         "last_error_code",
         "last_error_message",
+        "credentials_expire_at",
+        "credentials_expiry",
         "shared_with",
     ]
     print_table(f"Connection {data['id']}", ["field", "value"], [(f, data[f]) for f in fields])

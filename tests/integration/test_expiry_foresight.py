@@ -135,3 +135,24 @@ def test_accounts_set_turns_expiry_heads_ups_off_and_on(
         assert unknown.exit_code == 1 and "unknown account 'Nope'" in unknown.output
     finally:
         reset_app()
+
+
+def test_the_cli_says_it_too(relink: Relink, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    sales = add_oauth(relink, "salesforce", "Sales")
+    expire_in(relink, sales, 5 * DAY + timedelta(hours=1))
+    monkeypatch.setenv("RELINK_DATABASE_URL", relink.settings.effective_database_url)
+    monkeypatch.setenv("RELINK_DATA_DIR", str(relink.settings.data_dir))
+    monkeypatch.setenv("RELINK_SECRET_KEYS", relink.settings.secret_keys.get_secret_value())
+    monkeypatch.setenv("COLUMNS", "200")
+    reset_app()
+    runner = CliRunner()
+    try:
+        status = runner.invoke(cli_app, ["status"])
+        shown = runner.invoke(cli_app, ["connections", "show", str(sales), "--as", EMAILS["owner"]])
+    finally:
+        reset_app()
+    assert status.exit_code == 0, status.output
+    assert "credentials expiring (a reconnect renews them): 1" in status.output
+    assert f"Sales (id {sales}, salesforce): expires in 5 days" in status.output
+    assert shown.exit_code == 0, shown.output
+    assert "expires in 5 days" in shown.output
