@@ -74,6 +74,8 @@ def test_a_check_only_reconnect_names_who_asked_for_the_check_and_the_refresh(
     Cli(settings).ok("reconnect", world.connection_id, "--as", SHARED, "--check-only")
     assert trail(relink_app, world.connection_id, before) == [
         ("connection.status_changed", SHARED, "connected"),
+        # the first check that gets in learns whose database account it is (issue 19.3)
+        ("connection.account_seen", SHARED, None),
         ("dataset.refreshed", SHARED, None),
     ]
 
@@ -185,5 +187,6 @@ def test_the_reconnect_flow_records_who_asked_for_the_check_and_the_refresh(reli
     assert result["refresh"]["ok"] == 1
     assert trail(relink_app, world.connection_id, before) == [
         ("connection.status_changed", ADMIN, "connected"),
+        ("connection.account_seen", ADMIN, None),
         ("dataset.refreshed", ADMIN, None),
     ]
