@@ -95,6 +95,7 @@ async def _hand_over(
             run = await arun_deployment(
                 by_name(DEPLOYMENT).full_name,
                 parameters={"connection_id": connection_id, "requested_by": requested_by},
+                flow_run_name=f"reconnect connection {connection_id}",  # as the flow names it
                 timeout=0,
                 idempotency_key=f"relink-followup-{followup_id}",
                 as_subflow=False,

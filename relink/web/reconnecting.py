@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,23 +106,18 @@ async def with_secrets(
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     changes = submitted_changes(form, submitted)
-    try:
-        done = await reconnect_with_secrets(
-            relink,
-            connection_id,
-            actor=actor,
-            secrets=changes.secrets,
-            settings=changes.settings,
-            refresh=False,
-            hold=True,  # another account's credentials wait for the user's confirmation
-        )
-    except AccountReplacement as exc:
-        return _confirm(exc)
-    except ReconnectFailed as exc:
-        return _failed(exc)
-    except (InvalidInput, Conflict) as exc:
-        return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
-    return await _refreshed(relink, done, actor=actor, actor_id=actor_id, background=background)
+    attempt = reconnect_with_secrets(
+        relink,
+        connection_id,
+        actor=actor,
+        secrets=changes.secrets,
+        settings=changes.settings,
+        refresh=False,
+        hold=True,  # another account's credentials wait for the user's confirmation
+    )
+    return await _reconnected(
+        relink, attempt, actor=actor, actor_id=actor_id, background=background
+    )
 
 
 async def finish_oauth(
@@ -134,19 +129,12 @@ async def finish_oauth(
     code: str,
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
-    try:
-        done = await oauth.finish_oauth(
-            relink, state=state, code=code, actor=actor, refresh=False, hold=True
-        )
-    except AccountReplacement as exc:
-        return _confirm(exc)
-    except OAuthStateRefused as exc:
-        return Outcome(False, str(exc), "state")
-    except ReconnectFailed as exc:
-        return _failed(exc)
-    except (InvalidInput, Conflict) as exc:
-        return Outcome(False, str(exc), "conflict" if isinstance(exc, Conflict) else "invalid")
-    return await _refreshed(relink, done, actor=actor, actor_id=actor_id, background=background)
+    attempt = oauth.finish_oauth(
+        relink, state=state, code=code, actor=actor, refresh=False, hold=True
+    )
+    return await _reconnected(
+        relink, attempt, actor=actor, actor_id=actor_id, background=background
+    )
 
 
 async def confirm(
@@ -159,10 +147,30 @@ async def confirm(
     background: set[asyncio.Task[Any]],
 ) -> Outcome:
     """The user confirmed "This replaces … with …": commit the held reconnect."""
+    attempt = confirm_replacement(
+        relink, token, actor=actor, connection_id=connection_id, refresh=False
+    )
+    return await _reconnected(
+        relink, attempt, actor=actor, actor_id=actor_id, background=background
+    )
+
+
+async def _reconnected(
+    relink: Relink,
+    attempt: Awaitable[Reconnected],
+    *,
+    actor: str,
+    actor_id: int,
+    background: set[asyncio.Task[Any]],
+) -> Outcome:
+    """The outcome of a reconnect `attempt` (with secrets, OAuth, or a confirmation) as the
+    page says it; a successful one starts its follow-up."""
     try:
-        done = await confirm_replacement(
-            relink, token, actor=actor, connection_id=connection_id, refresh=False
-        )
+        done = await attempt
+    except AccountReplacement as exc:
+        return _confirm(exc)
+    except OAuthStateRefused as exc:
+        return Outcome(False, str(exc), "state")
     except ReconnectFailed as exc:
         return _failed(exc)
     except (InvalidInput, Conflict) as exc:

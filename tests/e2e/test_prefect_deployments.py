@@ -3,11 +3,13 @@
 
 A check sweep over enough connections for several shards fans out: both workers take
 shards, each shard is claimed once; the disconnection emails go to the outbox; the
-email deployment's schedule puts its runs at 14:00 UTC in January and in July.
+email deployment's schedule puts its runs at 14:00 UTC in January and in July; a web
+page's reconnect follow-up is a reconnect-connection run that a worker runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,9 +30,11 @@ from relink import db
 from relink.app import Relink
 from relink.connections import NewConnection, add_connection
 from relink.directory import add_account, add_user
-from relink.models import Connection, Disconnection, Notification, SweepShard
+from relink.followup import pending
+from relink.models import Connection, Disconnection, Followup, Notification, SweepShard, User
 from relink.settings import Settings
 from relink.vault import generate_key
+from relink.web import followups
 from relink_dev.runner import Supervisor
 from relink_dev.sandbox import SandboxProvider, SandboxServer
 from tests.support.pg import temporary_schema
@@ -67,6 +71,16 @@ def api(base: str, path: str, body: object | None = None) -> object:
                 raise
             time.sleep(0.5)
     raise AssertionError("unreachable")
+
+
+def ids_and_names(app: Relink) -> list[tuple[int, str]]:
+    with app.sessions() as session:
+        return [tuple(r) for r in session.execute(sa.select(Connection.id, Connection.name))]
+
+
+def user_id_of(app: Relink, email: str) -> int:
+    with app.sessions() as session:
+        return session.scalar(sa.select(User.id).where(User.email == email))
 
 
 @pytest.fixture
@@ -251,6 +265,31 @@ def test_deployed_sweep_fans_out_over_two_workers_and_emails_go_out(app_db, tmp_
         assert len(list((settings.data_dir / "outbox").glob("*.eml"))) == BAD
 
         phase(started, "emails done")
+        # -- a web page's reconnect follow-up: a reconnect-connection run on a worker ----
+        good = next(cid for cid, name in ids_and_names(app) if name == "API 00")
+        settings.prefect_api_url = api_url
+        admin_id = user_id_of(app, "owner@e2e.test")
+        handed = asyncio.run(
+            followups.start(
+                app, good, requested_by="owner@e2e.test", requested_by_id=admin_id, background=set()
+            )
+        )
+        assert handed.flow_run and handed.report is None
+        with app.sessions() as session:
+            (followup,) = session.scalars(sa.select(Followup)).all()
+        assert followup.flow_run_id and followup.finished_at is None
+        deadline = time.monotonic() + 300  # a liveness bound: the worker polls every second
+        while True:
+            run = api(api_url, f"/flow_runs/{followup.flow_run_id}")
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.monotonic() < deadline, run["state_type"]
+            time.sleep(1)
+        assert run["state_type"] == "COMPLETED" and run["name"] == handed.flow_run
+        assert run["parameters"] == {"connection_id": good, "requested_by": "owner@e2e.test"}
+        assert pending.unfinished(app) == []  # the web pages' restart leaves it to the run
+
+        phase(started, "follow-up done")
         # -- the email schedule, as the server plans it ---------------------------------
         (email,) = api(
             api_url,
