@@ -146,9 +146,17 @@ def test_a_rolled_back_change_emits_nothing(relink_app, owner, sandbox, prefect_
 
 
 def test_without_a_prefect_api_nothing_is_queued_or_sent(relink_app, owner, sandbox, monkeypatch):
+    # no API in the environment, and none in Prefect's settings either (a Prefect server
+    # started by another test of this worker, or a profile of this machine, would set one)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    if events.enabled():
-        pytest.skip("a Prefect profile of this machine configures an API")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert not events.enabled()
+        _record_a_disconnection_without_an_api(relink_app, owner, sandbox)
+
+
+def _record_a_disconnection_without_an_api(relink_app, owner, sandbox):
     add_api_connections(relink_app, owner, sandbox.url, "k", 1, "api")
     with relink_app.sessions() as session, session.begin():
         failed_at = session.scalar(sa.select(Connection.id))
