@@ -68,11 +68,25 @@ def asked(app: Relink, followup_id: int) -> tuple[int, str] | None:
 
 
 def _start(app: Relink, followup_id: int, now: datetime) -> _Asked | None:
+    """Claim the follow-up for this process: a conditional UPDATE on the start time read,
+    so of two processes resuming it at once only one runs it."""
     with app.transaction() as session:
         row = session.get(Followup, followup_id)
         if row is None or row.finished_at is not None or row.flow_run_id is not None:
             return None
-        row.started_at = now
+        seen = (
+            Followup.started_at.is_(None)
+            if row.started_at is None
+            else (Followup.started_at == row.started_at)
+        )
+        claimed = session.execute(
+            sa.update(Followup)
+            .where(Followup.id == followup_id, Followup.finished_at.is_(None), seen)
+            .values(started_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # another process claimed it between our read and update
+            return None
         requester = session.get(User, row.requested_by_id)
         assert requester is not None  # the row goes with its user (ON DELETE CASCADE)
         return _Asked(row.connection_id, requester.email)

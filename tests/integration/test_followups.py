@@ -58,6 +58,7 @@ def followup_row(app, followup_id: int) -> Followup:
         return row
 
 
+@pytest.mark.both_backends  # the claim's conditional UPDATE, the timestamps
 def test_a_followup_the_web_process_did_not_finish_runs_again_when_it_starts(relink_app, shop):
     followup_id = pending.submit(relink_app, shop.connection_id, user_id(relink_app, OWNER), now=T0)
 
@@ -155,3 +156,15 @@ def test_with_a_prefect_server_the_followup_is_a_reconnect_connection_flow_run(r
 def pending_rows(app) -> list[tuple[int, str | None]]:
     with app.sessions() as session:
         return [tuple(r) for r in session.execute(sa.select(Followup.id, Followup.flow_run_id))]
+
+
+def test_a_finished_followup_is_not_run_again(relink_app, shop):
+    followup_id = pending.submit(relink_app, shop.connection_id, user_id(relink_app, OWNER), now=T0)
+    report = asyncio.run(pending.run_pending(relink_app, followup_id))
+    assert report is not None and report.verdict == "works"
+    assert asyncio.run(pending.run_pending(relink_app, followup_id)) is None
+    with relink_app.sessions() as session:
+        events = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "connection.followup")
+        ).all()
+    assert len(events) == 1
