@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -26,7 +29,7 @@ from tests.support.reconnect import (
     user_id,
     warehouse_rows,
 )
-from tests.support.web import TestClient
+from tests.support.web import TestClient, free_port
 
 THREE_FRUITS = "SELECT * FROM (VALUES (1, 'apple'), (2, 'pear'), (3, 'fig')) AS t(id, name)"
 
@@ -168,3 +171,80 @@ def test_a_finished_followup_is_not_run_again(relink_app, shop):
             sa.select(AuditEvent).where(AuditEvent.action == "connection.followup")
         ).all()
     assert len(events) == 1
+
+
+def web_process(app, tmp_path) -> subprocess.Popen:
+    """`relink web` in a process of its own, on the test's app database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELINK_", "PREFECT_"))}
+    env |= {
+        "RELINK_DATABASE_URL": app.settings.effective_database_url,
+        "RELINK_DATA_DIR": str(app.settings.data_dir),
+        "RELINK_SECRET_KEYS": app.settings.secret_keys.get_secret_value(),
+        "RELINK_BASE_URL": app.settings.base_url,
+    }
+    command = "from relink.cli import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", command, "web", "--host", "127.0.0.1", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def set_query(app, dataset_id: int, query: str) -> None:
+    with app.transaction() as session:
+        session.execute(sa.update(Dataset).where(Dataset.id == dataset_id).values(query=query))
+
+
+def wait_for(condition, what: str, seconds: float = 90) -> None:
+    """A liveness bound, not a clock: a process starting on a loaded machine takes seconds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.2)
+
+
+def test_a_web_process_killed_during_a_followup_leaves_it_to_the_next_one(
+    relink_app, shop, tmp_path, postgres_url
+):
+    """Real processes: the first `relink web` starts the follow-up and is killed (SIGKILL)
+    while the source is still answering the refresh; the next one runs it to the end."""
+    dataset_id = shop.dataset_ids[0]
+    slow = "SELECT pg_sleep(20) AS slept"
+    set_query(relink_app, dataset_id, slow)  # a slow source
+    source = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+
+    def answering() -> list[int]:  # the source's sessions running the slow query
+        with source.connect() as conn:
+            return list(
+                conn.scalars(
+                    sa.text("SELECT pid FROM pg_stat_activity WHERE query = :q"), {"q": slow}
+                )
+            )
+
+    followup_id = pending.submit(relink_app, shop.connection_id, user_id(relink_app, OWNER), now=T0)
+
+    first = web_process(relink_app, tmp_path)
+    try:
+        wait_for(answering, "the first process re-checks, then asks the source for the rows")
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        with source.connect() as conn:  # its query outlives it at the source: end it
+            for pid in answering():
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        source.dispose()
+    assert pending.unfinished(relink_app) == [followup_id]
+    assert dataset_status(relink_app, dataset_id) == "pending"
+
+    set_query(relink_app, dataset_id, THREE_FRUITS)  # the source answers quickly again
+    second = web_process(relink_app, tmp_path)
+    try:
+        wait_for(lambda: not pending.unfinished(relink_app), "the next one finishes it")
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert followup_row(relink_app, followup_id).verdict == "works"
+    assert dataset_status(relink_app, dataset_id) == "ok"
+    assert warehouse_rows(relink_app, f"ds_{dataset_id}") == [(1, "apple"), (2, "pear"), (3, "fig")]
