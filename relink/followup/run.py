@@ -19,8 +19,8 @@ from relink.directory import get_user
 from relink.domain.words import Status
 from relink.reconnecting.email_link import email_reconnect_link
 from relink.reconnecting.recheck import recheck
-from relink.reconnecting.replace import refresh_connection
 from relink.refreshing.results import RefreshPolicy
+from relink.refreshing.run import refresh_connection
 from relink.sweep.validate import CheckPolicy
 from relink.timeutil import utcnow
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm.exc import StaleDataError
 
 import connectors
@@ -35,7 +34,7 @@ from relink.connections import note_expiry
 from relink.domain.identity import Identity, merged, replaces
 from relink.domain.words import Outcome
 from relink.errors import Conflict, InvalidInput
-from relink.models import Connection, Dataset, User
+from relink.models import Connection, User
 from relink.people import keep_access
 from relink.reconnecting.errors import (
     NOTHING_CHANGED,
@@ -52,7 +51,7 @@ from relink.reconnecting.form import (
 )
 from relink.reconnecting.target import Target, load_target
 from relink.refreshing.results import RefreshPolicy, RefreshSummary
-from relink.refreshing.run import refresh_many
+from relink.refreshing.run import refresh_connection
 from relink.sweep.validate import Checked, CheckPolicy, make_context_factory
 from relink.timeutil import utcnow
 
@@ -291,24 +290,6 @@ async def replace(
         return done
     summary = await refresh_connection(app, connection_id, policy=policy, actor_id=target.actor_id)
     return dataclasses.replace(done, refresh=summary)
-
-
-async def refresh_connection(
-    app: Relink,
-    connection_id: int,
-    *,
-    policy: RefreshPolicy | None = None,
-    actor_id: int | None = None,
-) -> RefreshSummary:
-    with app.sessions() as session:
-        ids = list(
-            session.scalars(
-                sa.select(Dataset.id)
-                .where(Dataset.connection_id == connection_id)
-                .order_by(Dataset.id)
-            )
-        )
-    return await refresh_many(app, ids, policy=policy, actor_id=actor_id)
 
 
 # --- password / API key ---------------------------------------------------------------------

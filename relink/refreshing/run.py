@@ -34,6 +34,7 @@ from relink.domain.words import DatasetStatus, Mode
 from relink.errors import VaultError
 from relink.models import Dataset, User
 from relink.refreshing.results import ERROR, OK, SKIPPED, Refreshed, RefreshPolicy, RefreshSummary
+from relink.refreshing.selection import select_datasets
 from relink.sweep.validate import CheckPolicy, make_context_factory
 from relink.timeutil import utcnow
 from relink.warehouse import WarehouseError, replace_table, safe_column_names, table_name
@@ -207,6 +208,19 @@ async def refresh_many(
     return await run_refresh(
         dataset_ids, steps=plain_steps(app, clock=clock), policy=policy, actor_id=actor_id
     )
+
+
+async def refresh_connection(
+    app: Relink,
+    connection_id: int,
+    *,
+    policy: RefreshPolicy | None = None,
+    actor_id: int | None = None,
+) -> RefreshSummary:
+    """Refresh every dataset of a connection in this process (after a reconnect)."""
+    with app.sessions() as session:
+        ids = select_datasets(session, connection_id=connection_id)
+    return await refresh_many(app, ids, policy=policy, actor_id=actor_id)
 
 
 def _store(app: Relink, job: _Job, fetched: FetchResult) -> tuple[tuple[str, ...], str | None]:
