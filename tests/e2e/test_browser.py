@@ -28,7 +28,7 @@ from relink.domain.identity import Identity
 from relink.domain.words import Status
 from relink.emailing.mailer import OutboxMailer, outbox_folder
 from relink.emailing.run import send_due
-from relink.models import Connection, Disconnection, User
+from relink.models import Connection, Disconnection, ProviderIncident, User
 from relink.reconnecting.recheck import recheck
 from relink.sweep.run import sweep
 from relink.web import create_app
@@ -511,6 +511,55 @@ def test_the_pages_fit_a_phone_and_a_desktop(browser, site: Site, size: str) -> 
             admin = s.scalar(sa.select(User).where(User.email == EMAILS["admin"]))
             assert admin is not None
             admin.name = "Ada Admin"
+
+
+def test_a_provider_outage_is_one_banner_that_fits_a_phone(browser, site: Site) -> None:
+    """An open provider incident is one line above the Connections list, counted over the
+    viewer's connections, inside a 390 px screen; a viewer none of whose connections
+    meets it sees none."""
+    api = site.ids["Owned API"]
+    with site.relink.transaction() as s:
+        conn = s.get(Connection, api)
+        assert conn is not None
+        before = (conn.last_outcome, conn.last_outcome_code)
+        conn.last_outcome, conn.last_outcome_code = "unreachable", "http_503"
+        since = datetime(2026, 11, 2, 21, 15, tzinfo=UTC)  # 14:15 MST
+        incident = ProviderIncident(
+            provider="api_key",
+            outcome="unreachable",
+            code="http_503",
+            failed=1,
+            checked=1,
+            started_at=since,
+            updated_at=since,
+        )
+        s.add(incident)
+    context = browser.new_context(base_url=site.url, viewport={"width": 390, "height": 844})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        sign_in(page, site, "owner")
+        banner = page.locator("#incident-api_key")
+        assert banner.is_visible()
+        assert banner.inner_text().startswith(
+            "HTTP API (API key): 1 of 1 connections unreachable with http_503 since "
+        )
+        assert "likely a provider outage, no connection was marked broken" in banner.inner_text()
+        shown = page.evaluate(LAYOUT)
+        assert shown["scrollWidth"] <= shown["innerWidth"], shown
+        box = banner.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        page.click("#sign-out")
+        page.wait_for_url(re.compile(r".*/login$"))
+        sign_in(page, site, "shared")  # sees only Owned DB
+        assert page.locator("[id^=incident-]").count() == 0
+    finally:
+        context.close()
+        with site.relink.transaction() as s:
+            s.execute(sa.delete(ProviderIncident))
+            conn = s.get(Connection, api)
+            assert conn is not None
+            conn.last_outcome, conn.last_outcome_code = before
 
 
 def test_the_connectors_page_is_a_summary_with_each_kind_folded_below(page, site: Site) -> None:
