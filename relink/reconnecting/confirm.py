@@ -25,7 +25,7 @@ from relink.directory import get_user
 from relink.domain.identity import Identity
 from relink.errors import InvalidInput, VaultError
 from relink.models import OAuthState
-from relink.reconnecting.errors import NOTHING_CHANGED
+from relink.reconnecting.errors import NOTHING_CHANGED, AccountReplacement
 from relink.reconnecting.form import Changes
 from relink.reconnecting.replace import Reconnected, replace
 from relink.reconnecting.target import Target, authorize
@@ -70,6 +70,34 @@ def hold_replacement(
             )
         )
     return token
+
+
+def held_replacement(
+    app: Relink, token: str, *, actor: str, connection_id: int, now: datetime | None = None
+) -> AccountReplacement | None:
+    """The replacement a token holds for `actor` on `connection_id`, to show again (not
+    claimed); None when there is none (unknown, another's, used or expired)."""
+    now = now or utcnow()
+    if not token:
+        return None
+    with app.sessions() as session:
+        user = get_user(session, actor)
+        row = session.scalar(sa.select(OAuthState).where(OAuthState.state_hash == _hash(token)))
+        if row is None or row.user_id != user.id or row.connection_id != connection_id:
+            return None
+        if row.used_at is not None or row.expires_at <= now:
+            return None
+        _, conn = authorize(session, actor, connection_id)
+        try:
+            sealed = app.vault.decrypt(row.code_verifier, connection=str(connection_id))
+        except VaultError:
+            return None
+        before = conn.identity
+        if sealed.get("kind") != HELD or before is None:
+            return None
+        account = json.loads(sealed["account"])
+        after = Identity(account["subject"], account["label"])
+        return AccountReplacement(connection_id, before, after, token=token)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from relink.domain.words import Mode, Status
 from relink.errors import InvalidInput, PermissionDenied
 from relink.models import MAX_ID, AuditEvent, Connection, User
 from relink.passwords import authenticate, fingerprint
+from relink.reconnecting.confirm import held_replacement
 from relink.reconnecting.form import ReconnectForm, form_of
 from relink.sweep.incidents import open_incidents
 from relink.timeutil import utcnow
@@ -299,7 +300,7 @@ async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
         background=request.app.state.background,
     )
     if outcome.kind == "confirm":
-        return await _confirm_replacement(request, outcome)
+        return _to_confirm(request, outcome)
     if not outcome.ok:
         return await _reconnect_failed(
             request, connection_id, outcome.message, outcome.kind, changes.settings
@@ -308,24 +309,37 @@ async def reconnect(request: Request, connection_id: ConnectionId) -> Response:
     return RedirectResponse(f"/connections/{connection_id}", status_code=303)
 
 
-async def _confirm_replacement(request: Request, outcome: reconnecting.Outcome) -> HTMLResponse:
-    """New credentials of another account: "This replaces … with …", confirmed or not
-    before anything changes."""
+def _to_confirm(request: Request, outcome: reconnecting.Outcome) -> RedirectResponse:
+    """New credentials of another account: the session remembers the held reconnect and
+    the confirm page asks (a page of its own: reloading it asks again)."""
     held = outcome.replacement
-    assert held is not None
+    assert held is not None and held.token is not None
+    web_session(request).hold(held.connection_id, held.token)
+    return RedirectResponse(f"/connections/{held.connection_id}/reconnect/confirm", 303)
 
-    def page() -> HTMLResponse:
-        with signed_in(request) as (db, user):
-            conn = _reconnectable(db, user, held.connection_id)
-            request.state.nav = "data"
-            return views.render(
-                request,
-                "reconnect_confirm.html",
-                {"conn": svc.summary(conn), "held": held},
-                user=user,
+
+@router.get("/connections/{connection_id}/reconnect/confirm")
+def reconnect_confirm_page(request: Request, connection_id: ConnectionId) -> Response:
+    """ "This replaces … with …": confirmed or not before anything changes."""
+    relink = relink_of(request)
+    with signed_in(request) as (db, user):
+        conn = _reconnectable(db, user, connection_id)
+        token = web_session(request).pending_token(connection_id) or ""
+        held = held_replacement(relink, token, actor=user.email, connection_id=connection_id)
+        if held is None:
+            web_session(request).set_flash(
+                "Nothing is waiting for your confirmation here (it may have expired); "
+                "nothing was changed.",
+                "error",
             )
-
-    return await run_in_threadpool(page)
+            return RedirectResponse(f"/connections/{connection_id}", status_code=303)
+        request.state.nav = "data"
+        return views.render(
+            request,
+            "reconnect_confirm.html",
+            {"conn": svc.summary(conn), "held": held},
+            user=user,
+        )
 
 
 @router.post("/connections/{connection_id}/reconnect/confirm")
@@ -340,14 +354,16 @@ async def reconnect_confirm(request: Request, connection_id: ConnectionId) -> Re
             return user.email, user.id
 
     email, user_id = await run_in_threadpool(load)
+    session = web_session(request)
     outcome = await reconnecting.confirm(
         relink_of(request),
         connection_id,
         actor=email,
         actor_id=user_id,
-        token=_text(form_data, "confirmation"),
+        token=session.pending_token(connection_id) or "",
         background=request.app.state.background,
     )
+    session.release()  # used, or refused for good: never tried again
     if not outcome.ok:
         return await _reconnect_failed(request, connection_id, outcome.message, outcome.kind, {})
     web_session(request).set_flash(outcome.message)
@@ -433,7 +449,7 @@ async def oauth_callback(
     if outcome.kind == "state":
         raise BadRequest(f"This sign-in cannot be used: {outcome.message}. Nothing was changed.")
     if outcome.kind == "confirm":
-        return await _confirm_replacement(request, outcome)
+        return _to_confirm(request, outcome)
     if outcome.connection_id is None:
         raise BadRequest(f"Could not reconnect: {outcome.message}")
     web_session(request).set_flash(outcome.message, "success" if outcome.ok else "error")

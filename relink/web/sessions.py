@@ -2,9 +2,10 @@
 
 The cookie holds a signed (itsdangerous, HMAC-SHA1 over a key derived from
 `RELINK_SESSION_SECRET`) JSON object: the user id, a fingerprint of their password
-hash (a password change ends older sessions), the CSRF token and a one-shot flash
-message. Nothing in it is secret to its holder; the signature makes it tamper-proof
-and the timestamp limits its age.
+hash (a password change ends older sessions), the CSRF token, a one-shot flash
+message and the reconnect waiting for this user's confirmation (its connection and
+single-use token: `relink.reconnecting.confirm`). Nothing in it is secret to its holder;
+the signature makes it tamper-proof and the timestamp limits its age.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class WebSession:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     flash: str | None = None
     flash_kind: str = "success"  # success | error
+    pending: tuple[int, str] | None = None  # (connection id, token) of a held reconnect
     modified: bool = False  # the response must (re)set the cookie
     cleared: bool = False  # the response must delete the cookie
 
@@ -44,6 +46,8 @@ class WebSession:
             payload |= {"u": self.user_id, "p": self.password_fingerprint}
         if self.flash:
             payload |= {"f": self.flash[:500], "fk": self.flash_kind}
+        if self.pending:
+            payload |= {"k": list(self.pending)}
         return payload
 
     def csrf_matches(self, submitted: str | None) -> bool:
@@ -58,6 +62,7 @@ class WebSession:
         self.password_fingerprint = password_fingerprint
         self.csrf = secrets.token_urlsafe(32)
         self.flash = None
+        self.pending = None
         self.modified = True
 
     def sign_out(self) -> None:
@@ -65,7 +70,24 @@ class WebSession:
         self.password_fingerprint = ""
         self.csrf = secrets.token_urlsafe(32)
         self.flash = None
+        self.pending = None
         self.cleared = True
+
+    def hold(self, connection_id: int, token: str) -> None:
+        """Remember the reconnect held for this user's confirmation (one at a time)."""
+        self.pending = (connection_id, token)
+        self.modified = True
+
+    def pending_token(self, connection_id: int) -> str | None:
+        """The token of the reconnect of `connection_id` held for confirmation, if any."""
+        if self.pending is None or self.pending[0] != connection_id:
+            return None
+        return self.pending[1]
+
+    def release(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+            self.modified = True
 
     def set_flash(self, message: str, kind: str = "success") -> None:
         """A message for the next page (never a secret: it travels in the cookie)."""
@@ -103,12 +125,22 @@ class SessionCodec:
         if user_id is not None and not isinstance(user_id, int):
             return None
         flash = data.get("f")
+        pending = data.get("k")
+        held = None
+        if (
+            isinstance(pending, list)
+            and len(pending) == 2
+            and isinstance(pending[0], int)
+            and isinstance(pending[1], str)
+        ):
+            held = (pending[0], pending[1])
         return WebSession(
             user_id=user_id,
             password_fingerprint=str(data.get("p", "")),
             csrf=data["c"],
             flash=flash if isinstance(flash, str) else None,
             flash_kind="error" if data.get("fk") == "error" else "success",
+            pending=held,
         )
 
 

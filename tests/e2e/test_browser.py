@@ -284,6 +284,8 @@ def test_a_reconnect_as_another_account_is_confirmed_on_its_own_page(page, site:
     page.click("#allow")
 
     page.wait_for_selector("#confirm-replace")
+    assert "code=" not in page.url and "state=" not in page.url
+    page.reload()  # the confirm page is a page of its own: a reload asks again
     assert page.inner_text("#replacement-line") == (
         "This replaces max@acme.test with ann@acme.test."
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,9 @@ from relink.cli import app as cli_app
 from relink.cli._common import reset_app
 from relink.connections import NewConnection, add_connection
 from relink.domain.identity import Identity
+from relink.errors import InvalidInput
 from relink.models import AuditEvent, Connection
+from relink.reconnecting.confirm import confirm_replacement
 from relink.sweep.validate import CheckPolicy
 from relink.timeutil import utcnow
 from relink.web import create_app
@@ -128,19 +129,22 @@ def test_the_web_confirm_step_shows_both_accounts_and_commits_only_when_confirme
     answer = consent(start_reconnect(owner, conn_id), username=ANN)
     before = connection(relink, conn_id)
 
-    page = owner.get("/oauth/callback", params=answer)
+    callback = owner.get("/oauth/callback", params=answer)
+    assert callback.status_code == 303
+    confirm_url = f"/connections/{conn_id}/reconnect/confirm"
+    assert callback.headers["location"] == confirm_url  # a page of its own: a reload asks again
+    page = owner.get(confirm_url)
 
     assert page.status_code == 200
+    assert owner.get(confirm_url).text == page.text
     text = html.unescape(page.text)
     assert "This replaces max@acme.test with ann@acme.test" in text
     assert 'id="confirm-replace"' in page.text and 'id="keep-account"' in page.text
     assert connection(relink, conn_id) == before  # nothing changed before the confirmation
     assert answer["code"] not in page.text
 
-    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
-    assert token is not None
-    confirm = {"csrf_token": page_csrf(owner), "confirmation": token.group(1)}
-    done = owner.post(f"/connections/{conn_id}/reconnect/confirm", data=confirm)
+    confirm = {"csrf_token": page_csrf(owner)}
+    done = owner.post(confirm_url, data=confirm)
 
     assert done.status_code == 303
     assert connection(relink, conn_id)[0] == Identity(ANN, ANN)
@@ -153,32 +157,34 @@ def test_the_web_confirm_step_shows_both_accounts_and_commits_only_when_confirme
         True,
     )
 
-    # the same confirmation again: refused in one line, nothing changes
+    # confirming again: nothing is held any more, refused in one line, nothing changes
     after = connection(relink, conn_id)
-    again = owner.post(f"/connections/{conn_id}/reconnect/confirm", data=confirm)
-    assert again.status_code == 400 and "already used" in again.text
+    again = owner.post(confirm_url, data=confirm)
+    assert again.status_code == 400 and "nothing was changed" in again.text
     assert connection(relink, conn_id) == after
+    assert owner.get(confirm_url).headers["location"] == f"/connections/{conn_id}"
 
 
-def test_another_user_cannot_use_someone_elses_confirmation(
+def test_a_held_replacement_is_confirmed_only_by_whoever_started_it(
     relink: Relink, crm: tuple[World, int]
 ) -> None:
     _, conn_id = crm
     app = create_app(relink)
     owner, admin = client_for(app, "owner"), client_for(app, "admin")
-    page = owner.get(
-        "/oauth/callback", params=consent(start_reconnect(owner, conn_id), username=ANN)
-    )
-    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
-    assert token is not None
+    owner.get("/oauth/callback", params=consent(start_reconnect(owner, conn_id), username=ANN))
     before = connection(relink, conn_id)
 
-    stolen = admin.post(
-        f"/connections/{conn_id}/reconnect/confirm",
-        data={"csrf_token": page_csrf(admin), "confirmation": token.group(1)},
+    # the owner's session holds the confirmation, the admin's does not
+    other = admin.post(
+        f"/connections/{conn_id}/reconnect/confirm", data={"csrf_token": page_csrf(admin)}
     )
-
-    assert stolen.status_code == 400 and "not one you started" in stolen.text
+    assert other.status_code == 400
+    # and the token itself is bound to the user who was shown it
+    with pytest.raises(InvalidInput, match="not one you started"):
+        token = _held_token(relink, conn_id)
+        asyncio.run(
+            confirm_replacement(relink, token, actor=EMAILS["admin"], connection_id=conn_id)
+        )
     assert connection(relink, conn_id) == before
 
 
@@ -239,6 +245,19 @@ def test_cli_refuses_another_database_account_in_one_line_unless_replace_account
     assert new.password not in str(event)
 
 
+def _held_token(relink: Relink, connection_id: int) -> str:
+    """A held replacement's token, made again for the test: the stored row has only its
+    hash, so a second one is held for the same connection and user."""
+    from relink.reconnecting.confirm import hold_replacement
+    from relink.reconnecting.form import Changes
+    from relink.reconnecting.target import load_target
+
+    target = load_target(relink, EMAILS["owner"], connection_id)
+    return hold_replacement(
+        relink, target, {"access_token": "x"}, Changes(), Identity(ANN, ANN), now=utcnow()
+    )
+
+
 def cli(relink: Relink, *args: str) -> Any:
     settings = relink.settings
     env = {
@@ -273,18 +292,17 @@ def test_the_database_form_asks_before_another_user_replaces_the_connections_acc
     owner = client_for(create_app(relink), "owner")
     form = {"csrf_token": page_csrf(owner), "username": new.name, "password": new.password}
 
-    page = owner.post(f"/connections/{conn_id}/reconnect", data=form)
+    held = owner.post(f"/connections/{conn_id}/reconnect", data=form)
+    assert held.status_code == 303
+    page = owner.get(held.headers["location"])
 
     assert page.status_code == 200
     assert f"This replaces {old.name}@{host} with {new.name}@{host}" in html.unescape(page.text)
     assert new.password not in page.text  # the typed secret is held, never put back
     assert connection(relink, conn_id) == before
-    token = re.search(r'name="confirmation" value="([^"]+)"', page.text)
-    assert token is not None
 
     done = owner.post(
-        f"/connections/{conn_id}/reconnect/confirm",
-        data={"csrf_token": page_csrf(owner), "confirmation": token.group(1)},
+        f"/connections/{conn_id}/reconnect/confirm", data={"csrf_token": page_csrf(owner)}
     )
 
     assert done.status_code == 303

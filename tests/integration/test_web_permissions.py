@@ -129,7 +129,12 @@ ROWS = [
     ),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="none"),
     Row("POST /connections/{crm}/reconnect", OWNED_REFUSED, token="foreign"),
-    # confirming an account replacement: only with a confirmation the visitor was given
+    # confirming an account replacement: only one held in the visitor's own session
+    Row(
+        "GET /connections/{crm}/reconnect/confirm",
+        (303, 303, 303, 404, 404, 303),
+        redirect="/connections/",
+    ),
     Row("POST /connections/{crm}/reconnect/confirm", (400, 400, 400, 404, 404, 303)),
     Row(
         "POST /connections/{crm}/reconnect/confirm",
