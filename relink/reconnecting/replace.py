@@ -186,6 +186,7 @@ def _commit(
             disconnection_closed=summary.closed > 0,
             owner_changed=previous_owner != actor.email,
             changed=list(proposal.changed),
+            account_replaced=replaces(before, account),  # the accounts: the audit trail
         )
         return Reconnected(
             connection_id=conn.id,

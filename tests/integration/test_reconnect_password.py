@@ -381,5 +381,6 @@ def test_a_reconnect_is_one_reconnected_event_and_a_refused_one_none(
     )
     assert event.payload["disconnection_closed"] and event.payload["owner_changed"]
     assert event.payload["method"] == "password"
+    assert event.payload["account_replaced"] is False  # a new password, the same user
     text = event.model_dump_json()
     assert new_password not in text and "still-wrong-event-marker" not in text
