@@ -46,6 +46,45 @@ class HeldClaim:
     disconnection_id: int
 
 
+# The writes made for every email, built once as Core statements on the tables: built
+# per email (and through the ORM's bulk-UPDATE and unit-of-work paths) they cost more
+# CPU than the database itself (docs/benchmarks.md, email run).
+_NOTIFICATIONS: sa.Table = Notification.__table__  # type: ignore[assignment]
+_DISCONNECTIONS: sa.Table = Disconnection.__table__  # type: ignore[assignment]
+_INSERT_CLAIM = sa.insert(_NOTIFICATIONS)
+_SET_AWAITING = (
+    sa.update(_DISCONNECTIONS)
+    .where(_DISCONNECTIONS.c.id == sa.bindparam("d_id"))
+    .values(awaiting_email=sa.bindparam("flag"))
+)
+_SET_AWAITING_OPEN = _SET_AWAITING.where(_DISCONNECTIONS.c.ended_at.is_(None))
+
+
+def _mark_statement(delivered: bool) -> sa.Update:
+    allowed = [State.CLAIMED, State.UNKNOWN, State.RELEASED] if delivered else [State.CLAIMED]
+    n = _NOTIFICATIONS.c
+    values: dict[str, Any] = {
+        "state": sa.bindparam("new_state"),
+        "attempts": n.attempts + sa.bindparam("tries", type_=sa.Integer),
+        "last_error": sa.bindparam("error"),
+        "updated_at": sa.bindparam("at"),
+    }
+    if delivered:
+        values["sent_at"] = sa.bindparam("at")
+        values["provider_message_id"] = sa.bindparam("message_id")
+    return (
+        sa.update(_NOTIFICATIONS)
+        .where(
+            n.id == sa.bindparam("n_id"),
+            n.claimed_at == sa.bindparam("held_at"),
+            n.state.in_([str(s) for s in allowed]),
+        )
+        .values(values)
+    )
+
+
+_MARK = {False: _mark_statement(False), True: _mark_statement(True)}
+
 MARK_TRIES = 3
 """Transactions recording a result, when the database connection keeps dropping."""
 
@@ -79,15 +118,11 @@ def _set_awaiting(
     With `open_only`, False when the disconnection is closed (or gone): the caller
     rolls back.
     """
-    update = sa.update(Disconnection).where(Disconnection.id == disconnection_id)
-    if open_only:
-        update = update.where(Disconnection.ended_at.is_(None))
     result = session.execute(
-        update.values(awaiting_email=awaiting_email(state)).execution_options(
-            synchronize_session=False
-        )
+        _SET_AWAITING_OPEN if open_only else _SET_AWAITING,
+        {"d_id": disconnection_id, "flag": awaiting_email(state)},
     )
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def claim(
@@ -123,12 +158,14 @@ def claim(
     if item.notification_state is None:
         try:
             with app.transaction() as session:
-                row = Notification(disconnection_id=item.disconnection_id, attempts=0, **values)
-                session.add(row)
-                session.flush()
+                inserted = session.execute(
+                    _INSERT_CLAIM,
+                    {"disconnection_id": item.disconnection_id, "attempts": 0, **values},
+                )
+                (notification_id,) = inserted.inserted_primary_key  # type: ignore[attr-defined]
                 if not _set_awaiting(session, item.disconnection_id, state, open_only=True):
                     raise _Lost  # closed meanwhile
-                return HeldClaim(row.id, now, item.disconnection_id)
+                return HeldClaim(notification_id, now, item.disconnection_id)
         except IntegrityError:
             pass  # another run inserted it first; it may have released it since
         except _Lost:
@@ -201,28 +238,19 @@ def _mark_once(
     error: str | None,
 ) -> bool:
     delivered = state in (State.SENT, State.OUTBOX)
-    allowed = [State.CLAIMED, State.UNKNOWN, State.RELEASED] if delivered else [State.CLAIMED]
-    values: dict[str, Any] = {
-        "state": str(state),
-        "attempts": Notification.attempts + attempts,
-        "last_error": (error or None) and error[:1000],
-        "updated_at": now,
+    params: dict[str, Any] = {
+        "n_id": held.notification_id,
+        "held_at": held.claimed_at,
+        "new_state": str(state),
+        "tries": attempts,
+        "error": (error or None) and error[:1000],
+        "at": now,
     }
     if delivered:
-        values["sent_at"] = now
-        values["provider_message_id"] = message_id and message_id[:200]
+        params["message_id"] = message_id and message_id[:200]
     with app.transaction() as session:
-        result = session.execute(
-            sa.update(Notification)
-            .where(
-                Notification.id == held.notification_id,
-                Notification.claimed_at == held.claimed_at,
-                Notification.state.in_([str(s) for s in allowed]),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+        result = session.execute(_MARK[delivered], params)
+        if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
         # released: true again; any other final state (including a delivery recorded
         # over a row an admin had released meanwhile): false
