@@ -103,7 +103,15 @@ def reconnect(app: Relink, connection_id: int) -> Reconnected | Conflict:
     state, code = answer["state"], answer["code"]
     try:
         return asyncio.run(
-            finish_oauth(app, state=state, code=code, actor=OWNER, now=NOW, refresh=False)
+            finish_oauth(
+                app,
+                state=state,
+                code=code,
+                actor=OWNER,
+                now=NOW,
+                refresh=False,
+                replace_account=True,  # carol's tokens replace alice's: confirmed
+            )
         )
     except Conflict as refused:
         return refused

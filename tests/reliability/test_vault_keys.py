@@ -180,7 +180,13 @@ def test_keys_rotate_then_drop_the_old_key_and_everything_still_works(
     only_new_key = Relink(relink_app.settings.model_copy(update={"secret_keys": SecretStr(new)}))
     try:
         done = asyncio.run(
-            finish_oauth(only_new_key, actor=OWNER_EMAIL, refresh=False, **seeded.pending)
+            finish_oauth(
+                only_new_key,
+                actor=OWNER_EMAIL,
+                refresh=False,
+                replace_account=True,  # the sandbox's consent signs in another account
+                **seeded.pending,
+            )
         )
     finally:
         only_new_key.close()
