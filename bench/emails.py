@@ -22,6 +22,12 @@ import sqlalchemy as sa
 from bench._common import DbClock, ProcessClock, Report, postgres_url, reset_peak_rss, table
 
 GOAL_NOTE = "no goal in the issue: the ratio shows what the exactly-once protocol costs"
+GOAL_CPU = 2.0  # issue 20: send_due's CPU per email at most 2x the SDK alone's
+GOAL_RATE = 0.5  # issue 20: send_due's throughput at least 0.5x the raw POST loop's
+GOAL_LATENCY = 0.9  # issue 20: with a 150 ms endpoint, at least 0.9x the raw loop's
+LATENCY = 0.15  # seconds the slow endpoint waits before each answer (the real one: 100-300 ms)
+LATENCY_CONCURRENCY = (1, 4, 16)
+LATENCY_SECONDS = 7.5  # each latency run's length at the raw loop's rate (n = 50 x threads)
 
 
 @dataclass
@@ -77,9 +83,12 @@ def _clocked(
     return run, result
 
 
-def send_due_run(label: str, url: str, n: int, endpoint: Any, data_dir: Path) -> EmailRun:
+def send_due_run(
+    label: str, url: str, n: int, endpoint: Any, data_dir: Path, *, concurrency: int | None = None
+) -> EmailRun:
     """`send_due` over `n` due disconnections on a fresh database at `url`, with the
-    clocks around `send_due` only (not the setup)."""
+    clocks around `send_due` only (not the setup); `concurrency`: RELINK_EMAIL_CONCURRENCY
+    (default: the setting's default)."""
     from bench import _emaildata as data
     from bench._common import make_app
     from relink.emailing.mailer import SendGridMailer
@@ -96,7 +105,12 @@ def send_due_run(label: str, url: str, n: int, endpoint: Any, data_dir: Path) ->
             label,
             n,
             endpoint.proc.pid,
-            lambda: send_due(app, now=data.RUN, mailer=mailer, policy=NotifyPolicy()),
+            lambda: send_due(
+                app,
+                now=data.RUN,
+                mailer=mailer,
+                policy=NotifyPolicy.in_flight(concurrency or NotifyPolicy().concurrency),
+            ),
             engine=app.engine,
         )
         with app.sessions() as session:
@@ -171,6 +185,37 @@ def measure(
     return ladder
 
 
+def latency_runs(workdir: Path, bodies: Sequence[bytes]) -> list[tuple[int, EmailRun, EmailRun]]:
+    """With an endpoint that answers after LATENCY: send_due and the raw POST loop at each
+    of LATENCY_CONCURRENCY emails in flight, one after the other (same n for both)."""
+    from bench import _emaildata as data
+    from tests.support.sendgrid_endpoint import EndpointProcess
+
+    out = []
+    endpoint = EndpointProcess(data.API_KEY, delay=LATENCY)
+    try:
+        for c in LATENCY_CONCURRENCY:
+            n = int(LATENCY_SECONDS / LATENCY * c)
+            send = send_due_run(
+                f"send_due on sqlite, 150 ms endpoint, {c} in flight",
+                f"sqlite:///{workdir / f'slow{c}.db'}",
+                n,
+                endpoint,
+                workdir / f"slow{c}",
+                concurrency=c,
+            )
+            raw, _ = _clocked(
+                f"raw POST loop, 150 ms endpoint, {c} threads",
+                n,
+                endpoint.proc.pid,
+                lambda n=n, c=c: data.raw_post_loop(endpoint.url, bodies[:n], c),
+            )
+            out.append((c, send, raw))
+    finally:
+        endpoint.stop()
+    return out
+
+
 def sender_threads() -> int:
     from relink.emailing.policy import NotifyPolicy
 
@@ -185,6 +230,15 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
     pg = postgres_url()
     with tempfile.TemporaryDirectory(prefix="relink-bench-") as tmp:
         ladder = measure(sizes, headline=n, pg=pg, workdir=Path(tmp))
+        import json
+
+        from bench import _emaildata as data
+
+        slow_bodies = [
+            json.dumps(m.get()).encode()
+            for m in data.sample_mails(int(LATENCY_SECONDS / LATENCY * 16), Path(tmp) / "slow")
+        ]
+        slow = latency_runs(Path(tmp), slow_bodies)
     cache["email_ladder"] = ladder
     main = ladder.send_due[n]
     raw4 = next(r for r in ladder.others if "raw" in r.label and "1 thread" not in r.label)
@@ -194,7 +248,13 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
     report.figure(
         "raw_rate", "raw POST loop, same threads: emails per second", raw4.rate, "emails/s"
     )
-    report.figure("ratio", "send_due / raw POST loop throughput", round(main.rate / raw4.rate, 3))
+    report.figure(
+        "ratio",
+        "send_due / raw POST loop throughput",
+        round(main.rate / raw4.rate, 3),
+        goal=f">= {GOAL_RATE}",
+        met=main.rate / raw4.rate >= GOAL_RATE,
+    )
     report.figure(
         "sdk_ratio", "SDK alone / raw POST loop throughput", round(sdk.rate / raw4.rate, 3)
     )
@@ -217,6 +277,17 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
         sdk.processes["bench"]["cpu_s"] / sdk.n * 1000,
         "ms",
     )
+    cpu_ratio = (main.processes["bench"]["cpu_s"] / main.n) / (
+        sdk.processes["bench"]["cpu_s"] / sdk.n
+    )
+    report.figure(
+        "cpu_ratio",
+        "send_due / SDK alone: CPU per email (SQLite)",
+        round(cpu_ratio, 2),
+        "x",
+        goal=f"<= {GOAL_CPU}",
+        met=cpu_ratio <= GOAL_CPU,
+    )
     report.figure(
         "peak_rss",
         "peak RSS of the bench process (send_due)",
@@ -234,13 +305,49 @@ def run(large: bool, cache: dict[str, Any]) -> Report:
             report.figure(
                 "send_due_pg_rate", "send_due (PostgreSQL): emails per second", r.rate, "emails/s"
             )
+            report.figure(
+                "pg_ratio",
+                "send_due (PostgreSQL) / raw POST loop throughput",
+                round(r.rate / raw4.rate, 3),
+                goal=f">= {GOAL_RATE}",
+                met=r.rate / raw4.rate >= GOAL_RATE,
+            )
+            pg_cpu = (r.processes["bench"]["cpu_s"] / r.n) / (
+                sdk.processes["bench"]["cpu_s"] / sdk.n
+            )
+            report.figure(
+                "pg_cpu_ratio",
+                "send_due (PostgreSQL) / SDK alone: CPU per email",
+                round(pg_cpu, 2),
+                "x",
+                goal=f"<= {GOAL_CPU}",
+                met=pg_cpu <= GOAL_CPU,
+            )
+    for c, send, raw in slow:
+        report.figure(
+            f"latency_ratio_{c}",
+            f"150 ms endpoint, {c} in flight: send_due / raw POST loop throughput",
+            round(send.rate / raw.rate, 3),
+            goal=f">= {GOAL_LATENCY}",
+            met=send.rate / raw.rate >= GOAL_LATENCY,
+        )
+    for c, send, _ in slow:
+        report.figure(
+            f"latency_rate_{c}",
+            f"150 ms endpoint: send_due emails per second, RELINK_EMAIL_CONCURRENCY={c}",
+            send.rate,
+            "emails/s",
+        )
     if pg is None:
         report.note("PostgreSQL not reachable: the send_due run on PostgreSQL was skipped")
     report.details = {
         "runs": [r.as_dict() for r in [main, *ladder.others]],
+        "latency": [
+            {"concurrency": c, "send_due": s.as_dict(), "raw": r.as_dict()} for c, s, r in slow
+        ],
         "ladder": {str(k): v.as_dict() for k, v in ladder.send_due.items()},
     }
-    report.markdown = markdown(main, ladder.others, raw4)
+    report.markdown = markdown(main, ladder.others, raw4) + latency_markdown(slow)
     return report
 
 
@@ -284,4 +391,29 @@ def markdown(main: EmailRun, others: Sequence[EmailRun], raw4: EmailRun) -> list
         "CPU ms/email: the bench process's. DB s = time inside cursor execute on the app "
         "database summed over the sender threads (waits for SQLite's write lock included, "
         "commits not).",
+    ]
+
+
+def latency_markdown(slow: Sequence[tuple[int, EmailRun, EmailRun]]) -> list[str]:
+    rows = []
+    for _c, send, raw in slow:
+        for r in (send, raw):
+            rows.append(
+                (
+                    r.label,
+                    f"{r.n:,}",
+                    f"{r.seconds:.1f}",
+                    f"{r.rate:,.1f}",
+                    f"{r.rate / raw.rate:.2f}",
+                    f"{r.processes['bench']['cpu_s'] / r.n * 1000:.2f}",
+                )
+            )
+    return [
+        "",
+        f"With the endpoint answering every mail/send after {LATENCY * 1000:.0f} ms (like the "
+        "real service), at 1, 4 and 16 emails in flight (`RELINK_EMAIL_CONCURRENCY`; the raw "
+        "loop with as many threads, one keep-alive connection each). Ratio = rate / the raw "
+        "loop's at the same concurrency.",
+        "",
+        *table(["path", "emails", "s", "emails/s", "ratio", "CPU ms/email"], rows),
     ]

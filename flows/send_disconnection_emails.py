@@ -36,7 +36,9 @@ async def send_disconnection_emails(limit: int | None = None) -> dict[str, Any]:
     now = logical_now()
     app = get_app()
     app.ensure_schema()
-    summary = await run_emails(app, now=now, steps=STEPS, policy=NotifyPolicy(), limit=limit)
+    summary = await run_emails(
+        app, now=now, steps=STEPS, policy=NotifyPolicy.from_settings(app.settings), limit=limit
+    )
     logger = get_run_logger()
     logger.info("disconnection emails: %s", summary.counts)
     logger.info("expiry heads-ups: %s", summary.heads_ups)

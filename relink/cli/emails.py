@@ -88,8 +88,8 @@ def notify(
     """Email every disconnection open for 24 hours that was never emailed, and every
     owner whose credentials expire for good within RELINK_HEADS_UP_DAYS their one
     heads-up (the send-disconnection-emails flow's run, here without Prefect). Without an API key
-    (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead. With --as-of it
-    decides exactly as the run scheduled at that time does."""
+    (RELINK_SENDGRID_API_KEY) the emails go to the outbox instead, RELINK_EMAIL_CONCURRENCY
+    at a time. With --as-of it decides exactly as the run scheduled at that time does."""
     now = utcnow()
     moment = parse_as_of(as_of) if as_of is not None else now
     if moment > now and not dry_run:

@@ -190,7 +190,7 @@ def send_due(
     """One whole run in this process, with the plain steps (`relink notify`, the tests,
     the benchmark). `sleep` waits between retries; `hooks` let tests stop a run at the
     points where a crash leaves an ambiguous claim."""
-    policy = policy or NotifyPolicy()
+    policy = policy or NotifyPolicy.from_settings(app.settings)
     sender = Sender(
         app,
         mailer or mailer_for(app.settings),

@@ -424,3 +424,54 @@ def test_settings_choose_the_mailer(relink_app):
     )
     chosen = mailer_for(with_key)
     assert isinstance(chosen, SendGridMailer) and chosen.client.client.timeout == 2.5
+
+
+def test_email_concurrency_setting_caps_the_emails_in_flight(
+    relink_app, settings, endpoint, monkeypatch
+):
+    """RELINK_EMAIL_CONCURRENCY=3: while SendGrid holds every request, three are in
+    flight and no fourth goes out; once answered, all six are sent, once each."""
+    import threading
+
+    from pydantic import ValidationError
+
+    from relink.app import Relink
+    from relink.settings import Settings
+    from tests.support.sendgrid_endpoint import Held
+
+    monkeypatch.setenv("RELINK_EMAIL_CONCURRENCY", "3")
+    configured = settings.model_copy(
+        update={"email_concurrency": Settings(_env_file=None).email_concurrency}
+    )
+    assert configured.email_concurrency == 3
+    monkeypatch.setenv("RELINK_EMAIL_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="email_concurrency"):
+        Settings(_env_file=None)
+
+    app = Relink(configured)
+    app_world = World(app)
+    ids = [app_world.broken(RUN - 25 * H) for _ in range(6)]
+    endpoint.default = Held(seconds=30)
+    mailer = SendGridMailer(API_KEY, endpoint.url, timeout=30)
+    result: dict = {}
+    runner = threading.Thread(
+        target=lambda: result.update(send_due(app, now=RUN, mailer=mailer).as_dict())
+    )
+    runner.start()
+    try:
+        deadline = threading.Event()
+        for _ in range(500):  # at most 10 s for the first three to arrive
+            if endpoint.waiting >= 3:
+                break
+            deadline.wait(0.02)
+        in_flight = endpoint.waiting
+        deadline.wait(0.3)  # a fourth sender would have sent by now
+        in_flight_later = endpoint.waiting
+    finally:
+        while runner.is_alive():
+            endpoint.release_hangs()
+            runner.join(0.05)
+        app.close()
+    assert in_flight == in_flight_later == 3
+    assert result["sent"] == 6
+    assert emails_per_disconnection(r.body for r in endpoint.delivered) == {i: 1 for i in ids}

@@ -335,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != MAIL_SEND_PATH:
             self._send(404, NOT_FOUND_BODY)
         else:
+            if self.server.endpoint.delay:
+                time.sleep(self.server.endpoint.delay)  # the real service's latency, simulated
             self._mail_send(raw)
 
     def _not_found(self) -> None:
@@ -435,8 +437,10 @@ class SendGridEndpoint:
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
         log_path: str | os.PathLike[str] | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
+        self.delay = delay  # seconds before each answer to mail/send (the real one: 100-300 ms)
         self.host = host
         self.port = port
         self.max_body_bytes = max_body_bytes
@@ -655,9 +659,13 @@ class EndpointProcess:
     """This endpoint in a process of its own (its own GIL; a process that a test may
     outlive or kill), started with `--port 0`; `url` once it says it is ready."""
 
-    def __init__(self, api_key: str, log: Path | None = None, timeout: float = 20) -> None:
+    def __init__(
+        self, api_key: str, log: Path | None = None, timeout: float = 20, delay: float = 0.0
+    ) -> None:
         module = "tests.support.sendgrid_endpoint"
         args = [sys.executable, "-m", module, "--port", "0", "--api-key", api_key]
+        if delay:
+            args += ["--delay", str(delay)]
         if log is not None:
             args += ["--log", str(log)]
         self.log = log
@@ -684,6 +692,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="SG.test-key")
     parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds before each mail/send answer"
+    )
+    parser.add_argument(
         "--log",
         type=Path,
         default=None,
@@ -698,7 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
-    with SendGridEndpoint(args.api_key, args.host, args.port, log_path=args.log) as endpoint:
+    with SendGridEndpoint(
+        args.api_key, args.host, args.port, log_path=args.log, delay=args.delay
+    ) as endpoint:
         print(f"ready {endpoint.url}", flush=True)
         while not done.wait(0.5):
             pass
