@@ -63,6 +63,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base
 
 
 @config_app.command("show")
+@handle_errors
 def config_show(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Print the effective settings, secrets masked."""
     values = app().settings.masked()
@@ -74,6 +75,7 @@ def config_show(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
 
 
 @keys_app.command("generate")
+@handle_errors
 def keys_generate() -> None:
     """Print a new Fernet key (to put first in RELINK_SECRET_KEYS)."""
     typer.echo(generate_key())

@@ -275,6 +275,7 @@ def metrics_add(
 
 
 @connectors_app.command("list")
+@handle_errors
 def connectors_list(as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """List connector types."""
     rows = [c.describe() for c in connectors.all_connectors()]

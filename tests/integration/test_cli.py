@@ -123,7 +123,12 @@ def test_commands_refuse_an_unmigrated_database(settings, tmp_path):
 
 
 def test_a_malformed_setting_is_one_line_naming_the_variable_not_its_value(cli, account):
-    for command in (("status",), ("check",), ("connections", "list", "--as", "ann@acme.test")):
+    for command in (
+        ("status",),
+        ("check",),
+        ("config", "show"),
+        ("connections", "list", "--as", "ann@acme.test"),
+    ):
         result = cli(*command, env={"RELINK_CHECK_TIMEOUT": "ten-marker"})
         assert result.exit_code == 1, result.output
         assert result.stderr.strip().splitlines() == [
@@ -131,6 +136,38 @@ def test_a_malformed_setting_is_one_line_naming_the_variable_not_its_value(cli, 
             "unable to parse string as a number"
         ]
         assert "ten-marker" not in result.output
+
+
+def test_every_command_turns_an_expected_failure_into_one_line():
+    """A command that skips `handle_errors` would print a traceback for a bad setting (as
+    `config show` once did): every leaf of the command tree is wrapped."""
+    from relink.cli import registered
+    from relink.cli._common import handle_errors
+
+    guard = handle_errors(lambda: None).__code__
+
+    def guarded(func):
+        while func is not None:
+            if func.__code__ is guard:
+                return True
+            func = getattr(func, "__wrapped__", None)
+        return False
+
+    def leaves(command, path):
+        children = getattr(command, "commands", None)
+        if children is None:
+            yield path, command
+            return
+        for name, child in children.items():
+            yield from leaves(child, (*path, name))
+
+    unwrapped = [
+        " ".join(path)
+        for name, command in registered().items()
+        for path, leaf in leaves(command, (name,))
+        if not guarded(leaf.callback)
+    ]
+    assert unwrapped == []
 
 
 def test_add_connection_stores_the_secret_encrypted_and_never_prints_it(cli, account, relink_app):
