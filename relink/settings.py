@@ -100,9 +100,9 @@ class Settings(BaseSettings):
     )
     prefect_api_url: str = Field(
         default="",
-        description="The Prefect API that runs the web pages' reconnect follow-ups as "
-        "reconnect-connection flow runs; empty: PREFECT_API_URL, and without either they "
-        "run in the web process.",
+        description="The Prefect API of `relink web`: its reconnect follow-ups run there as "
+        "reconnect-connection flow runs and its events go there; empty: PREFECT_API_URL, and "
+        "without either the follow-ups run in the web process and it sends no events.",
     )
     oauth: dict[str, OAuthApp] = Field(default_factory=dict)
     # datasets

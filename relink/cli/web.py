@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -34,6 +35,7 @@ def web(
 
     relink = app()
     relink.ensure_schema()
+    use_one_prefect_api(relink.settings.effective_prefect_api_url)
     configure_request_log()
     console.print(
         f"Relink web on http://{host}:{port} (RELINK_BASE_URL={relink.settings.base_url}); "
@@ -43,6 +45,14 @@ def web(
     # access_log=False: uvicorn's access log prints query strings, and the OAuth callback's
     # carries an authorization code. relink.web logs method, path and status instead.
     uvicorn.run(create_app(relink), host=host, port=port, access_log=False, server_header=False)
+
+
+def use_one_prefect_api(api_url: str) -> None:
+    """The web process's Prefect API is the one its follow-ups use (RELINK_PREFECT_API_URL,
+    else PREFECT_API_URL): its events (a reconnect, a Check again) go there too. Set before
+    Prefect is imported, which reads PREFECT_API_URL once."""
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
 
 
 def configure_request_log() -> None:

@@ -13,16 +13,19 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from relink.followup import pending
 from relink.models import AuditEvent, Dataset, Followup
+from relink.timeutil import utcnow
 from relink.web import create_app, followups
 from tests.support.reconnect import (
     OWNER,
     T0,
+    add_broken_pg_connection,
     add_people,
     add_pg_connection,
     pg_settings,
@@ -173,14 +176,16 @@ def test_a_finished_followup_is_not_run_again(relink_app, shop):
     assert len(events) == 1
 
 
-def web_process(app, tmp_path) -> subprocess.Popen:
-    """`relink web` in a process of its own, on the test's app database."""
+def web_process(app, tmp_path, **more_env: str) -> subprocess.Popen:
+    """`relink web` in a process of its own, on the test's app database (no PREFECT_*
+    variable: only what `more_env` adds)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELINK_", "PREFECT_"))}
     env |= {
         "RELINK_DATABASE_URL": app.settings.effective_database_url,
         "RELINK_DATA_DIR": str(app.settings.data_dir),
         "RELINK_SECRET_KEYS": app.settings.secret_keys.get_secret_value(),
         "RELINK_BASE_URL": app.settings.base_url,
+        **more_env,
     }
     command = "from relink.cli import main; main()"
     return subprocess.Popen(
@@ -248,3 +253,38 @@ def test_a_web_process_killed_during_a_followup_leaves_it_to_the_next_one(
     assert followup_row(relink_app, followup_id).verdict == "works"
     assert dataset_status(relink_app, dataset_id) == "ok"
     assert warehouse_rows(relink_app, f"ds_{dataset_id}") == [(1, "apple"), (2, "pear"), (3, "fig")]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_relink_prefect_api_url_alone_sends_the_web_process_events_there(
+    relink_app, pg_admin, tmp_path
+):
+    """RELINK_PREFECT_API_URL and no PREFECT_API_URL: the web process's events reach that
+    Prefect server (here the recovery its resumed follow-up's re-check finds), as its
+    follow-ups do."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.integration.test_events_server import read_events
+
+    world, role = add_broken_pg_connection(relink_app, pg_admin)
+    pg_admin.set_password(role.name, role.password)  # fixed at the source
+    followup_id = pending.submit(
+        relink_app, world.connection_id, user_id(relink_app, OWNER), now=T0
+    )
+    since = utcnow() - timedelta(seconds=1)
+
+    def recovered() -> bool:
+        return any(
+            e["event"] == "relink.connection.recovered"
+            and e["resource"]["prefect.resource.id"] == f"relink.connection.{world.connection_id}"
+            for e in asyncio.run(read_events(since))
+        )
+
+    web = web_process(relink_app, tmp_path, RELINK_PREFECT_API_URL=PREFECT_API_URL.value())
+    try:  # no reconnect-connection deployment on that server: the follow-up runs here
+        wait_for(lambda: not pending.unfinished(relink_app), "the web process runs it")
+        assert followup_row(relink_app, followup_id).verdict == "works"
+        wait_for(recovered, "the recovery event reaches the Prefect server")
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
