@@ -262,10 +262,26 @@ def test_relink_prefect_api_url_alone_sends_the_web_process_events_there(
     """RELINK_PREFECT_API_URL and no PREFECT_API_URL: the web process's events reach that
     Prefect server (here the recovery its resumed follow-up's re-check finds), as its
     follow-ups do."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
+    from deployments.definitions import by_name
     from tests.integration.test_events_server import read_events
 
+    async def no_reconnect_deployment() -> None:
+        """One another test applied on the session's server would take the follow-up over
+        (and with no worker, nothing would run it)."""
+        async with get_client() as client:
+            try:
+                found = await client.read_deployment_by_name(
+                    by_name(followups.DEPLOYMENT).full_name
+                )
+            except ObjectNotFound:
+                return
+            await client.delete_deployment(found.id)
+
+    asyncio.run(no_reconnect_deployment())
     world, role = add_broken_pg_connection(relink_app, pg_admin)
     pg_admin.set_password(role.name, role.password)  # fixed at the source
     followup_id = pending.submit(
