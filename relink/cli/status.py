@@ -21,6 +21,7 @@ from relink.cli._common import (
     print_table,
     transaction,
 )
+from relink.cli.tables import cell
 from relink.connections import broken_clause, expiry_view, listed_counts
 from relink.domain.expiry import HEADS_UP_AHEAD, ExpiryKind
 from relink.domain.schedule import next_email_run
@@ -155,17 +156,18 @@ def status(
         for item in soon:
             console.print(
                 f"  {item['name']} (id {item['id']}, {item['type']}): "
-                f"{item['credentials_expiry']}, at {item['credentials_expire_at']}",
+                f"{item['credentials_expiry']}, at {cell(item['credentials_expire_at'])}",
                 highlight=False,
                 soft_wrap=True,
             )
     else:
         console.print("credentials expiring: none", highlight=False)
     console.print(
-        f"emails due at the next run ({data['emails']['next_run']}, 07:00 MST): "
+        f"emails due at the next run ({cell(data['emails']['next_run'])}, 07:00 MST): "
         f"{data['emails']['due']} disconnection email(s), "
         f"{data['emails']['heads_ups_due']} expiry heads-up(s)",
         highlight=False,
+        soft_wrap=True,
     )
     sweep = data["last_sweep"]
     if sweep is None:
@@ -175,11 +177,12 @@ def status(
     outcomes = ", ".join(f"{v} {k}" for k, v in summary.get("outcomes", {}).items() if v)
     not_checked = sum(summary.get("not_checked", {}).values())
     console.print(
-        f"last sweep: {sweep['at']} by {sweep.get('source', '?')}, "
+        f"last sweep: {cell(sweep['at'])} by {sweep.get('source', '?')}, "
         f"{sweep.get('outcome', 'completed')}: {summary.get('checked', 0)} checked"
         + (f" ({outcomes})" if outcomes else "")
         + f", {summary.get('opened', 0)} disconnection(s) opened, "
         f"{summary.get('closed', 0)} closed"
         + (f", {not_checked} not checked (the next sweep checks them)" if not_checked else ""),
         highlight=False,
+        soft_wrap=True,
     )

@@ -5,6 +5,7 @@ sweep."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -89,6 +90,10 @@ def test_status_shows_the_last_sweep_and_its_outcome(seeded, settings):
     assert text.exit_code == 0, text.output
     assert "open disconnections: 3" in text.stdout
     assert "last sweep:" in text.stdout and "check-connections, completed: 5 checked" in text.stdout
+    swept = NOW + timedelta(minutes=15)
+    assert f"last sweep: {swept:%Y-%m-%d %H:%M} UTC by" in text.stdout  # to the minute
+    assert re.search(r"next run \(\d{4}-\d\d-\d\d 14:00 UTC, 07:00 MST\): 3 disconn", text.stdout)
+    assert not re.search(r"\d\d:\d\d:\d\d", text.stdout)  # no seconds, no microseconds
     assert "2 auth_failed" in text.stdout
 
 
