@@ -28,6 +28,7 @@ from relink.models import AuditEvent, Connection, Dataset, User
 from relink.web import create_app
 from relink.web.sessions import COOKIE_NAME
 from relink_dev.sandbox import SandboxServer, seed_demo
+from tests.support.reconnect import snapshot
 from tests.support.web import (
     EMAILS,
     OLD_DB_PASSWORD,
@@ -50,20 +51,51 @@ from tests.support.web import (
 BASE_URL = "http://127.0.0.1:8000"  # loopback: the sandbox accepts its /oauth/callback
 
 
+# A test marked `reads_only` changes nothing in the app database (it reads pages, signs in,
+# sends refused requests): such tests share one world, built once for the module. Every
+# other test gets a world of its own.
+reads_only = pytest.mark.reads_only
+
+
+@pytest.fixture(scope="module")
+def shared_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relink, World, Any]]:
+    """The layout of tests/support/web.py on SQLite, once a module, for `reads_only` tests."""
+    tmp = tmp_path_factory.mktemp("web_pages")
+    app = make_relink(f"sqlite:///{tmp / 'relink.db'}", tmp / "data", base_url=BASE_URL)
+    try:
+        yield app, build_world(app), create_app(app)
+    finally:
+        app.close()
+
+
+def shares(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("reads_only") is not None
+
+
 @pytest.fixture
-def relink(database_url: str, tmp_path) -> Iterator[Relink]:
+def relink(request: pytest.FixtureRequest, database_url: str, tmp_path) -> Iterator[Relink]:
+    if shares(request):
+        shared = request.getfixturevalue("shared_world")[0]
+        before = snapshot(shared)
+        yield shared
+        assert snapshot(shared) == before, "a reads_only test changed the shared world"
+        return
     app = make_relink(database_url, tmp_path / "data", base_url=BASE_URL)
     yield app
     app.close()
 
 
 @pytest.fixture
-def world(relink: Relink) -> World:
+def world(request: pytest.FixtureRequest, relink: Relink) -> World:
+    if shares(request):
+        return request.getfixturevalue("shared_world")[1]
     return build_world(relink)
 
 
 @pytest.fixture
-def web(relink: Relink, world: World) -> Any:
+def web(request: pytest.FixtureRequest, relink: Relink, world: World) -> Any:
+    if shares(request):
+        return request.getfixturevalue("shared_world")[2]
     return create_app(relink)
 
 
@@ -150,6 +182,7 @@ def test_sign_out_needs_the_csrf_token_then_ends_the_session(web: Any) -> None:
     assert client.get("/connections").status_code == 303
 
 
+@reads_only
 def test_sign_in_form_needs_its_csrf_token(web: Any) -> None:
     client = TestClient(web, follow_redirects=False)
     client.get("/login")
@@ -158,6 +191,7 @@ def test_sign_in_form_needs_its_csrf_token(web: Any) -> None:
     assert client.get("/connections").status_code == 303
 
 
+@reads_only
 def test_a_new_session_gets_a_new_csrf_token(web: Any) -> None:
     client = TestClient(web, follow_redirects=False)
     before = csrf_of(client.get("/login").text)
@@ -178,6 +212,7 @@ UNSAFE_NEXT = (
 )
 
 
+@reads_only
 def test_next_only_accepts_same_site_paths(web: Any) -> None:
     """More cases in tests/unit/test_web_sessions.py; here through the real form."""
     for target in UNSAFE_NEXT:
@@ -190,6 +225,7 @@ def test_next_only_accepts_same_site_paths(web: Any) -> None:
     assert response.headers["location"] == "/connections?status=disconnected"
 
 
+@reads_only
 def test_anonymous_page_visit_comes_back_after_sign_in(web: Any, world: World) -> None:
     """The email button's link, followed while signed out."""
     client = TestClient(web, follow_redirects=False)
@@ -216,6 +252,7 @@ def test_anonymous_page_visit_comes_back_after_sign_in(web: Any, world: World) -
 # --- the cookie ---------------------------------------------------------------------------
 
 
+@reads_only
 def test_tampered_or_foreign_cookies_are_anonymous(web: Any, relink: Relink, world: World) -> None:
     client = client_for(web, "owner")
     good = client.cookies[COOKIE_NAME]
@@ -259,6 +296,7 @@ def test_session_secret_comes_from_settings_or_a_private_key_file(relink: Relink
 # --- headers and logs -------------------------------------------------------------------
 
 
+@reads_only
 def test_security_headers(web: Any, world: World) -> None:
     client = client_for(web, "owner")
     for path in ("/connections", f"/connections/{world.ids['Owned DB']}", "/api/connections"):
@@ -274,6 +312,7 @@ def test_security_headers(web: Any, world: World) -> None:
     assert "<script" not in page and " style=" not in page
 
 
+@reads_only
 def test_request_log_has_the_path_but_never_the_query(
     web: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -285,6 +324,7 @@ def test_request_log_has_the_path_but_never_the_query(
     assert not any("value-" in line for line in lines)
 
 
+@reads_only
 def test_unknown_input_is_not_echoed(web: Any) -> None:
     client = client_for(web, "owner")
     response = client.get("/api/connections?status=s3cret-looking-value")
@@ -293,6 +333,7 @@ def test_unknown_input_is_not_echoed(web: Any) -> None:
     assert client.get("/connections/not-a-number").status_code == 404
 
 
+@reads_only
 def test_an_unknown_status_filter_says_so_and_shows_every_connection(
     web: Any, world: World
 ) -> None:
@@ -307,6 +348,7 @@ def test_an_unknown_status_filter_says_so_and_shows_every_connection(
     assert 'id="unknown-status"' not in client.get("/connections?status=disconnected").text
 
 
+@reads_only
 def test_a_missing_page_keeps_the_signed_in_header(web: Any) -> None:
     owner = client_for(web, "owner")
     page = owner.get("/no-such-page")
@@ -317,6 +359,7 @@ def test_a_missing_page_keeps_the_signed_in_header(web: Any) -> None:
     assert 'id="signed-in-as"' not in anonymous.text and 'id="nav-data"' not in anonymous.text
 
 
+@reads_only
 def test_the_site_has_an_icon(web: Any) -> None:
     client = client_for(web, "anonymous")
     for path in ("/favicon.ico", "/static/favicon.svg"):
@@ -400,6 +443,7 @@ def test_times_are_shown_in_the_account_zone_with_utc_on_hover(
         assert " UTC<" not in shown  # UTC only on hover
 
 
+@reads_only
 def test_details_page_shows_the_action_for_the_mode(web: Any, world: World) -> None:
     client = client_for(web, "owner")
     direct = client.get(f"/connections/{world.ids['Owned DB']}").text
@@ -434,6 +478,7 @@ def test_a_misconfigured_connection_offers_no_reconnect_until_an_admin_fixes_it(
     assert ">Reconnect</a>" in client.get(f"/connections/{connection_id}").text
 
 
+@reads_only
 def test_reconnect_form_never_prefills_secrets(web: Any, world: World) -> None:
     client = client_for(web, "owner")
     page = client.get(f"/connections/{world.ids['Owned DB']}/reconnect").text
@@ -445,6 +490,7 @@ def test_reconnect_form_never_prefills_secrets(web: Any, world: World) -> None:
     assert 'id="field-sslmode"' not in page
 
 
+@reads_only
 def test_connectors_catalog_lists_requirements(web: Any) -> None:
     page = TestClient(web).get("/connectors").text
     assert 'id="postgres"' in page and 'id="salesforce"' in page and 'id="api_key"' in page
@@ -719,6 +765,7 @@ def test_cli_sets_a_password_from_stdin(relink: Relink, world: World, monkeypatc
     assert served["port"] == 8123 and served["access_log"] is False
 
 
+@reads_only
 def test_api_docs_page_loads_swagger_from_this_server_not_a_cdn(web: Any) -> None:
     client = client_for(web, "anonymous")
     page = client.get("/docs")
