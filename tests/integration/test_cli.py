@@ -8,10 +8,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from relink.app import Relink
 from relink.cli import app as cli_app
 from relink.cli._common import reset_app
 from relink.models import AuditEvent, Connection, Dataset
+from relink.settings import Settings
 from relink.vault import Vault, generate_key
+from tests.support import app_db
 
 
 class Cli:
@@ -50,6 +53,11 @@ def cli(relink_app, settings):
 
 @pytest.fixture
 def account(cli):
+    add_accounts(cli)
+
+
+def add_accounts(cli):
+    """Acme (Ann its admin, Bob, Cid) and Other (Eve its admin)."""
     cli.ok("accounts", "add", "Acme")
     cli.ok(
         "users",
@@ -211,6 +219,30 @@ def test_secret_from_environment_variable(cli, account, relink_app):
     with relink_app.sessions() as session:
         token = session.scalar(sa.select(Connection.credentials))
     assert relink_app.vault.decrypt(token, connection="1") == {"api_key": "key-marker-2"}
+
+
+@pytest.fixture(scope="module")
+def refusing_world(tmp_path_factory):
+    """The accounts and Bob's "Warehouse" on SQLite, built once for the bad-input and
+    bad-import cases: each is refused and writes nothing (each test proves it), so they
+    can share it."""
+    tmp = tmp_path_factory.mktemp("cli_refusals")
+    settings = Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp / 'relink.db'}",
+        data_dir=tmp / "data",
+        secret_keys=generate_key(),
+        base_url="http://relink.test",
+    )
+    app = Relink(settings)
+    app_db.migrate(app.engine)
+    try:
+        cli = Cli(settings)
+        add_accounts(cli)
+        assert add_pg(cli).exit_code == 0
+        yield cli, app
+    finally:
+        app.close()
 
 
 @pytest.mark.parametrize(
@@ -384,10 +416,8 @@ def test_secret_from_environment_variable(cli, account, relink_app):
         ),
     ],
 )
-def test_bad_input_is_one_clear_line_and_writes_nothing(
-    cli, account, relink_app, args, stdin, expected
-):
-    assert add_pg(cli).exit_code == 0
+def test_bad_input_is_one_clear_line_and_writes_nothing(refusing_world, args, stdin, expected):
+    cli, relink_app = refusing_world
     before = snapshot(relink_app)
     result = cli(*args, input=stdin)
     assert result.exit_code == 1, result.output
@@ -500,7 +530,8 @@ def test_import_many_connections_with_secrets_from_the_environment(
         ),
     ],
 )
-def test_a_bad_import_file_writes_nothing(cli, account, relink_app, tmp_path, text, env, expected):
+def test_a_bad_import_file_writes_nothing(refusing_world, tmp_path, text, env, expected):
+    cli, relink_app = refusing_world
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     before = snapshot(relink_app)
