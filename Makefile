@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: setup browser run test soak bench lint format clean
 
 CHROMIUM ?= /usr/bin/chromium
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## soak: the reliability and security promises with many trials; writes docs/reliability.md
 soak: setup browser

@@ -82,6 +82,46 @@ def mariadb_url() -> str:
     return _require_peer("RELINK_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
 
 
+# --- the order files start in: the longest first ---------------------------------------
+
+# `make test` hands whole files to its workers (`--dist loadfile --no-loadscope-reorder`)
+# in the order below. pytest-xdist's own order (most tests first) starts a one-test file
+# that runs for a minute and a half last, and one worker runs it alone while the others
+# wait. These files take the longest on the 2-core machine (a profile of December 2026),
+# longest first; the others follow with the most tests first, as before.
+LONGEST_FILES = (
+    "tests/e2e/test_prefect_deployments.py",
+    "tests/integration/test_run.py",
+    "tests/integration/test_followups.py",
+    "tests/integration/test_deployments.py",
+    "tests/integration/test_who_asked.py",
+    "tests/integration/test_cli.py",
+    "tests/integration/test_email_ledger.py",
+    "tests/integration/test_check_sweep.py",
+    "tests/e2e/test_browser.py",
+    "tests/integration/test_known_broken.py",
+    "tests/integration/test_reconnect_email.py",
+    "tests/reliability/test_email_exactly_once.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files in the order above, then by their number of tests; within a file as written."""
+    files = [item.nodeid.split("::", 1)[0] for item in items]
+    counts: dict[str, int] = {}
+    for name in files:
+        counts[name] = counts.get(name, 0) + 1
+    rank = {name: n for n, name in enumerate(LONGEST_FILES)}
+    first_seen = {name: n for n, name in reversed(list(enumerate(files)))}
+
+    def key(n: int) -> tuple[int, int, int, int]:
+        name = files[n]
+        return (rank.get(name, len(rank)), -counts[name], first_seen[name], n)
+
+    order = sorted(range(len(items)), key=key)
+    items[:] = [items[n] for n in order]
+
+
 # --- the app database: SQLite, and PostgreSQL too where the behaviour can differ --------
 
 APP_BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("RELINK_TEST_POSTGRES_URL") else [])
