@@ -148,20 +148,29 @@ class Sender:
         assert self.clock is not None
         return max(self.now, self.clock())
 
-    def deliver(self, item: DueEmail | HeadsUpEmail) -> str:
+    def deliver(
+        self, item: DueEmail | HeadsUpEmail, group: ledger.GroupCommit | None = None
+    ) -> str:
         """Claim, send and mark one email; the counter it adds to. An error on the way
         (the database, a bug) is recorded on this email, in the ledger as far as the
         ledger can still be written and in `failures`, and counts as `error`: the other
-        emails go on. A hook that raises stops the run there, as the crash it stands for."""
+        emails go on. A hook that raises stops the run there, as the crash it stands for.
+        `group`: the batch's `ledger.GroupCommit`, which writes its claim and mark
+        together with those of the batch's other senders."""
         progress = _Progress()
         try:
-            return self._deliver(item, progress)
+            return self._deliver(item, progress, group)
         except Exception as exc:
             if progress.in_hook:
                 raise
             return self._failed(item, progress, exc)
 
-    def _deliver(self, item: DueEmail | HeadsUpEmail, progress: _Progress) -> str:
+    def _deliver(
+        self,
+        item: DueEmail | HeadsUpEmail,
+        progress: _Progress,
+        group: ledger.GroupCommit | None,
+    ) -> str:
         assert self.breaker is not None
         if self.breaker.is_open:
             return "deferred"
@@ -172,11 +181,14 @@ class Sender:
                 now=self._time(),
                 state=State.NO_RECIPIENT,
                 reason=item.recipients.why,
+                group=group,
             )
             return "no_recipient" if held else "skipped"
         settings = self.app.settings
         email = build_email(item, sender=settings.email_from, base_url=settings.base_url)
-        progress.held = ledger.claim(self.app, item, now=self._time(), subject=email.subject[:500])
+        progress.held = ledger.claim(
+            self.app, item, now=self._time(), subject=email.subject[:500], group=group
+        )
         if progress.held is None:
             return "skipped"
         if self.hooks.after_claim:
@@ -200,6 +212,7 @@ class Sender:
             attempts=requests,
             message_id=attempt.message_id,
             error=attempt.error,
+            group=group,
         )
         return str(state)
 
@@ -329,8 +342,11 @@ def send_batch(sender: Sender, ids: Sequence[int], *, heads_ups: bool = False) -
         workers = max(1, min(sender.policy.concurrency, len(items)))
         # each email in this thread's context (Prefect's settings and run: where its event goes)
         contexts = [contextvars.copy_context() for _ in items]
-        with ThreadPoolExecutor(workers, thread_name_prefix="relink-email") as pool:
-            counts.update(pool.map(lambda c, i: c.run(sender.deliver, i), contexts, items))
+        with (
+            ledger.GroupCommit(sender.app) as group,
+            ThreadPoolExecutor(workers, thread_name_prefix="relink-email") as pool,
+        ):
+            counts.update(pool.map(lambda c, i: c.run(sender.deliver, i, group), contexts, items))
     assert sender.breaker is not None
     return BatchResult(
         {k: v for k, v in counts.items() if v},
