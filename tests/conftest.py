@@ -7,7 +7,10 @@ FAILS under CI=true: a green CI must mean those tests ran.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +36,15 @@ DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-# Prefect in tests: no telemetry (no internet here), no INFO line per task run.
+# Prefect in tests: no telemetry (no internet here), no INFO line per task run, and its
+# home (persisted results, memos) in the temp directory, not the tester's ~/.prefect:
+# a test session changes nothing outside the repository and the temp directory.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+if not os.environ.get("PREFECT_HOME", "").startswith(tempfile.gettempdir()):
+    # (xdist's workers inherit the controller's, which removes it at its exit)
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="relink-tests-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 
 def _reachable(url: str) -> str | None:

@@ -57,11 +57,23 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def browser_env(home: Path) -> dict[str, str]:
+    """Chromium's environment with its config and cache (crash reports, dconf) under
+    `home` in the temp directory, not the tester's ~/.config and ~/.cache."""
+    return {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+
+
 TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing (apt-get install chromium)"
         if IN_CI:
@@ -71,7 +83,10 @@ def browser() -> Iterator:
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            env=browser_env(tmp_path_factory.mktemp("chromium-home")),
         )
         yield chromium
         chromium.close()
